@@ -1,0 +1,321 @@
+"""Experiment configuration: frozen dataclasses loaded from YAML.
+
+A config file has up to five sections, ``model``, ``data``, ``loss``, ``train`` and ``export``,
+each overriding the defaults below. Loading is strict: an unknown section or key is an error that
+names it and the file. ``--set section.key=value`` overrides from the command line (values are
+parsed as YAML, so ``--set train.epochs=3`` gives an int). Every run saves its resolved config as
+``config.yaml`` beside its outputs.
+
+A config may name a ``base:`` file (relative to itself) that it overrides, so that an ablation is
+a small YAML diff of the row it changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the source."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """The embedded synthetic dataset of CT-like slices (see lsnet_tf.data.synthetic)."""
+
+    num_patients: int = 40
+    slices_per_patient: int = 16
+    image_size: int = 128
+    # Target diameter range in pixels, drawn log-uniformly: spans the scale-variation problem.
+    min_target_size: float = 4.0
+    max_target_size: float = 64.0
+    # Fractions of slices with no target and with two targets.
+    empty_fraction: float = 0.1
+    two_target_fraction: float = 0.15
+    # Standard deviation of the HU noise; the target differs from its surroundings by contrast_hu.
+    noise_hu: float = 20.0
+    contrast_hu: float = 60.0
+    folds: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.num_patients >= 2, "data.synthetic.num_patients must be >= 2", self.num_patients)
+        _check(self.slices_per_patient >= 1, "data.synthetic.slices_per_patient must be >= 1",
+               self.slices_per_patient)
+        _check(self.image_size >= 16, "data.synthetic.image_size must be >= 16", self.image_size)
+        _check(0 < self.min_target_size <= self.max_target_size < self.image_size,
+               "data.synthetic needs 0 < min_target_size <= max_target_size < image_size",
+               (self.min_target_size, self.max_target_size, self.image_size))
+        _check(0 <= self.empty_fraction + self.two_target_fraction <= 1,
+               "data.synthetic.empty_fraction + two_target_fraction must lie in [0, 1]",
+               (self.empty_fraction, self.two_target_fraction))
+        _check(2 <= self.folds <= self.num_patients, "data.synthetic.folds must be in [2, num_patients]",
+               self.folds)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # A dataset folder written by `python -m lsnet_tf.prepare`; empty means the synthetic dataset.
+    dataset: str = ""
+    # Where the synthetic dataset is generated once and reused.
+    cache_dir: str = "cache/synthetic"
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    # Network input size; slices are resized to image_size x image_size.
+    image_size: int = 128
+    # HU window applied in-graph (records hold raw HU): default is an abdominal soft-tissue window.
+    window_center: float = 40.0
+    window_width: float = 400.0
+    val_fold: int = 0
+    batch_size: int = 8
+    shuffle_buffer: int = 256
+    augment: bool = True
+    # Deterministic order and augmentation (slower: no parallel nondeterminism).
+    deterministic: bool = False
+    # Heatmap: output stride and Gaussian sigma; sigma <= 0 means size-adaptive (CenterNet radius).
+    stride: int = 4
+    heatmap_sigma: float = 0.0
+    min_overlap: float = 0.7
+    max_boxes: int = 8
+
+    def validate(self) -> None:
+        self.synthetic.validate()
+        _check(self.image_size % 32 == 0, "data.image_size must be a multiple of 32 (five 2x downsamplings)",
+               self.image_size)
+        _check(self.window_width > 0, "data.window_width must be > 0", self.window_width)
+        _check(self.batch_size >= 1, "data.batch_size must be >= 1", self.batch_size)
+        _check(self.stride == 4, "data.stride must be 4 (L-Net's output stride)", self.stride)
+        _check(0 < self.min_overlap < 1, "data.min_overlap must lie in (0, 1)", self.min_overlap)
+        _check(self.max_boxes >= 1, "data.max_boxes must be >= 1", self.max_boxes)
+        _check(self.val_fold >= 0, "data.val_fold must be >= 0", self.val_fold)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    # "lsnet" (L-Net + RR + S-Net) or a one-stage baseline: "unet", "fcn".
+    architecture: str = "lsnet"
+    # Encoder-decoder family of L-Net and S-Net: "unet" or "fcn".
+    family: str = "unet"
+    lnet_depth: int = 18
+    snet_depth: int = 34
+    # Channels of the first ResNet stage (64 in ResNet18/34); the stages double it.
+    width: int = 64
+    decoder_width: int = 0  # 0: same as width
+    num_classes: int = 1
+    # RR border margin m in input pixels (Eq. 3).
+    margin: float = 15.0
+    # keras-hub preset (name or local folder) for ImageNet weights of both backbones; "" = random.
+    lnet_preset: str = ""
+    snet_preset: str = ""
+
+    def validate(self) -> None:
+        _check(self.architecture in ("lsnet", "unet", "fcn"),
+               "model.architecture must be one of lsnet, unet, fcn", self.architecture)
+        _check(self.family in ("unet", "fcn"), "model.family must be unet or fcn", self.family)
+        _check(self.lnet_depth in (18, 34), "model.lnet_depth must be 18 or 34", self.lnet_depth)
+        _check(self.snet_depth in (18, 34), "model.snet_depth must be 18 or 34", self.snet_depth)
+        _check(self.width >= 4, "model.width must be >= 4", self.width)
+        _check(self.num_classes >= 1, "model.num_classes must be >= 1", self.num_classes)
+        _check(self.margin >= 0, "model.margin must be >= 0", self.margin)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    # "focal_dice" (the paper's: focal + dice_weight * Dice) or "bce" (the ablation).
+    kind: str = "focal_dice"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    dice_weight: float = 0.2
+    # Heatmap positives for the box loss: Y > tau.
+    tau: float = 0.5
+    box_weight: float = 1.0
+
+    def validate(self) -> None:
+        _check(self.kind in ("focal_dice", "bce"), "loss.kind must be focal_dice or bce", self.kind)
+        _check(0 <= self.focal_alpha <= 1, "loss.focal_alpha must lie in [0, 1]", self.focal_alpha)
+        _check(self.focal_gamma >= 0, "loss.focal_gamma must be >= 0", self.focal_gamma)
+        _check(0 <= self.tau < 1, "loss.tau must lie in [0, 1)", self.tau)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    # 0: one pass over the training split per epoch.
+    steps_per_epoch: int = 0
+    # Initial learning rate (lost from the paper's text; 1e-4 is our default) and its step decay.
+    learning_rate: float = 1e-4
+    lr_decay_epochs: int = 25
+    lr_decay_factor: float = 0.1
+    # Scale of the gradient from S-Net's loss into L-Net through RR (0 blocks it).
+    gamma: float = 0.1
+    # Keypoint chosen at random among the top-k of each image for the S-Net step.
+    top_k: int = 3
+    # Epochs at the start during which ground-truth boxes stand in for predicted RoIs (0 = off).
+    gt_box_epochs: int = 0
+    # "auto" (TF_CONFIG -> multi-worker, else mirrored), "mirrored", "multi_worker", "default".
+    strategy: str = "auto"
+    seed: int = 0
+    output_dir: str = "runs/default"
+    # TensorBoard images every N epochs (0 = never).
+    image_log_epochs: int = 1
+    verbose: int = 1
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs must be >= 1", self.epochs)
+        _check(self.steps_per_epoch >= 0, "train.steps_per_epoch must be >= 0", self.steps_per_epoch)
+        _check(self.learning_rate > 0, "train.learning_rate must be > 0", self.learning_rate)
+        _check(self.lr_decay_epochs >= 1, "train.lr_decay_epochs must be >= 1", self.lr_decay_epochs)
+        _check(self.gamma >= 0, "train.gamma must be >= 0", self.gamma)
+        _check(self.top_k >= 1, "train.top_k must be >= 1", self.top_k)
+        _check(self.strategy in ("auto", "mirrored", "multi_worker", "default"),
+               "train.strategy must be auto, mirrored, multi_worker or default", self.strategy)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    # SavedModel goes to <dir>/<name>/<version>/ (the layout TF Serving loads); "" dir = no export.
+    dir: str = "saved_models"
+    name: str = "lsnet"
+    version: int = 1
+
+    def validate(self) -> None:
+        _check(self.version >= 1, "export.version must be >= 1", self.version)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self.to_yaml())
+        os.replace(tmp, path)
+
+
+def _check(ok: bool, message: str, received: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{message} (received {received!r})")
+
+
+def _merge(obj, overrides: Mapping[str, Any], source: str, prefix: str = ""):
+    """Return a copy of dataclass `obj` with `overrides` applied; unknown keys are errors."""
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
+                          f"got {type(overrides).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known keys: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, source, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(current, value, f"{prefix}{key}", source)
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(current, value, key: str, source: str):
+    """Match the type of the default value (int -> float is allowed; bool is never an int)."""
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if isinstance(current, str):
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _read_yaml(path: str, seen: tuple = ()) -> dict:
+    """Read a YAML config, resolving its optional `base:` chain into one nested mapping."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    base = data.pop("base", None)
+    if base is None:
+        return {"__source__": path, **data}
+    parent = _read_yaml(os.path.join(os.path.dirname(path), base), seen + (real,))
+    parent.pop("__source__", None)
+    return {"__source__": path, **_deep_update(parent, data)}
+
+
+def _deep_update(base: dict, new: Mapping) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (value as YAML) into (path, value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Load defaults, then the YAML file at `path` (if any), then `--set` overrides; validate."""
+    cfg = Config()
+    if path:
+        data = _read_yaml(path)
+        source = data.pop("__source__")
+        cfg = _merge(cfg, data, source)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        cfg = _merge(cfg, nested, f"--set {text}")
+    return cfg.validate()

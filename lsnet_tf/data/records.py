@@ -1,0 +1,257 @@
+"""The slice TFRecord format shared by `prepare`, the synthetic generator, tf.data and `validate`.
+
+A prepared dataset is a folder::
+
+    DATASET/
+      dataset.json               # format, folds, patients per fold, slice counts, source
+      fold-0/<patient>.tfrecord  # one shard per patient, written atomically
+      fold-1/...
+
+Each record is one axial slice (a ``tf.train.Example``):
+
+==================  =======  ===============================================================
+feature             type     meaning
+==================  =======  ===============================================================
+image               bytes    raw HU, int16 little-endian, row-major (height, width)
+mask                bytes    binary target, uint8 (height, width), 1 = target
+height, width       int64    slice size in pixels
+boxes               float[]  one box per 8-connected component of the mask, flattened
+                             (num_boxes * 4), xyxy in pixel-edge coordinates: a component
+                             covering columns j0..j1 and rows i0..i1 has box
+                             (j0, i0, j1 + 1, i1 + 1)
+num_boxes           int64    number of boxes
+patient_id          bytes    patient identifier (utf-8)
+slice_index         int64    position of the slice in its volume, in z order (0 = lowest z)
+spacing             float[3] (row spacing, column spacing, slice spacing) in mm
+fold                int64    cross-validation fold of the patient
+hu_mean, hu_std,    float    HU statistics of the slice (read by TF Data Validation)
+hu_min, hu_max
+foreground_area     int64    number of target pixels
+box_max_side,       float    largest / smallest box side over the slice's boxes, pixels
+box_min_side                 (0 when the slice has no box)
+==================  =======  ===============================================================
+
+Records hold raw HU so that the window (``data.window_center``/``window_width``) is applied in
+the graph, the same way in training and in the exported serving model, and changing it needs no
+re-preparation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Iterable
+
+import numpy as np
+
+FORMAT = "lsnet_tf-slices"
+FORMAT_VERSION = 1
+INFO_FILE = "dataset.json"
+SHARD_SUFFIX = ".tfrecord"
+
+# Scalar per-slice features read by validation (name -> numpy dtype).
+SCALAR_FEATURES = {
+    "hu_mean": np.float32,
+    "hu_std": np.float32,
+    "hu_min": np.float32,
+    "hu_max": np.float32,
+    "foreground_area": np.int64,
+    "num_boxes": np.int64,
+    "box_max_side": np.float32,
+    "box_min_side": np.float32,
+}
+
+
+@dataclasses.dataclass
+class SliceRecord:
+    """One axial slice ready to be written. `image_hu` is (H, W) int16; `mask` (H, W) uint8."""
+
+    image_hu: np.ndarray
+    mask: np.ndarray
+    patient_id: str
+    slice_index: int
+    spacing: tuple = (1.0, 1.0, 1.0)
+    fold: int = 0
+    boxes: np.ndarray | None = None  # (N, 4) xyxy; computed from the mask when None
+
+    def __post_init__(self):
+        if self.image_hu.ndim != 2:
+            raise ValueError(f"image_hu must be 2-D (H, W), got shape {self.image_hu.shape}")
+        if self.mask.shape != self.image_hu.shape:
+            raise ValueError(f"mask shape {self.mask.shape} differs from image shape {self.image_hu.shape}")
+        if self.boxes is None:
+            self.boxes = boxes_from_mask(self.mask)
+
+
+def boxes_from_mask(mask: np.ndarray) -> np.ndarray:
+    """One xyxy box (pixel-edge coordinates) per 8-connected component of a binary mask.
+
+    Components are ordered by their first pixel in row-major order. Returns (N, 4) float32.
+    """
+    from scipy import ndimage  # outside any graph: used when writing records
+
+    labels, n = ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3), dtype=bool))
+    boxes = np.zeros((n, 4), np.float32)
+    for k, sl in enumerate(ndimage.find_objects(labels)):
+        rows, cols = sl
+        boxes[k] = (cols.start, rows.start, cols.stop, rows.stop)
+    return boxes
+
+
+def slice_features(image_hu: np.ndarray, mask: np.ndarray, boxes: np.ndarray) -> dict:
+    img = image_hu.astype(np.float32)
+    sides = np.concatenate([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]]) if len(boxes) else np.zeros(0)
+    return {
+        "hu_mean": float(img.mean()),
+        "hu_std": float(img.std()),
+        "hu_min": float(img.min()),
+        "hu_max": float(img.max()),
+        "foreground_area": int((mask > 0).sum()),
+        "num_boxes": int(len(boxes)),
+        "box_max_side": float(sides.max()) if sides.size else 0.0,
+        "box_min_side": float(sides.min()) if sides.size else 0.0,
+    }
+
+
+def encode(rec: SliceRecord) -> bytes:
+    """Serialise a SliceRecord to a tf.train.Example string."""
+    import tensorflow as tf
+
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    def f(vals):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(x) for x in np.ravel(vals)]))
+
+    hu = np.clip(np.asarray(rec.image_hu), -32768, 32767).astype("<i2")
+    mask = (np.asarray(rec.mask) > 0).astype(np.uint8)
+    boxes = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
+    feats = slice_features(hu, mask, boxes)
+    feature = {
+        "image": b(hu.tobytes()),
+        "mask": b(mask.tobytes()),
+        "height": i(hu.shape[0]),
+        "width": i(hu.shape[1]),
+        "boxes": f(boxes),
+        "patient_id": b(str(rec.patient_id).encode("utf-8")),
+        "slice_index": i(rec.slice_index),
+        "spacing": f(np.asarray(rec.spacing, np.float32).reshape(3)),
+        "fold": i(rec.fold),
+    }
+    for name, dtype in SCALAR_FEATURES.items():
+        feature[name] = i(feats[name]) if dtype is np.int64 else f([feats[name]])
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def feature_spec() -> dict:
+    import tensorflow as tf
+
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "mask": tf.io.FixedLenFeature([], tf.string),
+        "height": tf.io.FixedLenFeature([], tf.int64),
+        "width": tf.io.FixedLenFeature([], tf.int64),
+        "boxes": tf.io.VarLenFeature(tf.float32),
+        "patient_id": tf.io.FixedLenFeature([], tf.string),
+        "slice_index": tf.io.FixedLenFeature([], tf.int64),
+        "spacing": tf.io.FixedLenFeature([3], tf.float32),
+        "fold": tf.io.FixedLenFeature([], tf.int64),
+    }
+    for name, dtype in SCALAR_FEATURES.items():
+        spec[name] = tf.io.FixedLenFeature([], tf.int64 if dtype is np.int64 else tf.float32)
+    return spec
+
+
+def parse(serialized):
+    """Parse one serialised record into tensors (graph-safe).
+
+    Returns a dict with ``image_hu`` (H, W) float32, ``mask`` (H, W) float32 in {0, 1},
+    ``boxes`` (N, 4) float32 xyxy pixels, ``patient_id``, ``slice_index``, ``spacing``.
+    """
+    import tensorflow as tf
+
+    ex = tf.io.parse_single_example(serialized, feature_spec())
+    h, w = tf.cast(ex["height"], tf.int32), tf.cast(ex["width"], tf.int32)
+    image = tf.reshape(tf.io.decode_raw(ex["image"], tf.int16, little_endian=True), [h, w])
+    mask = tf.reshape(tf.io.decode_raw(ex["mask"], tf.uint8), [h, w])
+    boxes = tf.reshape(tf.sparse.to_dense(ex["boxes"]), [-1, 4])
+    return {
+        "image_hu": tf.cast(image, tf.float32),
+        "mask": tf.cast(mask, tf.float32),
+        "boxes": boxes,
+        "patient_id": ex["patient_id"],
+        "slice_index": ex["slice_index"],
+        "spacing": ex["spacing"],
+    }
+
+
+class ShardWriter:
+    """Write one shard atomically: records go to ``<path>.tmp``, renamed to `path` on success.
+
+    A crash or an exception inside the ``with`` block removes the temporary file, so a shard that
+    exists under its final name is always complete.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.tmp = path + ".tmp"
+        self.count = 0
+        self._writer = None
+
+    def __enter__(self):
+        import tensorflow as tf
+
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._writer = tf.io.TFRecordWriter(self.tmp)
+        return self
+
+    def write(self, rec: SliceRecord) -> None:
+        self._writer.write(encode(rec))
+        self.count += 1
+
+    def __exit__(self, exc_type, exc, tb):
+        self._writer.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        return False
+
+
+def shard_path(dataset_dir: str, fold: int, patient_id: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(patient_id))
+    return os.path.join(dataset_dir, f"fold-{fold}", safe + SHARD_SUFFIX)
+
+
+def write_info(dataset_dir: str, info: dict) -> None:
+    info = {"format": FORMAT, "version": FORMAT_VERSION, **info}
+    os.makedirs(dataset_dir, exist_ok=True)
+    path = os.path.join(dataset_dir, INFO_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def read_info(dataset_dir: str) -> dict:
+    path = os.path.join(dataset_dir, INFO_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{dataset_dir} is not a prepared dataset (no {INFO_FILE}); "
+            "write one with `python -m lsnet_tf.prepare`")
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {info.get('format')!r} is not {FORMAT!r}")
+    return info
+
+
+def list_shards(dataset_dir: str, folds: Iterable[int]) -> list[str]:
+    """Complete shards of the given folds, sorted (temporary files are never listed)."""
+    paths = []
+    for k in folds:
+        paths += sorted(glob.glob(os.path.join(dataset_dir, f"fold-{k}", "*" + SHARD_SUFFIX)))
+    return paths

@@ -1,0 +1,1 @@
+"""Export to SavedModel, TFLite and TF-TRT."""

@@ -1,0 +1,1 @@
+"""Backbones, L-Net, S-Net, L-SNet and baselines."""

@@ -1,0 +1,1 @@
+"""Pure tensor functions: sampling, boxes, heatmaps, connected components."""
