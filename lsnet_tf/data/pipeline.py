@@ -1,0 +1,168 @@
+"""tf.data input pipeline: shards -> parsed slices -> windowed, augmented, encoded batches.
+
+Each element (before batching) is a dict:
+
+=============  ========================  ==============================================
+key            shape                     meaning
+=============  ========================  ==============================================
+image          (S, S, 1) float32         HU windowed to [0, 1], S = data.image_size
+mask           (S, S, 1) float32         binary target
+heatmap        (S/4, S/4, 1) float32     keypoint heatmap target (targets.py)
+ltrb           (S/4, S/4, 4) float32     distance targets, input pixels
+boxes          (max_boxes, 4) float32    xyxy input pixels, zero-padded
+num_boxes      () int32                  valid rows of `boxes`
+=============  ========================  ==============================================
+
+Shards are read interleaved and streamed (memory does not grow with the dataset); target
+encoding and augmentation run on the fly. `deterministic=True` fixes the element order and
+derives the augmentation from stateless seeds.
+"""
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from lsnet_tf.config import Config, DataConfig
+from lsnet_tf.data import records, targets
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def window(hu, center: float, width: float):
+    """Map HU to [0, 1] through the window (center, width); used in training and serving alike."""
+    lo = center - width / 2.0
+    return tf.clip_by_value((tf.cast(hu, tf.float32) - lo) / width, 0.0, 1.0)
+
+
+def resolve_dataset(cfg: DataConfig) -> str:
+    """The prepared dataset folder for `cfg`: `data.dataset`, or the cached synthetic one."""
+    if cfg.dataset:
+        records.read_info(cfg.dataset)  # clear error when the folder is not a prepared dataset
+        return cfg.dataset
+    from lsnet_tf.data import synthetic
+
+    return synthetic.ensure_dataset(cfg.synthetic, cfg.cache_dir)
+
+
+def split_folds(dataset_dir: str, val_fold: int) -> tuple[list[int], list[int]]:
+    info = records.read_info(dataset_dir)
+    folds = int(info["folds"])
+    if not 0 <= val_fold < folds:
+        raise ValueError(f"data.val_fold={val_fold} but {dataset_dir} has folds 0..{folds - 1}")
+    return [k for k in range(folds) if k != val_fold], [val_fold]
+
+
+def _resize(ex, size: int):
+    h = tf.cast(tf.shape(ex["image_hu"])[0], tf.float32)
+    w = tf.cast(tf.shape(ex["image_hu"])[1], tf.float32)
+    img = tf.image.resize(ex["image_hu"][..., None], [size, size], method="bilinear")
+    mask = tf.image.resize(ex["mask"][..., None], [size, size], method="nearest")
+    scale = tf.stack([size / w, size / h, size / w, size / h])
+    return img, mask, ex["boxes"] * scale
+
+
+def _augment(img, mask, boxes, seed, size: int):
+    """Random zoom (0.8-1.25) about a random centre, and a small HU scale/shift.
+
+    The same scale-and-translate map moves image (bilinear), mask (nearest) and boxes
+    (analytically), so they stay consistent; boxes leaving the image are clipped, and dropped
+    when nothing of them is left.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    zoom = tf.exp(tf.random.stateless_uniform([], seeds[0], tf.math.log(0.8), tf.math.log(1.25)))
+    shift = tf.random.stateless_uniform([2], seeds[1], -0.15, 0.15) * size
+    # Output pixel x maps to input x_in = (x - c) / zoom + c - shift (c = image centre).
+    c = size / 2.0
+    a = 1.0 / zoom
+    tx = c - c * a - shift[0]
+    ty = c - c * a - shift[1]
+    # The kernel indexes pixel centres at integers (x_idx = x - 0.5), hence the 0.5 * (a - 1).
+    transform = tf.stack([a, 0.0, tx + 0.5 * (a - 1), 0.0, a, ty + 0.5 * (a - 1), 0.0, 0.0])[None]
+
+    def warp(x, interp):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=x[None], transforms=transform, output_shape=[size, size], fill_value=0.0,
+            interpolation=interp, fill_mode="CONSTANT")[0]
+
+    img = warp(img + 1024.0, "BILINEAR") - 1024.0  # fill outside with air (-1024 HU)
+    mask = warp(mask, "NEAREST")
+    # Inverse map for boxes: x_out = (x_in - tx) / a.
+    bx = (boxes - tf.stack([tx, ty, tx, ty])) / a
+    bx = tf.clip_by_value(bx, 0.0, float(size))
+    keep = (bx[:, 2] - bx[:, 0] > 0.5) & (bx[:, 3] - bx[:, 1] > 0.5)
+    bx = tf.boolean_mask(bx, keep)
+    gain = tf.random.stateless_uniform([], seeds[2], 0.95, 1.05)
+    offset = tf.random.stateless_uniform([], seeds[3], -20.0, 20.0)
+    return img * gain + offset, mask, bx
+
+
+def _finish(img_hu, mask, boxes, cfg: DataConfig):
+    heat, ltrb = targets.encode_targets(boxes, cfg.image_size, cfg.image_size, cfg.stride,
+                                        cfg.heatmap_sigma, cfg.min_overlap)
+    n = tf.minimum(tf.shape(boxes)[0], cfg.max_boxes)
+    padded = tf.pad(boxes[: cfg.max_boxes], [[0, cfg.max_boxes - n], [0, 0]])
+    return {
+        "image": window(img_hu, cfg.window_center, cfg.window_width),
+        "mask": tf.cast(mask > 0.5, tf.float32),
+        "heatmap": heat,
+        "ltrb": ltrb,
+        "boxes": tf.ensure_shape(padded, [cfg.max_boxes, 4]),
+        "num_boxes": n,
+    }
+
+
+def make_dataset(cfg: DataConfig, dataset_dir: str, folds, training: bool, seed: int = 0,
+                 repeat: bool | None = None, batch_size: int | None = None) -> tf.data.Dataset:
+    """Batched dataset over the shards of `folds`.
+
+    `training` shuffles, augments (if `cfg.augment`), repeats and drops the last partial batch;
+    otherwise the order is the shard order and every slice appears once.
+    """
+    files = records.list_shards(dataset_dir, folds)
+    if not files:
+        raise FileNotFoundError(f"no shards for folds {list(folds)} under {dataset_dir}")
+    repeat = training if repeat is None else repeat
+    batch_size = batch_size or cfg.batch_size
+    det = cfg.deterministic or not training
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+                       num_parallel_calls=AUTOTUNE, deterministic=det)
+    ds = ds.map(records.parse, num_parallel_calls=AUTOTUNE, deterministic=det)
+    if training:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    size = cfg.image_size
+    do_aug = training and cfg.augment
+
+    def prep(index, ex):
+        img, mask, boxes = _resize(ex, size)
+        if do_aug:
+            img, mask, boxes = _augment(img, mask, boxes, tf.stack([tf.cast(seed, tf.int64), index]), size)
+        return _finish(img, mask, boxes, cfg)
+
+    ds = ds.enumerate().map(prep, num_parallel_calls=AUTOTUNE, deterministic=det)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    options = tf.data.Options()
+    options.deterministic = det
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def count_slices(dataset_dir: str, folds) -> int:
+    info = records.read_info(dataset_dir)
+    return int(sum(int(info["num_slices"][str(k)]) for k in folds))
+
+
+def datasets_for(cfg: Config, seed: int | None = None):
+    """(train_ds, val_ds, dataset_dir, n_train, n_val) for a full config."""
+    dataset_dir = resolve_dataset(cfg.data)
+    train_folds, val_folds = split_folds(dataset_dir, cfg.data.val_fold)
+    seed = cfg.train.seed if seed is None else seed
+    train = make_dataset(cfg.data, dataset_dir, train_folds, training=True, seed=seed)
+    val = make_dataset(cfg.data, dataset_dir, val_folds, training=False)
+    return (train, val, os.path.abspath(dataset_dir), count_slices(dataset_dir, train_folds),
+            count_slices(dataset_dir, val_folds))
