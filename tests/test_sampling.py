@@ -1,0 +1,309 @@
+"""Affine grid, bilinear sampler, inverse transform and mask pasting (lsnet_tf.ops.sampling)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+from lsnet_tf.ops.boxes import box_theta
+from lsnet_tf.ops.sampling import affine_grid, bilinear_sample, invert_affine, paste_masks
+
+F32 = np.float32
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+
+
+def sample(images, theta, height, width):
+    return bilinear_sample(images, affine_grid(theta, height, width)).numpy()
+
+
+def scipy_reference(images, grid):
+    """Independent reference: scipy.ndimage.map_coordinates, order 1, zero outside."""
+    images = np.asarray(images, np.float64)
+    grid = np.asarray(grid, np.float64)
+    batch, height, width, channels = images.shape
+    out = np.zeros(grid.shape[:3] + (channels,))
+    for b in range(batch):
+        # Pixel coordinates with pixel centres at integers, as scipy expects.
+        px = ((grid[b, ..., 0] + 1.0) * width - 1.0) / 2.0
+        py = ((grid[b, ..., 1] + 1.0) * height - 1.0) / 2.0
+        for c in range(channels):
+            out[b, ..., c] = ndimage.map_coordinates(images[b, ..., c], [py, px], order=1,
+                                                     mode="grid-constant", cval=0.0)
+    return out
+
+
+def test_affine_grid_identity_is_pixel_centres():
+    grid = affine_grid(IDENTITY[None], 2, 4).numpy()
+    assert grid.shape == (1, 2, 4, 2)
+    np.testing.assert_allclose(grid[0, 0, :, 0], [-0.75, -0.25, 0.25, 0.75], atol=1e-7)
+    np.testing.assert_allclose(grid[0, :, 0, 1], [-0.5, 0.5], atol=1e-7)
+
+
+def test_affine_grid_applies_theta_to_x_y_one():
+    theta = np.array([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]], np.float32)
+    grid = affine_grid(theta, 3, 2).numpy()
+    xn, yn = 0.5, 2.0 / 3.0  # output pixel (row 2, col 1)
+    np.testing.assert_allclose(grid[0, 2, 1], [xn + 2 * yn + 3, 4 * xn + 5 * yn + 6], rtol=1e-6)
+
+
+def test_identity_theta_returns_input():
+    images = np.random.default_rng(0).normal(size=(2, 9, 7, 3)).astype(np.float32)
+    out = sample(images, np.stack([IDENTITY, IDENTITY]), 9, 7)
+    np.testing.assert_allclose(out, images, atol=1e-6)
+
+
+@pytest.mark.parametrize("shift_x, shift_y", [(2, 0), (0, -3), (1, 2), (-4, -1)])
+def test_integer_shift_is_zero_padded_roll(shift_x, shift_y):
+    height, width = 8, 10
+    images = np.random.default_rng(1).normal(size=(1, height, width, 2)).astype(np.float32)
+    theta = IDENTITY.copy()
+    theta[0, 2] = 2.0 * shift_x / width
+    theta[1, 2] = 2.0 * shift_y / height
+    out = sample(images, theta[None], height, width)
+    # Pull: out[i, j] = in[i + shift_y, j + shift_x], zero where that is outside.
+    expected = np.roll(images, (-shift_y, -shift_x), axis=(1, 2))
+    rows = np.arange(height)[:, None] + shift_y
+    cols = np.arange(width)[None, :] + shift_x
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    expected = np.where(inside[None, :, :, None], expected, 0.0)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_two_times_zoom_known_values():
+    # I[i, j] = 10 i + j is linear, so bilinear sampling returns 10 y + x at the sample points.
+    image = (10.0 * np.arange(4)[:, None] + np.arange(4)[None, :]).astype(np.float32)
+    theta = np.array([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]], np.float32)
+    out = sample(image[None, :, :, None], theta, 4, 4)[0, :, :, 0]
+    coords = np.array([0.75, 1.25, 1.75, 2.25])  # pixel coords of the output centres
+    np.testing.assert_allclose(out, 10.0 * coords[:, None] + coords[None, :], atol=1e-5)
+
+
+def test_zoom_out_taps_outside_count_as_zero():
+    # 1 x 2 image [1, 3]; 2x zoom out samples x = -0.5 and x = 1.5 (pixel coordinates).
+    image = np.array([1.0, 3.0], np.float32).reshape(1, 1, 2, 1)
+    theta = np.array([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], np.float32)
+    out = sample(image, theta, 1, 2)
+    np.testing.assert_allclose(out.ravel(), [0.5, 1.5], atol=1e-6)
+    far = np.array([[[1.0, 0.0, 5.0], [0.0, 1.0, 0.0]]], np.float32)  # entirely outside
+    assert np.all(sample(image, far, 1, 2) == 0.0)
+
+
+def test_matches_scipy_on_random_affine():
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(4, 13, 17, 2)).astype(np.float32)
+    scale = rng.uniform(0.3, 1.3, size=(4, 1, 1))
+    angle = rng.uniform(-np.pi, np.pi, size=4)
+    rotation = np.stack([np.stack([np.cos(angle), -np.sin(angle)], -1),
+                         np.stack([np.sin(angle), np.cos(angle)], -1)], -2)
+    shear = np.eye(2) + rng.uniform(-0.4, 0.4, size=(4, 2, 2)) * (1 - np.eye(2))
+    linear = scale * rotation @ shear
+    theta = np.concatenate([linear, rng.uniform(-0.6, 0.6, size=(4, 2, 1))], -1).astype(np.float32)
+    grid = affine_grid(theta, 11, 9)
+    out = bilinear_sample(images, grid).numpy()
+    expected = scipy_reference(images, grid.numpy())
+    outside = (np.abs(grid.numpy()) > 1).any(-1)
+    assert 0.05 < outside.mean() < 0.7  # the test covers points inside and outside
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_matches_scipy_on_arbitrary_grid_points():
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(2, 5, 6, 1)).astype(np.float32)
+    grid = rng.uniform(-1.6, 1.6, size=(2, 7, 8, 2)).astype(np.float32)
+    np.testing.assert_allclose(bilinear_sample(images, grid).numpy(),
+                               scipy_reference(images, grid), atol=1e-5)
+
+
+def test_float64_and_dtype_follows_images():
+    images = np.random.default_rng(4).normal(size=(1, 4, 4, 1))
+    out = bilinear_sample(images, affine_grid(IDENTITY[None].astype(np.float64), 4, 4))
+    assert out.dtype == tf.float64
+    np.testing.assert_allclose(out.numpy(), images, atol=1e-12)
+
+
+def _loss_weights(shape, seed=5):
+    return tf.constant(np.random.default_rng(seed).normal(size=shape))
+
+
+def test_gradients_finite_nonzero_and_match_finite_differences():
+    rng = np.random.default_rng(6)
+    images = tf.constant(rng.normal(size=(2, 8, 9, 2)))  # float64 for finite differences
+    # Generic values: no sample point sits on a pixel centre, where the sampler has a kink.
+    theta = tf.constant([[[0.71, 0.13, 0.052], [-0.21, 0.63, 0.11]],
+                         [[0.93, 0.0, -0.23], [0.0, 1.17, 0.31]]], tf.float64)
+    weights = _loss_weights((2, 6, 5, 2))
+
+    def loss(images, theta):
+        return tf.reduce_sum(bilinear_sample(images, affine_grid(theta, 6, 5)) * weights)
+
+    with tf.GradientTape() as tape:
+        tape.watch([images, theta])
+        value = loss(images, theta)
+    grad_images, grad_theta = tape.gradient(value, [images, theta])
+    for grad in (grad_images, grad_theta):
+        assert np.all(np.isfinite(grad.numpy())) and np.any(grad.numpy() != 0)
+
+    step = 1e-6
+    numeric = np.zeros((2, 2, 3))
+    for index in np.ndindex(2, 2, 3):
+        delta = np.zeros((2, 2, 3))
+        delta[index] = step
+        numeric[index] = (loss(images, theta + delta) - loss(images, theta - delta)) / (2 * step)
+    np.testing.assert_allclose(grad_theta.numpy(), numeric, rtol=1e-5, atol=1e-7)
+
+    # Linear in the image: a finite difference on a few pixels is exact.
+    for index in [(0, 3, 4, 1), (1, 0, 0, 0), (1, 5, 2, 1)]:
+        delta = np.zeros(images.shape)
+        delta[index] = 1.0
+        numeric_pixel = loss(images + delta, theta) - loss(images, theta)
+        np.testing.assert_allclose(grad_images.numpy()[index], numeric_pixel, atol=1e-9)
+
+
+def test_dynamic_batch_in_tf_function():
+    fn = tf.function(lambda images, theta: bilinear_sample(images, affine_grid(theta, 5, 6)),
+                     input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                      tf.TensorSpec([None, 2, 3], tf.float32)])
+    rng = np.random.default_rng(7)
+    theta = np.tile(np.array([[[0.8, 0.1, 0.1], [0.0, 0.9, -0.1]]], np.float32), (3, 1, 1))
+    for batch in (1, 3):
+        images = rng.normal(size=(batch, 10, 12, 3)).astype(np.float32)
+        out = fn(images, theta[:batch]).numpy()
+        assert out.shape == (batch, 5, 6, 3)
+        np.testing.assert_allclose(out, sample(images, theta[:batch], 5, 6), atol=1e-6)
+
+
+def test_runs_under_xla_jit():
+    rng = np.random.default_rng(8)
+    images = rng.normal(size=(2, 12, 10, 4)).astype(np.float32)
+    theta = np.array([[[0.5, 0.2, 0.1], [0.1, 0.7, 0.0]]] * 2, np.float32)
+
+    @tf.function(jit_compile=True)
+    def fn(images, theta):
+        return bilinear_sample(images, affine_grid(theta, 7, 9))
+
+    np.testing.assert_allclose(fn(images, theta).numpy(), sample(images, theta, 7, 9), atol=1e-5)
+
+    def gradients(images, theta):
+        with tf.GradientTape() as tape:
+            tape.watch([images, theta])
+            loss = tf.reduce_sum(tf.square(bilinear_sample(images, affine_grid(theta, 7, 9))))
+        return tape.gradient(loss, [images, theta])
+
+    images, theta = tf.constant(images), tf.constant(theta)
+    for jitted, eager in zip(tf.function(gradients, jit_compile=True)(images, theta),
+                             gradients(images, theta)):
+        np.testing.assert_allclose(jitted.numpy(), eager.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_converts_to_tflite_with_builtin_ops_only():
+    module = tf.Module()
+    module.fn = tf.function(
+        lambda images, theta: bilinear_sample(images, affine_grid(theta, 6, 6)),
+        input_signature=[tf.TensorSpec([1, 8, 8, 2], tf.float32),
+                         tf.TensorSpec([1, 2, 3], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.fn.get_concrete_function()], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner()
+    rng = np.random.default_rng(9)
+    images = rng.normal(size=(1, 8, 8, 2)).astype(np.float32)
+    theta = np.array([[[0.9, 0.3, 0.2], [-0.3, 0.8, -0.4]]], np.float32)
+    (out,) = runner(images=images, theta=theta).values()
+    np.testing.assert_allclose(out, sample(images, theta, 6, 6), atol=1e-5)
+
+
+def test_invert_affine_known_values_and_composition():
+    theta = np.array([[[0.5, 0.0, 0.2], [0.0, 0.25, -0.5]]], np.float32)
+    inverse = invert_affine(theta, eps=0.0).numpy()
+    np.testing.assert_allclose(inverse, [[[2.0, 0.0, -0.4], [0.0, 4.0, 2.0]]], rtol=1e-6)
+    rng = np.random.default_rng(10)
+    theta = np.zeros((5, 2, 3), np.float32)
+    theta[:, 0, 0], theta[:, 1, 1] = rng.uniform(0.1, 2.0, 5), rng.uniform(0.1, 2.0, 5)
+    theta[:, :, 2] = rng.uniform(-1, 1, (5, 2))
+    inverse = invert_affine(theta).numpy()  # default eps = 1e-6
+
+    def homogeneous(t):
+        return np.concatenate([t, np.broadcast_to([0.0, 0.0, 1.0], (len(t), 1, 3))], 1)
+
+    composed = homogeneous(inverse) @ homogeneous(theta)
+    np.testing.assert_allclose(composed[:, :2], np.broadcast_to(IDENTITY, (5, 2, 3)), atol=2e-5)
+
+
+def test_invert_affine_of_degenerate_box_is_finite():
+    theta = np.array([[[0.0, 0.0, 0.3], [0.0, 0.0, -0.1]]], np.float32)
+    assert np.all(np.isfinite(invert_affine(theta).numpy()))
+
+
+def test_paste_masks_round_trips_the_roi_of_a_mask():
+    height, width = 32, 40
+    rng = np.random.default_rng(11)
+    mask = (rng.random((height, width)) > 0.5).astype(np.float32)
+    box = np.array([[6.0, 4.0, 26.0, 20.0]], np.float32)  # xyxy, 20 x 16 pixels
+    theta = box_theta(box, height, width, margin=0.0)
+    crop = bilinear_sample(mask[None, :, :, None], affine_grid(theta, 16, 20))
+    np.testing.assert_allclose(crop.numpy()[0, :, :, 0], mask[4:20, 6:26], atol=1e-5)
+    pasted = paste_masks(crop, theta, [0], 1, height, width).numpy()[0, :, :, 0]
+    np.testing.assert_allclose(pasted[4:20, 6:26], mask[4:20, 6:26], atol=1e-4)
+    # Zero one pixel or more beyond the box (the ring next to it blends with zero padding).
+    outside = np.ones((height, width), bool)
+    outside[3:21, 5:27] = False
+    assert np.all(pasted[outside] == 0.0)
+
+
+def test_paste_masks_upsampled_roi_round_trips_a_ramp():
+    # A 2x zoomed RoI and its inverse reproduce a linear image inside the box exactly.
+    height, width = 24, 24
+    ramp = (np.arange(width)[None, :] * 0.03 + np.arange(height)[:, None] * 0.01 + 0.1)
+    ramp = ramp.astype(np.float32)[None, :, :, None]
+    theta = box_theta(np.array([[4.0, 6.0, 16.0, 18.0]], np.float32), height, width, margin=0.0)
+    crop = bilinear_sample(ramp, affine_grid(theta, 24, 24))
+    pasted = paste_masks(crop, theta, [0], 1, height, width).numpy()
+    np.testing.assert_allclose(pasted[0, 7:17, 5:15], ramp[0, 7:17, 5:15], atol=1e-4)
+
+
+def test_paste_masks_merges_by_max_per_image_and_leaves_empty_images_zero():
+    height = width = 16
+    masks = np.zeros((3, 4, 4, 1), np.float32)
+    masks[0] = 0.4
+    masks[1] = 0.9
+    masks[2] = 0.7
+    boxes = np.array([[2, 2, 10, 10], [6, 6, 14, 14], [0, 0, 8, 8]], np.float32)
+    theta = box_theta(boxes, height, width, margin=0.0)
+    out = paste_masks(masks, theta, tf.constant([0, 0, 2]), 3, height, width).numpy()
+    assert out.shape == (3, height, width, 1)
+    assert out[0, 4, 4, 0] == pytest.approx(0.4, abs=1e-5)  # only RoI 0
+    assert out[0, 8, 8, 0] == pytest.approx(0.9, abs=1e-5)  # overlap: max
+    assert out[0, 12, 12, 0] == pytest.approx(0.9, abs=1e-5)
+    assert out[0, 0, 15, 0] == 0.0
+    assert np.all(out[1] == 0.0)  # no RoI for image 1
+    assert out[2, 3, 3, 0] == pytest.approx(0.7, abs=1e-5)
+
+
+def test_paste_masks_without_rois_gives_zeros():
+    out = paste_masks(tf.zeros([0, 4, 4, 2]), tf.zeros([0, 2, 3]), tf.zeros([0], tf.int32),
+                      2, 8, 6)
+    assert out.shape == (2, 8, 6, 2)
+    assert np.all(out.numpy() == 0.0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: affine_grid(np.zeros((2, 3), np.float32), 4, 4), "rank 3"),
+    (lambda: affine_grid(np.zeros((1, 3, 3), np.float32), 4, 4), r"\(batch, 2, 3\)"),
+    (lambda: affine_grid(np.zeros((1, 2, 3), np.int32), 4, 4), "floating"),
+    (lambda: affine_grid(np.zeros((1, 2, 3), np.float32), 0, 4), "height must be a positive"),
+    (lambda: affine_grid(np.zeros((1, 2, 3), np.float32), 4, 2.5), "width must be a positive"),
+    (lambda: bilinear_sample(np.zeros((4, 4, 1), np.float32), np.zeros((1, 2, 2, 2), F32)),
+     "images must have rank 4"),
+    (lambda: bilinear_sample(np.zeros((1, 4, 4, 1), np.float32), np.zeros((1, 2, 2, 3), F32)),
+     "size 2"),
+    (lambda: bilinear_sample(np.zeros((2, 4, 4, 1), np.float32), np.zeros((1, 2, 2, 2), F32)),
+     "same batch size"),
+    (lambda: bilinear_sample(np.zeros((1, 4, 4, 1), np.int32), np.zeros((1, 2, 2, 2), F32)),
+     "images must be a floating"),
+    (lambda: paste_masks(np.zeros((1, 4, 4, 1), np.float32), np.zeros((1, 2, 3), np.float32),
+                         np.zeros([1], np.float32), 1, 8, 8), "image_index must be an integer"),
+    (lambda: paste_masks(np.zeros((1, 4, 4, 1), np.float32), np.zeros((1, 2, 3), np.float32),
+                         np.zeros([1], np.int32), 0, 8, 8), "batch_size must be a positive"),
+])
+def test_documented_errors(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
