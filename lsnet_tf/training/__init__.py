@@ -1,0 +1,1 @@
+"""Training loop pieces: callbacks for checkpoints, TensorBoard images and the ground-truth RoI phase."""
