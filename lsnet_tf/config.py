@@ -92,33 +92,64 @@ class DataConfig:
         _check(self.val_fold >= 0, "data.val_fold must be >= 0", self.val_fold)
 
 
+ARCHITECTURES = ("lsnet", "unet", "attention_unet", "fcn", "coarse_to_fine", "lnet_crop")
+ONE_STAGE_ARCHITECTURES = ("unet", "attention_unet", "fcn")
+FAMILIES = ("unet", "attention_unet", "fcn")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    # "lsnet" (L-Net + RR + S-Net) or a one-stage baseline: "unet", "fcn".
+    # "lsnet": L-Net + RR + S-Net (the paper's model). Baselines (lsnet_tf.models.baselines):
+    # "unet", "attention_unet", "fcn": one-stage S-Net on the whole image (family must match);
+    # "coarse_to_fine": a coarse segmentation network, a hard crop of its mask's box, S-Net;
+    # "lnet_crop": L-Net as the first stage with a hard crop instead of RR (Tables 2 and 3).
     architecture: str = "lsnet"
-    # Encoder-decoder family of L-Net and S-Net: "unet" or "fcn".
+    # Encoder-decoder family of every network of the model: "unet", "attention_unet" or "fcn".
     family: str = "unet"
+    # ResNet depth of the first stage (L-Net, or the coarse network of coarse_to_fine) and of the
+    # second stage (S-Net; also the one-stage baselines' network).
     lnet_depth: int = 18
     snet_depth: int = 34
     # Channels of the first ResNet stage (64 in ResNet18/34); the stages double it.
     width: int = 64
     decoder_width: int = 0  # 0: same as width
     num_classes: int = 1
-    # RR border margin m in input pixels (Eq. 3).
+    # RR border margin m in input pixels (Eq. 3); also the crop border of the crop baselines.
     margin: float = 15.0
-    # keras-hub preset (name or local folder) for ImageNet weights of both backbones; "" = random.
+    # keras-hub preset (name or local folder) for ImageNet weights of the first-stage and the
+    # second-stage (or one-stage) backbone; "" = random initialisation.
     lnet_preset: str = ""
     snet_preset: str = ""
+    # Crop baselines (coarse_to_fine, lnet_crop): the box the second stage is trained on,
+    # "truth" (the ground-truth box, standard for coarse-to-fine training) or "predicted" (the
+    # first stage's box, no gradient; ground truth while train.gt_box_epochs lasts).
+    train_crop: str = "truth"
+    # coarse_to_fine: boxes from the coarse mask, "union" (one box around the whole mask, as the
+    # fixed-point model of Zhou et al. 2017) or "components" (one box per connected component).
+    crop_mode: str = "union"
+
+    @property
+    def one_stage(self) -> bool:
+        return self.architecture in ONE_STAGE_ARCHITECTURES
 
     def validate(self) -> None:
-        _check(self.architecture in ("lsnet", "unet", "fcn"),
-               "model.architecture must be one of lsnet, unet, fcn", self.architecture)
-        _check(self.family in ("unet", "fcn"), "model.family must be unet or fcn", self.family)
+        _check(self.architecture in ARCHITECTURES,
+               f"model.architecture must be one of {', '.join(ARCHITECTURES)}", self.architecture)
+        _check(self.family in FAMILIES, f"model.family must be one of {', '.join(FAMILIES)}",
+               self.family)
+        _check(not self.one_stage or self.family == self.architecture,
+               "model.family must equal model.architecture for a one-stage baseline "
+               "(set both, e.g. architecture: fcn and family: fcn)",
+               (self.architecture, self.family))
         _check(self.lnet_depth in (18, 34), "model.lnet_depth must be 18 or 34", self.lnet_depth)
         _check(self.snet_depth in (18, 34), "model.snet_depth must be 18 or 34", self.snet_depth)
         _check(self.width >= 4, "model.width must be >= 4", self.width)
         _check(self.num_classes >= 1, "model.num_classes must be >= 1", self.num_classes)
         _check(self.margin >= 0, "model.margin must be >= 0", self.margin)
+        _check(self.train_crop in ("truth", "predicted"),
+               "model.train_crop must be truth or predicted", self.train_crop)
+        _check(self.crop_mode in ("union", "components"),
+               "model.crop_mode must be union or components", self.crop_mode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +158,10 @@ class LossConfig:
     kind: str = "focal_dice"
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # The heatmap's focal loss per image: summed over cells and divided by the number of positive
+    # cells (Y > 0.5; "positives", as Lin et al. 2017 normalise by the assigned anchors) or
+    # averaged over cells ("elements"). Masks always average over pixels.
+    heatmap_focal_normalizer: str = "positives"
     dice_weight: float = 0.2
     # Heatmap positives for the box loss: Y > tau.
     tau: float = 0.5
@@ -136,6 +171,9 @@ class LossConfig:
         _check(self.kind in ("focal_dice", "bce"), "loss.kind must be focal_dice or bce", self.kind)
         _check(0 <= self.focal_alpha <= 1, "loss.focal_alpha must lie in [0, 1]", self.focal_alpha)
         _check(self.focal_gamma >= 0, "loss.focal_gamma must be >= 0", self.focal_gamma)
+        _check(self.heatmap_focal_normalizer in ("positives", "elements"),
+               "loss.heatmap_focal_normalizer must be positives or elements",
+               self.heatmap_focal_normalizer)
         _check(0 <= self.tau < 1, "loss.tau must lie in [0, 1)", self.tau)
 
 

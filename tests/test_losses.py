@@ -250,3 +250,30 @@ def test_documented_errors(call, message):
     y, p = _masks(np.random.default_rng(10))
     with pytest.raises(ValueError, match=message):
         call(y, p)
+
+
+def test_focal_from_logits_matches_probabilities_and_keeps_gradient():
+    from lsnet_tf.losses.segmentation import focal_loss_with_logits, per_sample_loss_from_logits
+    from lsnet_tf.config import LossConfig
+    z = tf.constant([[-3.0, 0.5], [2.0, -1.0]])
+    y = tf.constant([[1.0, 0.0], [0.3, 1.0]])
+    np.testing.assert_allclose(focal_loss_with_logits(y, z).numpy(),
+                               focal_loss(y, tf.sigmoid(z)).numpy(), rtol=1e-5)
+    # A saturated negative logit at a positive still gets a gradient of about -alpha.
+    zs = tf.Variable([[-40.0]])
+    with tf.GradientTape() as tape:
+        loss = focal_loss_with_logits(tf.constant([[1.0]]), zs, alpha=0.25)
+    assert tape.gradient(loss, zs).numpy()[0, 0] == pytest.approx(-0.25, rel=1e-3)
+    # per-sample forms: focal+Dice and BCE against the probability versions.
+    y4, z4 = tf.reshape(y, [2, 1, 2, 1]), tf.reshape(z, [2, 1, 2, 1])
+    cfg = LossConfig()
+    np.testing.assert_allclose(per_sample_loss_from_logits(cfg, y4, z4).numpy(),
+                               per_sample_loss(cfg, y4, tf.sigmoid(z4)).numpy(), rtol=1e-5)
+    # "positives": the focal sum divided by the count of y > 0.5 (1 in each sample here).
+    pos = LossConfig(dice_weight=0.0)
+    fl = focal_loss(y4, tf.sigmoid(z4)).numpy().reshape(2, -1)
+    np.testing.assert_allclose(per_sample_loss_from_logits(pos, y4, z4, "positives").numpy(),
+                               fl.sum(1) / 1.0, rtol=1e-5)
+    bce = LossConfig(kind="bce")
+    np.testing.assert_allclose(per_sample_loss_from_logits(bce, y4, z4).numpy(),
+                               per_sample_loss(bce, y4, tf.sigmoid(z4)).numpy(), rtol=1e-4)

@@ -210,7 +210,8 @@ def test_lnet_outputs(family, depth, images):
     model = build_lnet(SHAPE, family=family, depth=depth, width=WIDTH)
     assert model.name == "lnet"
     out = model(images)
-    assert sorted(out) == ["heatmap", "ltrb"]
+    assert sorted(out) == ["heatmap", "heatmap_logits", "ltrb"]
+    np.testing.assert_allclose(_np(out["heatmap"]), _np(tf.sigmoid(out["heatmap_logits"])), atol=1e-6)
     assert tuple(out["heatmap"].shape) == (2, 64 // STRIDE, 64 // STRIDE, 1)
     assert tuple(out["ltrb"].shape) == (2, 64 // STRIDE, 64 // STRIDE, 4)
     assert out["heatmap"].dtype == tf.float32 and out["ltrb"].dtype == tf.float32

@@ -38,7 +38,12 @@ def window(hu, center: float, width: float):
 def resolve_dataset(cfg: DataConfig) -> str:
     """The prepared dataset folder for `cfg`: `data.dataset`, or the cached synthetic one."""
     if cfg.dataset:
-        records.read_info(cfg.dataset)  # clear error when the folder is not a prepared dataset
+        info = records.read_info(cfg.dataset)  # clear error when the folder is not prepared
+        if info.get("complete") is False:
+            import warnings
+
+            warnings.warn(f"{cfg.dataset}: `prepare` reported failed patients ({info.get('failed')}); "
+                          "training uses the patients that were prepared", stacklevel=2)
         return cfg.dataset
     from lsnet_tf.data import synthetic
 

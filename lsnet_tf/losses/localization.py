@@ -33,21 +33,22 @@ def global_sum(x):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
-def localization_loss(heatmap_pred, ltrb_pred, heatmap_true, ltrb_true, loss_cfg, global_batch,
+def localization_loss(heatmap_logits, ltrb_pred, heatmap_true, ltrb_true, loss_cfg, global_batch,
                       stride: int = 4):
     """Eq. (5) for one replica's batch.
 
     Args:
-      heatmap_pred, heatmap_true: (B, h, w, 1) probabilities / Gaussian targets.
+      heatmap_logits, heatmap_true: (B, h, w, 1) heatmap logits (L-Net's "heatmap_logits")
+        and Gaussian targets; ℓ is computed from logits so its gradient never dies in a clip.
       ltrb_pred, ltrb_true: (B, h, w, 4) distances in input pixels.
       loss_cfg: a `LossConfig`.
       global_batch: the batch size summed over replicas (a Python int or scalar tensor).
     Returns:
       (total, {"heatmap": ..., "box": ...}) scalars already divided by the global counts.
     """
-    heatmap_pred = tf.cast(heatmap_pred, tf.float32)
     ltrb_pred = tf.cast(ltrb_pred, tf.float32)
-    per_image = segmentation.per_sample_loss(loss_cfg, heatmap_true, heatmap_pred)  # (B,)
+    per_image = segmentation.per_sample_loss_from_logits(
+        loss_cfg, heatmap_true, heatmap_logits, loss_cfg.heatmap_focal_normalizer)  # (B,)
     heat = tf.reduce_sum(per_image) / tf.cast(global_batch, tf.float32)
 
     h, w = tf.shape(heatmap_true)[1], tf.shape(heatmap_true)[2]

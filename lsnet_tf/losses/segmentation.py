@@ -220,3 +220,48 @@ def segmentation_loss(kind: str, y_true, y_prob, sample_weight=None, focal_alpha
 
 __all__ = ["LOSS_KINDS", "bce_loss", "bce_per_sample", "focal_dice_loss", "focal_dice_per_sample",
            "focal_loss", "per_sample_loss", "segmentation_loss", "soft_dice_loss"]
+
+
+def focal_loss_with_logits(y_true, logits, alpha: float = 0.25, gamma: float = 2.0):
+    """``focal_loss`` computed from logits, with log-sigmoids instead of clipped logs.
+
+    The same values as ``focal_loss(y_true, sigmoid(logits))`` where that is not clipped, but the
+    gradient never vanishes through a clip: a probability saturated near 0 at a positive still
+    gets a gradient of about ``-alpha`` on its logit, so a heatmap cannot collapse to all-zero
+    and stay there.
+    """
+    _check_alpha_gamma(alpha, gamma)
+    y_true = ops.cast(y_true, "float32")
+    z = ops.cast(logits, "float32")
+    p = ops.sigmoid(z)
+    positive = -alpha * y_true * ops.power(1.0 - p, gamma) * ops.log_sigmoid(z)
+    negative = -(1.0 - alpha) * (1.0 - y_true) * ops.power(p, gamma) * ops.log_sigmoid(-z)
+    return positive + negative
+
+
+def per_sample_loss_from_logits(loss_cfg, y_true, logits, focal_normalizer: str = "elements"):
+    """``per_sample_loss`` from logits ``(batch, ...)``: the form the training step uses.
+
+    ``focal_dice``: focal (from logits; summed and divided by the sample's number of positive
+    elements, y > 0.5, at least 1, when ``focal_normalizer == "positives"``, else averaged) + ``dice_weight`` · soft Dice of ``sigmoid(logits)``;
+    ``bce``: mean sigmoid cross-entropy from logits. Returns ``(batch,)`` float32.
+    """
+    y_true = ops.cast(y_true, "float32")
+    z = ops.cast(logits, "float32")
+    axes = tuple(range(1, len(y_true.shape)))
+    if loss_cfg.kind == "bce":
+        return ops.mean(_bce_with_logits(y_true, z), axis=axes)
+    if loss_cfg.kind != "focal_dice":
+        raise ValueError(f"loss kind must be 'focal_dice' or 'bce', received {loss_cfg.kind!r}")
+    focal = focal_loss_with_logits(y_true, z, loss_cfg.focal_alpha, loss_cfg.focal_gamma)
+    if focal_normalizer == "positives":
+        positives = ops.sum(ops.cast(y_true > 0.5, "float32"), axis=axes)
+        focal = ops.sum(focal, axis=axes) / ops.maximum(positives, 1.0)
+    else:
+        focal = ops.mean(focal, axis=axes)
+    return focal + loss_cfg.dice_weight * soft_dice_loss(y_true, ops.sigmoid(z), axis=axes)
+
+
+def _bce_with_logits(y_true, z):
+    # max(z, 0) - z * y + log(1 + exp(-|z|)): the stable form of sigmoid cross-entropy.
+    return ops.relu(z) - z * y_true + ops.log1p(ops.exp(-ops.abs(z)))

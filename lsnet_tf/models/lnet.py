@@ -80,4 +80,5 @@ def build_lnet(input_shape=(None, None, 1), family: str = "unet", depth: int = 1
     box = layers.Activation("softplus", dtype="float32", name="bbr_softplus")(box)
     ltrb = layers.Rescaling(float(STRIDE), dtype="float32", name="ltrb")(box)
 
-    return keras.Model(image, {"heatmap": heatmap, "ltrb": ltrb}, name=name)
+    logits = layers.Activation("linear", dtype="float32", name="heatmap_logits")(kp)
+    return keras.Model(image, {"heatmap": heatmap, "heatmap_logits": logits, "ltrb": ltrb}, name=name)

@@ -115,74 +115,95 @@ class LSNet(keras.Model):
         d = tf.gather(tf.reshape(ltrb, [b, -1, 4]), cell, batch_dims=1)
         return points, d
 
-    def _seg_loss(self, mask_true, logits, weight, global_batch):
-        prob = tf.sigmoid(tf.cast(logits, tf.float32))
-        per = segmentation.per_sample_loss(self.loss_config, mask_true, prob)
+    def _seg_loss(self, mask_true, logits, weight):
+        """Eq. (6): ℓ over the images with a target, normalised by their global count."""
+        per = segmentation.per_sample_loss_from_logits(self.loss_config, mask_true, logits)
         n = localization.global_sum(tf.reduce_sum(weight))
-        return tf.reduce_sum(per * weight) / tf.maximum(n, 1.0), prob
+        return tf.reduce_sum(per * weight) / tf.maximum(n, 1.0)
 
     def _unpack(self, data):
         if isinstance(data, tuple):
             data = data[0]
         return data
 
-    def _step(self, data, training):
+    def _forward(self, data, training):
+        """Both losses of one replica's batch, recorded on the two tapes.
+
+        Returns (losses dict, l_tape, s_tape, dist): `dist` is the selected distances (B, 4)
+        through which S-Net's loss reaches L-Net.
+        """
         data = self._unpack(data)
         images, mask = data["image"], data["mask"]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         global_batch = tf.shape(images)[0] * replicas
-        has_target = tf.cast(data["num_boxes"] > 0, tf.float32)
+        has_target = data["num_boxes"] > 0
         seed = tf.stack([tf.cast(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
 
         with tf.GradientTape() as l_tape:
             out = self.lnet(images, training=training)
             l_loss, terms = localization.localization_loss(
-                out["heatmap"], out["ltrb"], data["heatmap"], data["ltrb"], self.loss_config,
+                out["heatmap_logits"], out["ltrb"], data["heatmap"], data["ltrb"], self.loss_config,
                 global_batch, STRIDE)
             points, dist = self._select_rois(out["heatmap"], out["ltrb"], training, seed)
         with tf.GradientTape() as s_tape:
             s_tape.watch(dist)
-            # Ground-truth RoIs (first box of each image) stand in while gt_phase is on.
+            # While gt_phase is on, the first ground-truth box of each image with a target
+            # stands in for the predicted RoI (no gradient reaches L-Net from those images).
             gt = data["boxes"][:, 0]
             gt_points = (gt[:, :2] + gt[:, 2:]) / 2
             gt_dist = tf.concat([gt_points - gt[:, :2], gt[:, 2:] - gt_points], -1)
-            use_gt = tf.logical_and(tf.cast(self.gt_phase, tf.bool), training)
-            points = tf.where(use_gt, gt_points, points)
-            sel = tf.where(use_gt, gt_dist, dist)
-            rois, theta = self.rr([images, points, sel])
+            use_gt = tf.logical_and(tf.logical_and(tf.cast(self.gt_phase, tf.bool), training),
+                                    has_target)[:, None]
+            rois, theta = self.rr([images, tf.where(use_gt, gt_points, points),
+                                   tf.where(use_gt, gt_dist, dist)])
             grid = sampling.affine_grid(tf.stop_gradient(theta), *self.roi_size)
             roi_mask = sampling.bilinear_sample(mask, grid)
             logits = self.snet(rois, training=training)
-            s_loss, roi_prob = self._seg_loss(roi_mask, logits, has_target, global_batch)
-        if training:
-            s_vars = self.snet.trainable_variables
-            grads = s_tape.gradient(s_loss, s_vars + [dist])
-            s_grads, d_grad = grads[:-1], grads[-1]
-            l_vars = self.lnet.trainable_variables
-            d_grad = tf.zeros_like(dist) if d_grad is None else d_grad
-            l_grads = l_tape.gradient([l_loss, dist], l_vars,
-                                      output_gradients=[tf.ones_like(l_loss), self.gamma * d_grad])
-            self.optimizer.apply(l_grads, l_vars)
-            self.snet_optimizer.apply(s_grads, s_vars)
+            s_loss = self._seg_loss(roi_mask, logits, tf.cast(has_target, tf.float32))
+        losses = {"l_loss": l_loss, "heatmap_loss": terms["heatmap"], "box_loss": terms["box"],
+                  "s_loss": s_loss}
+        return losses, l_tape, s_tape, dist
+
+    def gradients(self, data):
+        """(L-Net gradients, S-Net gradients, losses) of one training batch.
+
+        L-Net's gradient is ∇L_L + γ·∇L_S in one backward pass: the S-Net tape gives ∂L_S/∂dist,
+        which enters L-Net's tape as the output gradient of `dist`, times γ.
+        """
+        losses, l_tape, s_tape, dist = self._forward(data, training=True)
+        s_vars = self.snet.trainable_variables
+        grads = s_tape.gradient(losses["s_loss"], s_vars + [dist])
+        s_grads, d_grad = grads[:-1], grads[-1]
+        d_grad = tf.zeros_like(dist) if d_grad is None else d_grad
+        l_loss = losses["l_loss"]
+        l_grads = l_tape.gradient([l_loss, dist], self.lnet.trainable_variables,
+                                  output_gradients=[tf.ones_like(l_loss), self.gamma * d_grad])
+        return l_grads, s_grads, losses
+
+    def _track(self, losses):
         # Trackers hold this replica's share of the global-batch loss times the replica count
         # (= the loss of the global batch); Mean metrics then average over replicas and steps.
-        scale = tf.cast(replicas, tf.float32)
-        self.trackers["loss"].update_state((l_loss + s_loss) * scale)
-        self.trackers["l_loss"].update_state(l_loss * scale)
-        self.trackers["heatmap_loss"].update_state(terms["heatmap"] * scale)
-        self.trackers["box_loss"].update_state(terms["box"] * scale)
-        self.trackers["s_loss"].update_state(s_loss * scale)
-        if not training:
-            pred = self.predict_masks(images)
-            dice, weight = _dice_per_image(mask, tf.cast(pred["mask"] > 0.5, tf.float32), has_target)
-            self.trackers["dsc"].update_state(dice, sample_weight=weight)
-        return {n: t.result() for n, t in self.trackers.items() if training is False or n != "dsc"}
+        scale = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+        self.trackers["loss"].update_state((losses["l_loss"] + losses["s_loss"]) * scale)
+        for name in ("l_loss", "heatmap_loss", "box_loss", "s_loss"):
+            self.trackers[name].update_state(losses[name] * scale)
 
     def train_step(self, data):
-        return self._step(data, training=True)
+        l_grads, s_grads, losses = self.gradients(data)
+        self.optimizer.apply(l_grads, self.lnet.trainable_variables)
+        self.snet_optimizer.apply(s_grads, self.snet.trainable_variables)
+        self._track(losses)
+        return {n: t.result() for n, t in self.trackers.items() if n != "dsc"}
 
     def test_step(self, data):
-        return self._step(data, training=False)
+        losses, *_ = self._forward(data, training=False)
+        self._track(losses)
+        data = self._unpack(data)
+        pred = self.predict_masks(data["image"])
+        has_target = tf.cast(data["num_boxes"] > 0, tf.float32)
+        dice, weight = _dice_per_image(data["mask"], tf.cast(pred["mask"] > 0.5, tf.float32), has_target)
+        self.trackers["dsc"].update_state(dice, sample_weight=weight)
+        return {n: t.result() for n, t in self.trackers.items()}
 
     # ----------------------------------------------------------------------------- inference
     def predict_masks(self, images):
@@ -202,12 +223,16 @@ class LSNet(keras.Model):
         dist = tf.gather(tf.reshape(ltrb, [b, -1, 4]), idx, batch_dims=1)  # (B, K, 4)
         vf = tf.cast(valid, tf.float32)
         boxes = box_ops.ltrb_to_xyxy(keypoints, dist) * vf[..., None]
-        flat_kp = tf.reshape(keypoints, [-1, 2])
-        flat_d = tf.reshape(dist, [-1, 4])
-        image_index = tf.repeat(tf.range(b), k)
-        rois, theta = self.rr([tf.gather(images, image_index), flat_kp, flat_d])
-        prob = tf.sigmoid(tf.cast(self.snet(rois, training=False), tf.float32))
-        prob = prob * tf.reshape(vf, [-1, 1, 1, 1])
+        # S-Net runs once on the valid RoIs of the whole batch.
+        sel = tf.where(tf.reshape(valid, [-1]))[:, 0]
+        image_index = tf.gather(tf.repeat(tf.range(b), k), sel)
+        kp = tf.gather(tf.reshape(keypoints, [-1, 2]), sel)
+        d = tf.gather(tf.reshape(dist, [-1, 4]), sel)
+        rois, theta = self.rr([tf.gather(images, image_index), kp, d])
+        # One blank RoI is appended and dropped again: convolutions on an empty batch fail on the
+        # oneDNN CPU kernels, and a batch with no RoI must still give an (empty) mask.
+        padded = tf.pad(rois, [[0, 1], [0, 0], [0, 0], [0, 0]])
+        prob = tf.sigmoid(tf.cast(self.snet(padded, training=False), tf.float32))[:-1]
         mask = paste_masks(prob, theta, image_index, b, h, w)
         return {"mask": mask, "heatmap": heat, "keypoints": keypoints * vf[..., None],
                 "scores": peaks["scores"] * vf, "boxes": boxes, "valid": valid}

@@ -1,0 +1,181 @@
+"""The L-SNet model: the two-tape train step, γ, distribution, inference and serialization."""
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from lsnet_tf.config import load_config
+from lsnet_tf.data import targets
+from lsnet_tf.models.build import build_model
+from lsnet_tf.models.lsnet import LSNet
+
+TINY = ["data.image_size=64", "model.width=4", "model.decoder_width=8", "data.max_boxes=4"]
+
+
+def tiny_cfg(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def make_batch(n=2, size=64, with_target=(True, False)):
+    """A batch as the pipeline makes it: a bright square target on the first image only."""
+    images = np.full((n, size, size, 1), 0.3, np.float32)
+    masks = np.zeros((n, size, size, 1), np.float32)
+    boxes = np.zeros((n, 4, 4), np.float32)
+    num = np.zeros((n,), np.int32)
+    heat = np.zeros((n, size // 4, size // 4, 1), np.float32)
+    ltrb = np.zeros((n, size // 4, size // 4, 4), np.float32)
+    for i in range(n):
+        if not with_target[i % len(with_target)]:
+            continue
+        x1, y1, x2, y2 = 20 + 4 * i, 16, 40 + 4 * i, 34
+        images[i, y1:y2, x1:x2] = 0.8
+        masks[i, y1:y2, x1:x2] = 1
+        boxes[i, 0] = (x1, y1, x2, y2)
+        num[i] = 1
+        h, l = targets.encode_targets(tf.constant([[x1, y1, x2, y2]], tf.float32), size, size)
+        heat[i], ltrb[i] = h.numpy(), l.numpy()
+    return {"image": tf.constant(images), "mask": tf.constant(masks), "heatmap": tf.constant(heat),
+            "ltrb": tf.constant(ltrb), "boxes": tf.constant(boxes), "num_boxes": tf.constant(num)}
+
+
+def compiled(cfg):
+    model = build_model(cfg)
+    model.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return compiled(tiny_cfg())
+
+
+def test_train_step_gives_finite_losses_and_changes_both_networks(model):
+    before_l = [v.numpy().copy() for v in model.lnet.trainable_variables]
+    before_s = [v.numpy().copy() for v in model.snet.trainable_variables]
+    logs = model.train_step(make_batch())
+    for name in ("loss", "l_loss", "heatmap_loss", "box_loss", "s_loss"):
+        assert np.isfinite(float(logs[name])), name
+    assert float(logs["s_loss"]) > 0
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before_l, model.lnet.trainable_variables))
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before_s, model.snet.trainable_variables))
+
+
+def _lnet_grads(model, batch):
+    l_grads, _, _ = model.gradients(batch)
+    return [g.numpy() for g in l_grads]
+
+
+def test_gamma_zero_blocks_s_net_gradient_exactly():
+    """With γ = 0, L-Net's gradient does not depend on S-Net at all; with γ = 1 it does."""
+    batch = make_batch()
+    for gamma, should_match in ((0.0, True), (1.0, False)):
+        model = compiled(tiny_cfg(f"train.gamma={gamma}"))
+        g1 = _lnet_grads(model, batch)
+        for v in model.snet.trainable_variables:  # a different S-Net changes L_S and ∂L_S/∂dist
+            v.assign(v + tf.random.stateless_normal(v.shape, [1, 2], stddev=0.5))
+        g2 = _lnet_grads(model, batch)
+        same = all(np.array_equal(a, b) for a, b in zip(g1, g2))
+        assert same == should_match, gamma
+
+
+def test_gamma_scales_the_rr_gradient_linearly():
+    """L-Net's gradient is ∇L_L + γ∇L_S: the γ part doubles when γ doubles."""
+    batch = make_batch()
+    model = compiled(tiny_cfg())
+    grads = {}
+    for gamma in (0.0, 0.5, 1.0):
+        model.gamma = gamma  # eager calls read it afresh
+        grads[gamma] = _lnet_grads(model, batch)
+    for g0, gh, g1 in zip(grads[0.0], grads[0.5], grads[1.0]):
+        np.testing.assert_allclose(g1 - g0, 2 * (gh - g0), rtol=1e-3, atol=5e-5)
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(grads[1.0], grads[0.0]))
+
+
+def test_images_without_target_add_no_s_loss_and_no_nan(model):
+    batch = make_batch(with_target=(False,))
+    l_grads, s_grads, losses = model.gradients(batch)
+    assert float(losses["s_loss"]) == 0.0
+    assert all(np.isfinite(g.numpy()).all() for g in l_grads + s_grads)
+    assert all(not g.numpy().any() for g in s_grads)
+
+
+def test_ground_truth_phase_blocks_the_rr_gradient_of_those_images(model):
+    """With gt_phase on, the RoI is the ground-truth box grown by the margin, whatever L-Net says."""
+    batch = make_batch()
+    model.gt_phase.assign(1)
+    try:
+        losses, l_tape, s_tape, dist = model._forward(batch, training=True)
+        # No gradient from S-Net reaches the selected distances of the image with a target.
+        d = s_tape.gradient(losses["s_loss"], dist).numpy()
+        assert not d[0].any()
+    finally:
+        model.gt_phase.assign(0)
+
+
+def test_inference_shapes_and_empty_heatmap_gives_empty_mask(model):
+    out = model.predict_masks(tf.zeros([3, 64, 64, 1]))
+    assert out["mask"].shape == (3, 64, 64, 1) and out["heatmap"].shape == (3, 16, 16, 1)
+    assert out["boxes"].shape == (3, 4, 4) and out["valid"].shape == (3, 4)
+    # Force an empty heatmap: a very negative prior on the keypoint head's last bias.
+    head_bias = [v for v in model.lnet.weights if "bias" in v.path and "heatmap" in v.path][-1]
+    old = head_bias.numpy()
+    head_bias.assign(np.full_like(old, -50.0))
+    try:
+        out = model.predict_masks(tf.random.uniform([2, 64, 64, 1], seed=1))
+        assert not out["valid"].numpy().any()
+        assert not out["mask"].numpy().any()
+        # And a saturated heatmap gives RoIs and a mask where S-Net says so.
+        head_bias.assign(np.full_like(old, 50.0))
+        out = model.predict_masks(tf.random.uniform([2, 64, 64, 1], seed=1))
+        assert out["valid"].numpy().any(axis=1).all()
+        assert np.isfinite(out["mask"].numpy()).all()
+    finally:
+        head_bias.assign(old)
+
+
+def test_whole_model_serialization_round_trip(model, tmp_path):
+    path = str(tmp_path / "lsnet.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert isinstance(loaded, LSNet)
+    assert loaded.gamma == model.gamma and loaded.margin == model.margin
+    assert loaded.loss_config == model.loss_config
+    x = tf.random.uniform([2, 64, 64, 1], seed=3)
+    a, b = model.lnet(x), loaded.lnet(x)
+    np.testing.assert_allclose(a["heatmap"].numpy(), b["heatmap"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(model.snet(x).numpy(), loaded.snet(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(model.predict_masks(x)["mask"].numpy(),
+                               loaded.predict_masks(x)["mask"].numpy(), atol=1e-5)
+
+
+def test_invalid_arguments_raise():
+    cfg = tiny_cfg()
+    m = build_model(cfg)
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        LSNet(m.lnet, m.snet, gamma=-1)
+    with pytest.raises(ValueError, match="top_k and max_rois"):
+        LSNet(m.lnet, m.snet, top_k=0)
+
+
+@pytest.mark.slow
+def test_train_step_under_mirrored_strategy_with_two_cpus():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) >= 2, "tests/conftest.py configures two logical CPUs"
+    strategy = tf.distribute.MirroredStrategy(devices[:2])
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = compiled(tiny_cfg("data.batch_size=4"))
+    batch = make_batch(n=4, with_target=(True, False))
+    ds = tf.data.Dataset.from_tensors(batch).repeat(3)
+    hist = model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0)
+    for name in ("loss", "l_loss", "s_loss", "box_loss", "heatmap_loss"):
+        assert np.isfinite(hist.history[name][-1]), name
+    # The losses reduced across replicas equal the single-device loss of the same global batch.
+    with strategy.scope():
+        m2 = compiled(tiny_cfg("data.batch_size=4"))
+    single = compiled(tiny_cfg("data.batch_size=4"))
+    single.set_weights(m2.get_weights())
+    res = m2.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)
+    ref = single.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)
+    for name in ("l_loss", "heatmap_loss", "s_loss"):
+        assert res[name] == pytest.approx(ref[name], rel=1e-4, abs=1e-6), name
