@@ -51,7 +51,7 @@ def run(cfg, log=print) -> dict:
     import tensorflow as tf
 
     from lsnet_tf.data import pipeline
-    from lsnet_tf.models.build import build_model, count_params
+    from lsnet_tf.models.build import build_model, compile_model, parameter_counts
     from lsnet_tf import evaluation
     from lsnet_tf.training import callbacks as cb
 
@@ -70,11 +70,9 @@ def run(cfg, log=print) -> dict:
 
     with strategy.scope():
         model = build_model(cfg)
-        model.compile(lnet_optimizer=keras.optimizers.Adam(lr_schedule(cfg, steps)),
-                      snet_optimizer=keras.optimizers.Adam(lr_schedule(cfg, steps)))
-        counts = {"lnet": count_params(model.lnet), "snet": count_params(model.snet)}
-        counts["total"] = counts["lnet"] + counts["snet"]
-        log("parameters: L-Net {lnet:,}  S-Net {snet:,}  L-SNet {total:,}".format(**counts))
+        compile_model(model, cfg, steps)
+        counts = parameter_counts(model)
+        log("parameters: " + "  ".join(f"{k} {v:,}" for k, v in counts.items()))
         ckpt = cb.CheckpointCallback(os.path.join(out, "checkpoints"), model)
         initial_epoch = ckpt.restore()
     if initial_epoch:

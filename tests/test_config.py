@@ -51,3 +51,7 @@ def test_saved_config_reloads_identically(tmp_path):
     cfg.save(str(tmp_path / "config.yaml"))
     assert load_config(str(tmp_path / "config.yaml")) == cfg
     assert Config().validate() == load_config()
+
+
+def test_exponent_without_dot_is_a_number():
+    assert load_config(None, ["train.learning_rate=2e-3"]).train.learning_rate == 0.002

@@ -1,28 +1,152 @@
-"""Build the model a config describes."""
+"""Build, compile, checkpoint and measure the model a config describes.
+
+``model.architecture`` picks the model (``lsnet_tf.config.ARCHITECTURES``):
+
+==================  ====================================  =========================================
+architecture        class                                 networks (checkpoint keys)
+==================  ====================================  =========================================
+lsnet               ``lsnet.LSNet``                       lnet (lnet_depth), snet (snet_depth)
+unet, fcn,          ``baselines.OneStageSegmenter``       snet (snet_depth, snet_preset)
+attention_unet
+coarse_to_fine      ``baselines.CoarseToFine``            coarse (lnet_depth, lnet_preset), snet
+lnet_crop           ``baselines.LNetCrop``                lnet, snet
+==================  ====================================  =========================================
+
+Every network of a model uses ``model.family``'s decoder (for a one-stage model, family equals
+the architecture), ``model.width`` and ``data.image_size``. Every network has its own Adam
+optimizer with the config's step-decay schedule (``compile_model``), saved in checkpoints under
+``<name>_optimizer`` (``checkpoint_objects``).
+"""
 from __future__ import annotations
 
 from lsnet_tf.config import Config
 
 
 def build_model(cfg: Config):
-    """The L-SNet of `cfg.model` (L-Net, RR, S-Net), not yet compiled."""
+    """The model of `cfg.model` (see the module docstring), not yet compiled."""
+    from lsnet_tf.models import baselines
     from lsnet_tf.models.lnet import build_lnet
     from lsnet_tf.models.lsnet import LSNet
     from lsnet_tf.models.snet import build_snet
 
     m = cfg.model
-    if m.architecture != "lsnet":
-        raise ValueError(f"model.architecture={m.architecture!r}: only 'lsnet' is built by build_model")
     shape = (cfg.data.image_size, cfg.data.image_size, 1)
     dec = m.decoder_width or None
-    lnet = build_lnet(input_shape=shape, family=m.family, depth=m.lnet_depth, width=m.width,
-                      decoder_width=dec, preset=m.lnet_preset)
-    snet = build_snet(input_shape=shape, family=m.family, depth=m.snet_depth, width=m.width,
-                      num_classes=m.num_classes, decoder_width=dec, preset=m.snet_preset)
-    return LSNet(lnet, snet, margin=m.margin, gamma=cfg.train.gamma, top_k=cfg.train.top_k,
-                 max_rois=cfg.data.max_boxes, threshold=cfg.loss.tau, loss_config=cfg.loss,
-                 gt_box_epochs=cfg.train.gt_box_epochs, seed=cfg.train.seed, name="lsnet")
+    common = dict(max_rois=cfg.data.max_boxes, loss_config=cfg.loss, seed=cfg.train.seed)
+
+    def snet(depth, preset, family, name):
+        return build_snet(input_shape=shape, family=family, depth=depth, width=m.width,
+                          num_classes=m.num_classes, decoder_width=dec, preset=preset, name=name)
+
+    def lnet():
+        return build_lnet(input_shape=shape, family=m.family, depth=m.lnet_depth, width=m.width,
+                          decoder_width=dec, preset=m.lnet_preset)
+
+    if m.architecture == "lsnet":
+        return LSNet(lnet(), snet(m.snet_depth, m.snet_preset, m.family, "snet"), margin=m.margin,
+                     gamma=cfg.train.gamma, top_k=cfg.train.top_k, max_rois=cfg.data.max_boxes,
+                     threshold=cfg.loss.tau, loss_config=cfg.loss,
+                     gt_box_epochs=cfg.train.gt_box_epochs, seed=cfg.train.seed, name="lsnet")
+    if m.one_stage:
+        return baselines.OneStageSegmenter(
+            snet(m.snet_depth, m.snet_preset, m.architecture, m.architecture),
+            name=m.architecture, **common)
+    second = snet(m.snet_depth, m.snet_preset, m.family, "snet")
+    if m.architecture == "coarse_to_fine":
+        return baselines.CoarseToFine(
+            snet(m.lnet_depth, m.lnet_preset, m.family, "coarse"), second, margin=m.margin,
+            train_crop=m.train_crop, crop_mode=m.crop_mode, name="coarse_to_fine", **common)
+    if m.architecture == "lnet_crop":
+        return baselines.LNetCrop(lnet(), second, margin=m.margin, train_crop=m.train_crop,
+                                  top_k=cfg.train.top_k, threshold=cfg.loss.tau,
+                                  name="lnet_crop", **common)
+    raise ValueError(f"model.architecture={m.architecture!r} is not buildable")
+
+
+def model_networks(model) -> dict:
+    """Name -> network of any model of ``build_model`` (``{"lnet", "snet"}`` for L-SNet)."""
+    networks = getattr(model, "networks", None)
+    if isinstance(networks, dict):
+        return dict(networks)
+    return {"lnet": model.lnet, "snet": model.snet}
+
+
+def model_optimizers(model) -> dict:
+    """Name -> optimizer of each network of a compiled model (keys of ``model_networks``)."""
+    optimizers = getattr(model, "optimizers", None)
+    if isinstance(optimizers, dict):
+        return dict(optimizers)
+    return {"lnet": model.optimizer, "snet": model.snet_optimizer}
+
+
+def compile_model(model, cfg: Config, steps_per_epoch: int) -> None:
+    """Compile with one Adam per network, each on the config's step-decay learning rate
+    (``lsnet_tf.train.lr_schedule``: x ``lr_decay_factor`` every ``lr_decay_epochs`` epochs)."""
+    import keras
+
+    from lsnet_tf.train import lr_schedule
+
+    def adam():
+        return keras.optimizers.Adam(lr_schedule(cfg, steps_per_epoch))
+
+    if isinstance(getattr(model, "networks", None), dict):
+        model.compile(optimizers={name: adam() for name in model.networks})
+    else:
+        model.compile(lnet_optimizer=adam(), snet_optimizer=adam())
+
+
+def checkpoint_objects(model, optimizers: bool = True) -> dict:
+    """Keyword arguments of ``tf.train.Checkpoint`` for a model: its networks by name and, with
+    `optimizers`, ``<name>_optimizer`` for each (for L-SNet: lnet, snet, lnet_optimizer,
+    snet_optimizer, the keys the trainer has always written)."""
+    objects = model_networks(model)
+    if optimizers:
+        objects.update({f"{n}_optimizer": opt for n, opt in model_optimizers(model).items()})
+    return objects
 
 
 def count_params(model) -> int:
+    """Number of scalars in all of a model's weights (trainable and not, e.g. BN statistics)."""
     return int(sum(int(v.numpy().size) for v in model.weights))
+
+
+def count_trainable_params(model) -> int:
+    """Number of trainable scalars (what PyTorch's ``parameters()`` counts, as the paper does)."""
+    return int(sum(int(v.numpy().size) for v in model.trainable_weights))
+
+
+def parameter_counts(model, trainable: bool = False) -> dict:
+    """``{network name: count, ..., "total": sum}`` with ``count_params`` (or, with
+    `trainable`, ``count_trainable_params``)."""
+    count = count_trainable_params if trainable else count_params
+    counts = {name: count(net) for name, net in model_networks(model).items()}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def count_flops(network, input_shape) -> int:
+    """Floating-point operations of one forward pass of a network on one image.
+
+    Counted by TensorFlow's profiler (``tf.compat.v1.profiler``, ``float_operation``) on the
+    network's inference graph (``training=False``) traced for a batch of 1 at `input_shape`
+    ``(H, W, C)``, with the weights frozen to constants. The profiler counts a multiply and an
+    add as two operations (a convolution: ``2 * k * k * C_in * C_out * H_out * W_out``), so
+    FLOPs ~= 2 x MACs; it counts the ops that have a FLOP statistic in TensorFlow
+    (convolutions, matmuls, element-wise arithmetic), not the memory-bound ones (resizes,
+    gathers, pooling).
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (H, W, C) of positive ints, received {input_shape!r}")
+    fn = tf.function(lambda x: network(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec((1,) + shape, tf.float32))
+    graph = convert_variables_to_constants_v2(concrete).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    profile = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(),
+                                            cmd="op", options=options)
+    return int(profile.total_float_ops)

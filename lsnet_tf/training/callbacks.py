@@ -9,7 +9,7 @@ import tensorflow as tf
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """A checkpoint per epoch of both networks, both optimizers and the epoch counter.
+    """A checkpoint per epoch of every network, its optimizer and the epoch counter.
 
     `tf.train.CheckpointManager` writes the checkpoint files first and then replaces the small
     `checkpoint` index file, so a kill while saving leaves the previous checkpoint as the latest.
@@ -18,9 +18,9 @@ class CheckpointCallback(keras.callbacks.Callback):
     def __init__(self, directory: str, model, max_to_keep: int = 3):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.checkpoint = tf.train.Checkpoint(lnet=model.lnet, snet=model.snet,
-                                              lnet_optimizer=model.optimizer,
-                                              snet_optimizer=model.snet_optimizer, epoch=self.epoch)
+        from lsnet_tf.models.build import checkpoint_objects
+
+        self.checkpoint = tf.train.Checkpoint(**checkpoint_objects(model), epoch=self.epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
 
     def restore(self) -> int:
@@ -100,17 +100,23 @@ class ImageLogger(keras.callbacks.Callback):
         img = b["image"].numpy()[..., 0]
         boxes = pred["boxes"].numpy()
         valid = pred["valid"].numpy()
-        heat = pred["heatmap"].numpy()
+        heat = pred["heatmap"].numpy() if "heatmap" in pred else None
         mask = pred["mask"].numpy()[..., 0]
         with self.writer.as_default():
             tf.summary.image("input_with_boxes", np.stack([draw_boxes(i, bx, v) for i, bx, v in zip(img, boxes, valid)]),
                              step=epoch, max_outputs=self.max_images)
-            tf.summary.image("heatmap", heat, step=epoch, max_outputs=self.max_images)
+            if heat is not None:
+                tf.summary.image("heatmap", heat, step=epoch, max_outputs=self.max_images)
             tf.summary.image("mask_overlay", np.stack([overlay(i, m) for i, m in zip(img, mask)]),
                              step=epoch, max_outputs=self.max_images)
-            # The RoI of each image's best keypoint, as S-Net sees it.
-            points, dist = self.model._select_rois(pred["heatmap"], self.model.lnet(b["image"])["ltrb"],
-                                                   False, tf.constant([0, 0], tf.int64))
-            rois, _ = self.model.rr([b["image"], points, dist])
-            tf.summary.image("roi", rois, step=epoch, max_outputs=self.max_images)
+            if hasattr(self.model, "rr"):  # L-SNet: the RoI of each image's best keypoint
+                self._log_rois(b["image"], pred["heatmap"], epoch)
         self.writer.flush()
+
+    def _log_rois(self, images, heatmap, epoch):
+        """The RoI of each image's best keypoint, as S-Net sees it."""
+        with self.writer.as_default():
+            points, dist = self.model._select_rois(heatmap, self.model.lnet(images)["ltrb"],
+                                                   False, tf.constant([0, 0], tf.int64))
+            rois, _ = self.model.rr([images, points, dist])
+            tf.summary.image("roi", rois, step=epoch, max_outputs=self.max_images)
