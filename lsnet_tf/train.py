@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -34,15 +33,17 @@ def make_strategy(name: str):
 
 
 def lr_schedule(cfg, steps_per_epoch: int):
+    """x `lr_decay_factor` every `lr_decay_epochs` epochs (staircase), from `learning_rate`.
+
+    Always a schedule object, whatever the number of epochs, so that a checkpoint's optimizer
+    variables match when a run is resumed with more epochs.
+    """
     import keras
 
     t = cfg.train
-    n = max(1, math.ceil(t.epochs / t.lr_decay_epochs))
-    boundaries = [t.lr_decay_epochs * steps_per_epoch * k for k in range(1, n)]
-    values = [t.learning_rate * t.lr_decay_factor ** k for k in range(n)]
-    if not boundaries:
-        return t.learning_rate
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    return keras.optimizers.schedules.ExponentialDecay(
+        t.learning_rate, decay_steps=t.lr_decay_epochs * max(1, steps_per_epoch),
+        decay_rate=t.lr_decay_factor, staircase=True)
 
 
 def run(cfg, log=print) -> dict:
