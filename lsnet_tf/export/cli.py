@@ -1,0 +1,154 @@
+"""Export a trained run: ``python -m lsnet_tf.export --run DIR --format FORMAT --out PATH``.
+
+FORMAT and where ``--out`` writes:
+
+- ``saved_model``: the TF Serving SavedModel (``lsnet_tf.export.saved_model``) in
+  ``OUT/<name>/<version>/`` (``--name``/``--version``, default ``export.name``/``export.version``
+  of the run's config).
+- ``tflite``: one ``.tflite`` file at OUT (``lsnet_tf.export.tflite``);
+  ``--quantize none|fp16|int8`` (int8 calibrates on ``--calibration-slices`` training slices);
+  builtin ops only unless ``--allow-select-tf-ops``.
+- ``tftrt``: the SavedModel converted with TF-TRT (``lsnet_tf.export.tftrt``) in
+  ``OUT/<name>/<version>/``; ``--quantize none`` (FP32) or ``fp16``. Needs a GPU and TensorRT;
+  without them it stops at once with what is missing.
+
+The run folder is one written by ``python -m lsnet_tf.train``: its ``config.yaml`` rebuilds the
+model and the latest checkpoint in ``checkpoints/`` (or ``--checkpoint PATH``) gives the L-Net
+and S-Net weights (or those of the networks of a baseline architecture; optimizer state in the
+checkpoint is ignored). A run trained from a keras-hub
+preset rebuilds its backbone from that preset, so the preset must be reachable.
+
+Exit status: 0 on success, 2 for bad arguments, 1 when the export fails.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+FORMATS = ("saved_model", "tflite", "tftrt")
+QUANTIZE = ("none", "fp16", "int8")
+_ALLOWED = {"saved_model": ("none",), "tflite": ("none", "fp16", "int8"), "tftrt": ("none", "fp16")}
+
+
+class RunError(ValueError):
+    """A run folder that cannot be loaded (no config, no checkpoint, weights that do not match)."""
+
+
+def load_run(run_dir: str, checkpoint: str | None = None):
+    """Rebuild a trained run's model: returns ``(model, cfg, checkpoint_path)``.
+
+    The model is `build_model` of the run's ``config.yaml`` (any architecture) with the weights
+    of its networks from `checkpoint` (default: the latest in ``run_dir/checkpoints``), restored
+    through ``tf.train.Checkpoint(**checkpoint_objects(model, optimizers=False))`` (for L-SNet
+    ``lnet=..., snet=...``); every weight of every network must be found.
+    """
+    import tensorflow as tf
+
+    from lsnet_tf.config import load_config
+    from lsnet_tf.models.build import build_model, checkpoint_objects
+
+    if not os.path.isdir(run_dir):
+        raise RunError(f"{run_dir}: run folder not found")
+    config_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise RunError(f"{run_dir}: no config.yaml (not a folder written by python -m "
+                       "lsnet_tf.train)")
+    cfg = load_config(config_path)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    path = checkpoint or tf.train.latest_checkpoint(ckpt_dir)
+    if path is None:
+        raise RunError(f"{ckpt_dir}: no checkpoint found (has the run finished an epoch?)")
+    if not tf.io.gfile.exists(path + ".index"):
+        raise RunError(f"{path}: checkpoint not found (no {os.path.basename(path)}.index)")
+    model = build_model(cfg)
+    try:
+        status = tf.train.Checkpoint(**checkpoint_objects(model, optimizers=False)).restore(path)
+        status.expect_partial()  # the optimizers and the epoch counter are not needed
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise RunError(f"{path}: the checkpoint does not hold every weight of the model in "
+                       f"{config_path} ({type(e).__name__}: {str(e)[:500]})") from e
+    return model, cfg, path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m lsnet_tf.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run folder of python -m lsnet_tf.train")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", required=True,
+                        help="saved_model/tftrt: base folder (OUT/<name>/<version>); "
+                             "tflite: the .tflite file")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE)
+    parser.add_argument("--checkpoint", help="checkpoint prefix (default: the run's latest)")
+    parser.add_argument("--name", help="model name in the serving layout (default export.name)")
+    parser.add_argument("--version", type=int, help="model version (default export.version)")
+    parser.add_argument("--calibration-slices", type=int, default=64,
+                        help="training slices that calibrate int8 (default 64)")
+    parser.add_argument("--allow-select-tf-ops", action="store_true",
+                        help="tflite: allow TensorFlow ops (Flex delegate) besides the builtins")
+    args = parser.parse_args(argv)
+    if args.quantize not in _ALLOWED[args.format]:
+        parser.error(f"--quantize {args.quantize} is not available for --format {args.format} "
+                     f"(choose from {', '.join(_ALLOWED[args.format])})")
+    if args.format == "tflite" and not args.out.endswith(".tflite"):
+        parser.error("--format tflite writes one file: --out must end in .tflite, "
+                     f"got {args.out!r}")
+    if args.allow_select_tf_ops and args.format != "tflite":
+        parser.error("--allow-select-tf-ops applies to --format tflite only")
+    if args.calibration_slices < 1:
+        parser.error(f"--calibration-slices must be >= 1, got {args.calibration_slices}")
+    if args.version is not None and args.version < 1:
+        parser.error(f"--version must be >= 1, got {args.version}")
+    return args
+
+
+def run(args, log=print) -> str:
+    """Export as `args` say (see `parse_args`); returns the written path."""
+    from lsnet_tf.export import saved_model
+
+    if args.format == "tftrt":  # fail before the minutes of loading and tracing
+        from lsnet_tf.export import tftrt
+
+        tftrt.check_available()
+    t0 = time.time()
+    model, cfg, checkpoint = load_run(args.run, args.checkpoint)
+    log(f"loaded {checkpoint} ({cfg.model.architecture}, {cfg.model.family} family, width "
+        f"{cfg.model.width}, input {cfg.data.image_size} x {cfg.data.image_size})")
+    if args.format == "tflite":
+        from lsnet_tf.export import tflite
+
+        path = tflite.export(model, cfg, args.out, quantize=args.quantize,
+                             calibration_slices=args.calibration_slices,
+                             allow_select_tf_ops=args.allow_select_tf_ops)
+        log(f"TFLite ({args.quantize}) written to {path} ({os.path.getsize(path) / 1e6:.2f} MB) "
+            f"in {time.time() - t0:.0f} s")
+        return path
+    target = saved_model.serving_path(args.out, args.name or cfg.export.name,
+                                      args.version or cfg.export.version)
+    if args.format == "saved_model":
+        path = saved_model.export(model, cfg, target)
+    else:
+        from lsnet_tf.export import tftrt
+
+        path = tftrt.export(model, cfg, target,
+                            precision="FP16" if args.quantize == "fp16" else "FP32")
+    log(f"{args.format} written to {path} in {time.time() - t0:.0f} s")
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from lsnet_tf.config import ConfigError
+    from lsnet_tf.export.tflite import TFLiteConversionError
+    from lsnet_tf.export.tftrt import TensorRTUnavailableError
+
+    try:
+        run(args)
+    except (RunError, ConfigError, TensorRTUnavailableError, TFLiteConversionError,
+            ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

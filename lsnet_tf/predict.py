@@ -1,0 +1,515 @@
+"""Predict a whole volume: ``python -m lsnet_tf.predict --model PATH --input INPUT --out DIR``.
+
+``--model``: an exported SavedModel (a version folder, or a TF Serving model folder whose highest
+numeric version is taken; TF-TRT SavedModels too) or a ``.tflite`` file of
+``python -m lsnet_tf.export``. Both give the same outputs: slices go in as raw HU at their own
+size, and the TFLite path resizes them to the model's input size and back exactly as the
+SavedModel graph does (``lsnet_tf.export.saved_model.preprocess``/``postprocess``).
+
+``--input``:
+
+- a DICOM folder: one CT series (``lsnet_tf.data.dicom.read_series``: slices sorted by position,
+  HU from the rescale tags, canonical orientation);
+- a NIfTI file (``.nii``/``.nii.gz``): a 3-D volume, brought to the canonical orientation for
+  inference (``lsnet_tf.data.volumes.canonicalize``) and the mask brought back to the file's own
+  axis order;
+- a ``.npy`` file: raw HU, one slice ``(H, W)`` or a volume ``(slices, H, W)`` in the canonical
+  layout (no geometry: ``--spacing``);
+- a ``.png`` file: one slice. 8-bit gray is taken as a display image in the model's HU window
+  (value v is ``center - width / 2 + v / 255 * width`` HU, which the model's window maps back to
+  v / 255); 16-bit gray as HU + 32768 (the DeepLesion convention). Colour PNGs must be gray.
+
+Canonical orientation (as in training): slice 0 the lowest z, row 0 the most anterior, column 0
+the patient's right (``lsnet_tf.data.volumes``).
+
+Outputs in ``--out``:
+
+- ``mask.nii.gz``: uint8 mask (1 = target; with several classes, 1 + the class index, later
+  classes on top). Its geometry is the input's: for NIfTI input the same shape, axis order and
+  affine (sform/qform and their codes) as the input file; for DICOM input the canonical
+  (slice, row, col) array with the affine built from the series' headers
+  (ImagePositionPatient, ImageOrientationPatient, PixelSpacing, slice positions), so it overlays
+  the CT in any viewer; for NPY/PNG input the canonical layout at the origin with ``--spacing``.
+- ``overlays/slice_NNNN.png``: each slice with findings (mask or box), windowed, the mask tinted
+  green and the boxes outlined in red (NNNN = canonical slice index).
+- ``summary.json``: input and model, shape, spacing (mm) and its source, voxel volume, mask voxel
+  count and volume in mL (voxels x voxel volume / 1000), the slice range of the mask, and per slice
+  with findings its voxels, area and boxes (xyxy pixels of the canonical slice, score, keypoint;
+  the DICOM file for DICOM input).
+
+Exit status: 0 on success, 1 when the input or the model cannot be used (the message says why).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from lsnet_tf.data import volumes
+
+__all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModelPredictor",
+           "TFLitePredictor", "predict_volume", "run", "main"]
+
+MASK_THRESHOLD = 0.5
+DEFAULT_WINDOW = (40.0, 400.0)
+INPUT_KINDS = "a DICOM folder, a NIfTI file (.nii, .nii.gz), a .npy array or a .png image"
+
+
+class PredictError(ValueError):
+    """The input or the model cannot be used; the message names the path and the reason."""
+
+
+# ----------------------------------------------------------------------------------- inputs
+@dataclasses.dataclass
+class Volume:
+    """An input volume ready for inference.
+
+    hu: (slices, rows, cols) float32 raw HU in the canonical orientation (NPY/PNG: as given).
+    spacing: (row, col, slice) mm. spacing_source: where the spacing comes from.
+    kind: "dicom", "nifti", "npy" or "png". files: per-slice source files (axial DICOM), else [].
+    info: more about the source for the summary (DICOM: series UID, skipped files).
+    write_mask: writes a (slices, rows, cols) uint8 mask to a NIfTI path in the input's geometry.
+    affine: the canonical voxel->LPS affine of `hu` (DICOM/NIfTI), else None.
+    """
+
+    hu: np.ndarray
+    spacing: tuple
+    spacing_source: str
+    kind: str
+    write_mask: Callable[[np.ndarray, str], None]
+    affine: np.ndarray | None = None
+    files: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def _canonical_affine(spacing) -> np.ndarray:
+    """Voxel->LPS affine of a canonical (slice, row, col) array at the origin."""
+    dr, dc, ds = (float(s) for s in spacing)
+    affine = np.eye(4)
+    affine[:3, :3] = [[0.0, 0.0, dc], [0.0, dr, 0.0], [ds, 0.0, 0.0]]
+    return affine
+
+
+def _write_canonical(affine):
+    def write(mask, path):
+        from lsnet_tf.data import nifti
+
+        nifti.write_volume(path, mask.astype(np.uint8), affine)
+    return write
+
+
+def _read_dicom(folder: str) -> Volume:
+    from lsnet_tf.data import dicom
+
+    vol = dicom.read_series(folder)
+    # Files map to canonical slices only for an axial series (a re-cut one has none per slice).
+    axial = int(np.argmax(np.abs(dicom.slice_normal(vol.source_orientation)))) == 2
+    return Volume(hu=vol.hu.astype(np.float32), spacing=tuple(vol.spacing), spacing_source="dicom",
+                  kind="dicom", write_mask=_write_canonical(vol.affine), affine=vol.affine,
+                  files=list(vol.files) if axial else [], notes=list(vol.notes),
+                  info={"series_uid": vol.series_uid,
+                        "skipped_files": [list(f) for f in vol.skipped_files]})
+
+
+def _read_nifti(path: str) -> Volume:
+    import nibabel as nib
+
+    from lsnet_tf.data import nifti
+
+    img = nifti.load(path)
+    data = nifti.read_array(img, path)
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise PredictError(f"{path}: voxels of type {data.dtype} are not real numbers")
+    stored_shape = data.shape
+    affine = nifti.affine_lps(img, path)
+    perm, flips = volumes.canonical_axes(affine, path)
+    hu, affine_c = volumes.canonicalize(data.astype(np.float32), affine, path)
+
+    def write(mask, out_path):
+        # Undo canonicalize: the flips (on canonical axes), then the axis permutation.
+        stored = mask
+        for axis, flip in enumerate(flips):
+            if flip:
+                stored = np.flip(stored, axis=axis)
+        stored = np.ascontiguousarray(np.transpose(stored, np.argsort(perm))).astype(np.uint8)
+        assert stored.shape == stored_shape[:3], (stored.shape, stored_shape)
+        header = img.header.copy()
+        header.set_data_dtype(np.uint8)
+        header.set_slope_inter(1.0, 0.0)
+        out = nib.Nifti1Image(stored, img.affine, header)
+        sform, sform_code = img.header.get_sform(coded=True)
+        qform, qform_code = img.header.get_qform(coded=True)
+        out.set_sform(sform if sform_code else img.affine, code=int(sform_code or 0))
+        out.set_qform(qform if qform_code else img.affine, code=int(qform_code or 0))
+        nib.save(out, out_path)
+
+    return Volume(hu=hu, spacing=volumes.spacing_of(affine_c), spacing_source="nifti",
+                  kind="nifti", write_mask=write, affine=affine_c)
+
+
+def _as_slices(array: np.ndarray, path: str) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    if array.ndim != 3:
+        raise PredictError(f"{path}: expected a 2-D slice (H, W) or a 3-D volume (slices, H, W), "
+                           f"got shape {array.shape}")
+    if min(array.shape) < 1:
+        raise PredictError(f"{path}: empty array of shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise PredictError(f"{path}: values of type {array.dtype} are not real numbers")
+    array = array.astype(np.float32)
+    if not np.all(np.isfinite(array)):
+        raise PredictError(f"{path}: holds NaN or infinite values")
+    return array
+
+
+def _read_npy(path: str, spacing, source) -> Volume:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise PredictError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from e
+    hu = _as_slices(array, path)
+    return Volume(hu=hu, spacing=tuple(spacing), spacing_source=source, kind="npy",
+                  write_mask=_write_canonical(_canonical_affine(spacing)))
+
+
+def _read_png(path: str, spacing, source, window) -> Volume:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            pixels = np.array(im.convert("RGBA") if mode in ("P", "PA") else im)
+    except Exception as e:
+        raise PredictError(f"{path}: not a readable PNG ({type(e).__name__}: {e})") from e
+    if pixels.ndim == 3:  # LA, RGB, RGBA (palette images were expanded to RGBA)
+        channels = pixels[..., :1] if pixels.shape[-1] == 2 else pixels[..., :3]
+        if not all(np.array_equal(channels[..., 0], channels[..., c])
+                   for c in range(1, channels.shape[-1])):
+            raise PredictError(f"{path}: colour PNG (mode {mode}); a CT slice must be gray")
+        pixels = channels[..., 0]
+    notes = []
+    if pixels.dtype == np.uint8:
+        center, width = window
+        hu = center - width / 2.0 + pixels.astype(np.float32) / 255.0 * width
+        notes.append(f"8-bit PNG read as a display image in the window (center {center}, width "
+                     f"{width}) HU")
+    elif pixels.dtype in (np.uint16, np.int32) and mode.startswith("I"):
+        hu = pixels.astype(np.float32) - 32768.0
+        notes.append("16-bit PNG read as HU + 32768")
+    else:
+        raise PredictError(f"{path}: PNG of mode {mode} ({pixels.dtype}); expected 8- or "
+                           "16-bit gray")
+    return Volume(hu=_as_slices(hu, path), spacing=tuple(spacing), spacing_source=source,
+                  kind="png", write_mask=_write_canonical(_canonical_affine(spacing)), notes=notes)
+
+
+def read_input(path: str, spacing=None, window=DEFAULT_WINDOW) -> Volume:
+    """Read `path` (see the module docstring) into a `Volume`.
+
+    `spacing` ``(row, col, slice)`` mm applies to NPY/PNG input (default 1 mm, noted as assumed).
+    `window` ``(center, width)`` reads 8-bit PNGs.
+
+    Raises:
+      PredictError: a missing path, an unsupported extension, an array that is not 2-D or 3-D,
+        unreadable contents. DICOM and NIfTI readers raise their own `PrepareError`s
+        (``DicomSeriesError``, ``NiftiError``, ``GeometryError``: also `ValueError`s).
+    """
+    if not os.path.exists(path):
+        raise PredictError(f"{path}: input not found")
+    if spacing is None:
+        spacing, source = (1.0, 1.0, 1.0), "assumed 1 mm (no geometry in the input; --spacing)"
+    else:
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise PredictError(f"spacing must be three positive mm values (row, col, slice), "
+                               f"got {spacing}")
+        source = "--spacing"
+    if os.path.isdir(path):
+        return _read_dicom(path)
+    lower = path.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        return _read_nifti(path)
+    if lower.endswith(".npy"):
+        return _read_npy(path, spacing, source)
+    if lower.endswith(".png"):
+        return _read_png(path, spacing, source, window)
+    raise PredictError(f"{path}: unsupported input (expected {INPUT_KINDS})")
+
+
+# ----------------------------------------------------------------------------------- models
+def _resolve_saved_model(path: str) -> str:
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = [d for d in os.listdir(path) if d.isdigit()
+                and os.path.isfile(os.path.join(path, d, "saved_model.pb"))]
+    if not versions:
+        raise PredictError(f"{path}: no saved_model.pb here nor in a numeric version folder "
+                           "(expected an exported SavedModel or a .tflite file)")
+    return os.path.join(path, max(versions, key=int))
+
+
+def _window_of_config(path: str):
+    """The HU window of an exported model's ``assets.extra/config.yaml``, if it has one."""
+    config = os.path.join(path, "assets.extra", "config.yaml")
+    if not os.path.isfile(config):
+        return None
+    import yaml
+
+    with open(config, encoding="utf-8") as f:
+        data = (yaml.safe_load(f) or {}).get("data", {})
+    return (float(data.get("window_center", DEFAULT_WINDOW[0])),
+            float(data.get("window_width", DEFAULT_WINDOW[1])))
+
+
+class SavedModelPredictor:
+    """``predict(hu)``: ``(n, H, W)`` raw HU -> dict of numpy outputs on the input grid."""
+
+    format = "saved_model"
+
+    def __init__(self, path: str, batch_size: int = 8):
+        import tensorflow as tf
+
+        self.path = _resolve_saved_model(path)
+        self.batch_size = int(batch_size)
+        self.module = tf.saved_model.load(self.path)
+        if "serving_default" not in self.module.signatures:
+            raise PredictError(f"{self.path}: no serving_default signature")
+        self.signature = self.module.signatures["serving_default"]
+        self.window = _window_of_config(self.path)
+
+    def predict(self, hu: np.ndarray) -> dict:
+        import tensorflow as tf
+
+        out = self.signature(hu=tf.constant(np.asarray(hu, np.float32)))
+        return {k: v.numpy() for k, v in out.items()}
+
+
+class TFLitePredictor:
+    """The same interface for a ``.tflite`` file: one slice per invocation, resized in and out."""
+
+    format = "tflite"
+
+    def __init__(self, path: str, batch_size: int = 8, num_threads: int | None = None):
+        from lsnet_tf.export.tflite import TFLiteModel
+
+        self.path = path
+        self.batch_size = int(batch_size)
+        self.model = TFLiteModel(path, num_threads=num_threads)
+        meta = self.model.metadata
+        self.window = ((float(meta["window_center"]), float(meta["window_width"]))
+                       if "window_center" in meta else None)
+
+    def predict(self, hu: np.ndarray) -> dict:
+        import tensorflow as tf
+
+        from lsnet_tf.export.saved_model import postprocess
+
+        hu = np.asarray(hu, np.float32)
+        size = self.model.image_size
+        height, width = hu.shape[1], hu.shape[2]
+        outs = []
+        for k in range(hu.shape[0]):
+            resized = tf.image.resize(hu[k][None, :, :, None], size, method="bilinear")[..., 0]
+            raw = self.model(resized.numpy())
+            pred = {"mask": tf.constant(raw["probability"]), "keypoints": raw["keypoints"],
+                    "scores": raw["scores"], "boxes": raw["boxes"], "valid": raw["valid"]}
+            out = postprocess(pred, height, width, size)
+            outs.append({n: np.asarray(v) for n, v in out.items()})
+        return {n: np.concatenate([o[n] for o in outs], 0) for n in outs[0]}
+
+
+def load_predictor(path: str, batch_size: int = 8):
+    """A `SavedModelPredictor` for a folder, a `TFLitePredictor` for a ``.tflite`` file."""
+    if not os.path.exists(path):
+        raise PredictError(f"{path}: model not found")
+    if os.path.isdir(path):
+        return SavedModelPredictor(path, batch_size)
+    if path.lower().endswith(".tflite"):
+        return TFLitePredictor(path, batch_size)
+    raise PredictError(f"{path}: unsupported model (expected a SavedModel folder or a .tflite "
+                       "file)")
+
+
+# ----------------------------------------------------------------------------------- running
+def progress_bar(done: int, total: int, stream=None, width: int = 30, label: str = "slices"):
+    """Draw ``[#####.....] done/total`` on one line of `stream` (stderr by default)."""
+    stream = stream or sys.stderr
+    filled = int(round(width * done / max(total, 1)))
+    end = "\n" if done >= total else ""
+    bar = "#" * filled + "." * (width - filled)
+    stream.write(f"\rpredicting [{bar}] {done}/{total} {label}{end}")
+    stream.flush()
+
+
+def _label_map(mask: np.ndarray) -> np.ndarray:
+    """(n, H, W, C) 0/1 -> (n, H, W) uint8: 1 + the last class present, 0 for none."""
+    out = np.zeros(mask.shape[:3], np.uint8)
+    for c in range(mask.shape[-1]):
+        out[mask[..., c] > 0] = c + 1
+    return out
+
+
+def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progress_bar) -> dict:
+    """Run `predictor` over the slices of `hu` ``(n, H, W)`` in batches.
+
+    Returns ``{"mask": (n, H, W) uint8 label map, "boxes": (n, K, 4), "scores": (n, K),
+    "keypoints": (n, K, 2), "valid": (n, K)}``.
+    """
+    n = hu.shape[0]
+    step = max(1, int(predictor.batch_size))
+    masks, rest = [], {"boxes": [], "scores": [], "keypoints": [], "valid": []}
+    if progress:
+        progress(0, n)
+    for start in range(0, n, step):
+        out = predictor.predict(hu[start:start + step])
+        masks.append(_label_map(out["mask"]))
+        for key in rest:
+            rest[key].append(out[key])
+        if progress:
+            progress(min(start + step, n), n)
+    return {"mask": np.concatenate(masks, 0), **{k: np.concatenate(v, 0) for k, v in rest.items()}}
+
+
+def _display(hu: np.ndarray, window) -> np.ndarray:
+    center, width = window
+    return np.clip((hu - (center - width / 2.0)) / width, 0.0, 1.0)
+
+
+def _save_overlay(path: str, hu: np.ndarray, mask: np.ndarray, boxes, valid, window) -> None:
+    from PIL import Image
+
+    from lsnet_tf.training.callbacks import draw_boxes, overlay
+
+    image = _display(hu, window)
+    rgb = overlay(image, (mask > 0).astype(np.float32))
+    rgb = np.where(draw_boxes(np.zeros_like(image), boxes, valid).sum(-1, keepdims=True) > 0,
+                   np.array([1.0, 0.2, 0.2]), rgb)
+    Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)).save(path)
+
+
+def summarize(volume: Volume, pred: dict, extra: dict | None = None) -> dict:
+    """The JSON summary of a prediction (see the module docstring)."""
+    mask = pred["mask"]
+    dr, dc, ds = (float(s) for s in volume.spacing)
+    voxel_mm3 = dr * dc * ds
+    count = int(np.count_nonzero(mask))
+    per_slice = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+    with_mask = np.flatnonzero(per_slice)
+    notes = list(volume.notes)
+    if ds <= 0:
+        notes.append("slice spacing unknown (one slice without SpacingBetweenSlices/"
+                     "SliceThickness): no volume in mL")
+    slices = []
+    for k in range(mask.shape[0]):
+        valid = pred["valid"][k].astype(bool)
+        if not per_slice[k] and not valid.any():
+            continue
+        entry = {
+            "index": int(k),
+            "mask_voxels": int(per_slice[k]),
+            "area_mm2": float(per_slice[k] * dr * dc),
+            "boxes": [{"box": [round(float(v), 3) for v in pred["boxes"][k, j]],
+                       "score": round(float(pred["scores"][k, j]), 6),
+                       "keypoint": [round(float(v), 3) for v in pred["keypoints"][k, j]]}
+                      for j in np.flatnonzero(valid)],
+        }
+        if volume.files:
+            entry["file"] = volume.files[k]
+        slices.append(entry)
+    summary = {
+        "input_format": volume.kind,
+        "shape": [int(s) for s in mask.shape],
+        "orientation": (volumes.CANONICAL_ORIENTATION if volume.kind in ("dicom", "nifti")
+                        else "as given: (slice, row, col)"),
+        "spacing_mm": {"row": dr, "col": dc, "slice": ds},
+        "spacing_source": volume.spacing_source,
+        "voxel_volume_mm3": voxel_mm3,
+        "mask_voxels": count,
+        "volume_ml": count * voxel_mm3 / 1000.0 if ds > 0 else None,
+        "slice_range": [int(with_mask[0]), int(with_mask[-1])] if with_mask.size else None,
+        "slices_with_mask": int(with_mask.size),
+        "slices_with_findings": len(slices),
+        "mask_threshold": MASK_THRESHOLD,
+        "slices": slices,
+        "notes": notes,
+        **volume.info,
+    }
+    summary.update(extra or {})
+    return summary
+
+
+def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
+        overlays: bool = True, progress: Callable | None = progress_bar, log=print) -> dict:
+    """Predict `input_path` with `model_path` into `out_dir`; returns the summary dict."""
+    t0 = time.time()
+    predictor = load_predictor(model_path, batch_size)
+    window = predictor.window or DEFAULT_WINDOW
+    volume = read_input(input_path, spacing=spacing, window=window)
+    log(f"{input_path}: {volume.kind}, {volume.hu.shape[0]} slices of {volume.hu.shape[1]} x "
+        f"{volume.hu.shape[2]}, spacing {tuple(round(s, 4) for s in volume.spacing)} mm "
+        f"({volume.spacing_source})")
+    pred = predict_volume(predictor, volume.hu, progress)
+    os.makedirs(out_dir, exist_ok=True)
+    mask_path = os.path.join(out_dir, "mask.nii.gz")
+    volume.write_mask(pred["mask"], mask_path)
+    summary = summarize(volume, pred, {
+        "input": os.path.abspath(input_path),
+        "model": os.path.abspath(predictor.path),
+        "model_format": predictor.format,
+        "mask_file": os.path.basename(mask_path),
+    })
+    written = []
+    if overlays:
+        folder = os.path.join(out_dir, "overlays")
+        os.makedirs(folder, exist_ok=True)
+        for entry in summary["slices"]:
+            k = entry["index"]
+            name = f"slice_{k:04d}.png"
+            _save_overlay(os.path.join(folder, name), volume.hu[k], pred["mask"][k],
+                          pred["boxes"][k], pred["valid"][k].astype(bool), window)
+            written.append(os.path.join("overlays", name))
+    summary["overlays"] = written
+    summary["seconds"] = round(time.time() - t0, 2)
+    tmp = os.path.join(out_dir, "summary.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+    volume_text = (f"{summary['volume_ml']:.3f} mL" if summary["volume_ml"] is not None
+                   else "volume unknown")
+    log(f"mask: {summary['mask_voxels']} voxels, {volume_text}, slices "
+        f"{summary['slice_range']}; {len(summary['slices'])} slices with findings -> {out_dir}")
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lsnet_tf.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="SavedModel folder or .tflite file")
+    parser.add_argument("--input", required=True, help=INPUT_KINDS)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per call (SavedModel)")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
+                        help="voxel spacing in mm for .npy/.png input (default 1 1 1)")
+    parser.add_argument("--no-overlays", action="store_true", help="do not write PNG overlays")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        run(args.model, args.input, args.out, batch_size=args.batch_size, spacing=args.spacing,
+            overlays=not args.no_overlays)
+    except (ValueError, OSError) as e:  # PredictError and the readers' PrepareErrors included
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

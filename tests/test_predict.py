@@ -1,0 +1,332 @@
+"""Whole-volume prediction (``python -m lsnet_tf.predict``): geometry, outputs, errors.
+
+Known answers: the mask of a NIfTI input comes back with the input's shape and affine, and
+canonicalizing it again gives exactly the mask predicted on the canonical volume; for pydicom's
+5-slice CT series (InstanceNumber running against z) the mask's affine equals the one built
+from the headers by hand and each mask slice equals the prediction of the file at that z;
+the JSON volume is the voxel count times the voxel volume. A tiny random model whose heatmap head
+is scaled so that RoIs are valid gives non-empty masks.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.pixels import apply_rescale
+
+from lsnet_tf import predict
+from lsnet_tf.config import load_config
+from lsnet_tf.data import dicom, nifti, volumes
+from lsnet_tf.data.pipeline import window
+from lsnet_tf.export import saved_model, tflite
+from lsnet_tf.models.build import build_model
+
+CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny random model exported as a SavedModel (serving layout) and as float32 TFLite."""
+    cfg = load_config(None, ["model.width=8", "data.image_size=64", "data.max_boxes=4"])
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    head = model.lnet.get_layer("kp_logits")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 4.0, bias + 2.0])  # several valid RoIs per slice
+    root = tmp_path_factory.mktemp("models")
+    saved_model.export(model, cfg, str(root / "lsnet" / "1"))
+    lite = tflite.export(model, cfg, str(root / "lsnet.tflite"))
+    return {"saved_model": str(root / "lsnet"), "tflite": lite}
+
+
+@pytest.fixture(scope="module")
+def saved_predictor(models):
+    return predict.load_predictor(models["saved_model"])
+
+
+def hu_volume(shape, seed=0):
+    return np.random.default_rng(seed).uniform(-300, 300, shape).astype(np.float32)
+
+
+def read_summary(out_dir):
+    with open(Path(out_dir) / "summary.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------ small parts
+
+
+def test_progress_bar_draws_the_fraction_done():
+    class Stream:
+        text = ""
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+
+    stream = Stream()
+    predict.progress_bar(3, 6, stream=stream, width=10)
+    assert stream.text == "\rpredicting [#####.....] 3/6 slices"
+    predict.progress_bar(6, 6, stream=stream, width=10)
+    assert stream.text.endswith("[##########] 6/6 slices\n")
+
+
+def test_label_map_of_several_classes():
+    mask = np.zeros((1, 2, 2, 2), np.uint8)
+    mask[0, 0, 0, 0] = 1
+    mask[0, 0, 1, 1] = 1
+    mask[0, 1, 1] = 1  # both classes: the later one wins
+    np.testing.assert_array_equal(predict._label_map(mask)[0], [[1, 2], [0, 2]])
+
+
+def test_summary_volume_is_voxel_count_times_voxel_volume():
+    mask = np.zeros((3, 4, 4), np.uint8)
+    mask[1, :2, :3] = 1
+    mask[2, 0, 0] = 1
+    k = 4
+    pred = {"mask": mask, "boxes": np.zeros((3, k, 4)), "scores": np.zeros((3, k)),
+            "keypoints": np.zeros((3, k, 2)), "valid": np.zeros((3, k), bool)}
+    pred["valid"][0, 0] = True
+    pred["boxes"][0, 0] = [1, 2, 3, 4]
+    vol = predict.Volume(hu=np.zeros((3, 4, 4), np.float32), spacing=(0.5, 0.8, 2.5),
+                         spacing_source="test", kind="npy", write_mask=None)
+    s = predict.summarize(vol, pred)
+    assert s["mask_voxels"] == 7
+    assert s["voxel_volume_mm3"] == pytest.approx(0.5 * 0.8 * 2.5)
+    assert s["volume_ml"] == pytest.approx(7 * 1.0 / 1000)
+    assert s["slice_range"] == [1, 2] and s["slices_with_mask"] == 2
+    assert [e["index"] for e in s["slices"]] == [0, 1, 2]  # slice 0 has a box and no mask
+    assert s["slices"][0]["boxes"][0]["box"] == [1.0, 2.0, 3.0, 4.0]
+    assert s["slices"][1]["area_mm2"] == pytest.approx(6 * 0.5 * 0.8)
+
+
+# ------------------------------------------------------------------ input errors
+
+
+def test_missing_input_unsupported_extension_and_4d_array(tmp_path):
+    with pytest.raises(predict.PredictError, match="input not found"):
+        predict.read_input(str(tmp_path / "nothing.nii.gz"))
+    (tmp_path / "scan.txt").write_text("hello")
+    with pytest.raises(predict.PredictError, match=r"unsupported input \(expected a DICOM folder"):
+        predict.read_input(str(tmp_path / "scan.txt"))
+    np.save(tmp_path / "four.npy", np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(predict.PredictError,
+                       match=r"expected a 2-D slice \(H, W\) or a 3-D volume \(slices, H, W\), "
+                             r"got shape \(2, 3, 8, 8\)"):
+        predict.read_input(str(tmp_path / "four.npy"))
+    with pytest.raises(predict.PredictError, match="three positive mm values"):
+        predict.read_input(str(tmp_path / "four.npy"), spacing=(1, 0, 1))
+
+
+def test_4d_nifti_is_refused(tmp_path):
+    path = str(tmp_path / "dyn.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.int16), np.eye(4)), path)
+    with pytest.raises(nifti.NiftiError, match="expected a 3-D volume"):
+        predict.read_input(path)
+
+
+def test_cli_reports_input_and_model_errors(tmp_path, capsys):
+    np.save(tmp_path / "four.npy", np.zeros((1, 1, 4, 4), np.float32))
+    (tmp_path / "weights.h5").write_text("")
+    cases = [
+        (["--model", str(tmp_path / "none.tflite"), "--input", str(tmp_path / "four.npy")],
+         "model not found"),
+        (["--model", str(tmp_path / "weights.h5"), "--input", str(tmp_path / "four.npy")],
+         "unsupported model"),
+        (["--model", str(tmp_path), "--input", str(tmp_path / "four.npy")], "no saved_model.pb"),
+    ]
+    for argv, message in cases:
+        assert predict.main(argv + ["--out", str(tmp_path / "out")]) == 1
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_reports_a_4d_array(models, tmp_path, capsys):
+    np.save(tmp_path / "four.npy", np.zeros((1, 1, 4, 4), np.float32))
+    code = predict.main(["--model", models["tflite"], "--input", str(tmp_path / "four.npy"),
+                         "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "expected a 2-D slice (H, W) or a 3-D volume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ NIfTI
+
+
+@pytest.mark.slow
+def test_nifti_in_nifti_out_with_the_same_affine_and_shape(saved_predictor, models, tmp_path):
+    # Stored (x, y, z) with a mirrored first axis and rows running posterior-to-anterior: the
+    # canonical orientation needs a transpose and flips, which the output must undo.
+    data = hu_volume((40, 48, 3), seed=1)
+    affine = np.array([[-0.7, 0.0, 0.0, 120.0], [0.0, 0.75, 0.0, -60.0],
+                       [0.0, 0.0, 2.5, -30.0], [0.0, 0.0, 0.0, 1.0]])
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_sform(affine, code=1)
+    img.header.set_qform(affine, code=1)
+    source = str(tmp_path / "ct.nii.gz")
+    nib.save(img, source)
+
+    summary = predict.run(models["saved_model"], source, str(tmp_path / "out"), log=quiet,
+                          progress=None)
+    out = nib.load(str(tmp_path / "out" / "mask.nii.gz"))
+    assert out.shape == (40, 48, 3)
+    np.testing.assert_array_equal(out.affine, nib.load(source).affine)  # as stored (float32)
+    assert int(out.header["sform_code"]) == 1 and int(out.header["qform_code"]) == 1
+    stored = np.asarray(out.dataobj)
+    assert stored.dtype == np.uint8
+
+    canonical_hu, canonical_affine = volumes.canonicalize(data, volumes.ras_to_lps(affine))
+    assert canonical_hu.shape == (3, 48, 40)
+    expected = saved_predictor.predict(canonical_hu)["mask"][..., 0]
+    assert 0 < expected.sum() < expected.size
+    back, back_affine = volumes.canonicalize(stored, nifti.affine_lps(out, "out"))
+    np.testing.assert_array_equal(back, expected)
+    np.testing.assert_allclose(back_affine, canonical_affine)
+    assert summary["mask_voxels"] == int(expected.sum())
+    assert summary["spacing_mm"] == pytest.approx({"row": 0.75, "col": 0.7, "slice": 2.5})
+    assert summary["volume_ml"] == pytest.approx(expected.sum() * 0.7 * 0.75 * 2.5 / 1000)
+
+
+# ------------------------------------------------------------------ DICOM
+
+
+def header_affine(files):
+    """The canonical voxel->LPS affine from the headers, by hand (IOP is (1,0,0,0,1,0))."""
+    dss = sorted((pydicom.dcmread(f) for f in files),
+                 key=lambda d: float(d.ImagePositionPatient[2]))
+    assert [float(v) for v in dss[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    dr, dc = (float(v) for v in dss[0].PixelSpacing)
+    z = [float(d.ImagePositionPatient[2]) for d in dss]
+    affine = np.eye(4)
+    affine[:3, 0] = [0.0, 0.0, (z[-1] - z[0]) / (len(z) - 1)]  # slice step along +z
+    affine[:3, 1] = [0.0, dr, 0.0]  # rows along the column direction (0, 1, 0)
+    affine[:3, 2] = [dc, 0.0, 0.0]  # columns along the row direction (1, 0, 0)
+    affine[:3, 3] = [float(v) for v in dss[0].ImagePositionPatient]
+    return affine, dss
+
+
+@pytest.mark.slow
+def test_dicom_series_mask_is_aligned_with_the_series(saved_predictor, models, tmp_path):
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    summary = predict.run(models["saved_model"], str(folder), str(tmp_path / "out"), log=quiet,
+                          progress=None)
+    out = nifti.load(str(tmp_path / "out" / "mask.nii.gz"))
+    mask = np.asarray(out.dataobj)
+    assert mask.shape == (5, 16, 16)
+
+    expected_affine, dss = header_affine(sorted(folder.iterdir()))
+    np.testing.assert_allclose(nifti.affine_lps(out, "mask"), expected_affine, atol=1e-4)
+    np.testing.assert_allclose(nifti.affine_lps(out, "mask"), dicom.read_series(str(folder)).affine,
+                               atol=1e-4)
+    # slice k of the mask is the prediction of the file with the k-th lowest z
+    by_z = [Path(d.filename).name for d in dss]
+    assert by_z == ["3353", "3023", "2693", "2392", "2062"]  # not InstanceNumber order
+    stacked = np.stack([apply_rescale(d.pixel_array, d) for d in dss]).astype(np.float32)
+    np.testing.assert_array_equal(mask, saved_predictor.predict(stacked)["mask"][..., 0])
+    assert 0 < mask.sum() < mask.size
+    files = {e["index"]: Path(e["file"]).name for e in summary["slices"]}
+    assert files and all(files[k] == by_z[k] for k in files)
+    assert summary["input_format"] == "dicom"
+    assert summary["series_uid"] == str(dss[0].SeriesInstanceUID)
+    assert summary["spacing_source"] == "dicom"
+    assert summary["volume_ml"] == pytest.approx(mask.astype(bool).sum() * 0.488281 ** 2 * 2.5
+                                                 / 1000, rel=1e-5)
+
+
+# ------------------------------------------------------------------ PNG and NPY
+
+
+def test_8bit_png_is_read_as_a_display_image_in_the_window(tmp_path):
+    pixels = np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) % 256
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(tmp_path / "slice.png")
+    vol = predict.read_input(str(tmp_path / "slice.png"), window=(40.0, 400.0))
+    assert vol.hu.shape == (1, 64, 64) and vol.kind == "png"
+    np.testing.assert_allclose(window(vol.hu[0], 40.0, 400.0).numpy(), pixels / 255.0, atol=1e-6)
+
+
+def test_16bit_png_is_hu_plus_32768(tmp_path):
+    hu = np.array([[-1024, 0], [40, 3000]], np.int32)
+    Image.fromarray((hu + 32768).astype(np.uint16)).save(tmp_path / "slice16.png")
+    vol = predict.read_input(str(tmp_path / "slice16.png"))
+    np.testing.assert_array_equal(vol.hu[0], hu.astype(np.float32))
+
+
+def test_colour_png_is_refused_and_gray_with_alpha_is_read(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb, mode="RGB").save(tmp_path / "colour.png")
+    with pytest.raises(predict.PredictError, match=r"colour PNG \(mode RGB\)"):
+        predict.read_input(str(tmp_path / "colour.png"))
+    gray = np.stack([np.full((8, 8), 255, np.uint8), np.full((8, 8), 255, np.uint8)], -1)
+    Image.fromarray(gray, mode="LA").save(tmp_path / "gray_alpha.png")
+    vol = predict.read_input(str(tmp_path / "gray_alpha.png"), window=(40.0, 400.0))
+    np.testing.assert_allclose(vol.hu, 240.0)  # the top of the window [-160, 240]
+
+
+@pytest.mark.slow
+def test_png_prediction_writes_mask_overlays_and_summary(models, tmp_path):
+    pixels = (np.random.default_rng(2).uniform(0, 255, (64, 64))).astype(np.uint8)
+    Image.fromarray(pixels, mode="L").save(tmp_path / "slice.png")
+    out_dir = tmp_path / "out"
+    assert predict.main(["--model", models["saved_model"], "--input", str(tmp_path / "slice.png"),
+                         "--out", str(out_dir), "--spacing", "0.5", "0.5", "2"]) == 0
+    summary = read_summary(out_dir)
+    mask = np.asarray(nib.load(str(out_dir / "mask.nii.gz")).dataobj)
+    assert mask.shape == (1, 64, 64)
+    assert summary["input_format"] == "png" and summary["spacing_source"] == "--spacing"
+    assert summary["mask_voxels"] == int(np.count_nonzero(mask)) > 0
+    assert summary["volume_ml"] == pytest.approx(np.count_nonzero(mask) * 0.5 * 0.5 * 2 / 1000)
+    assert summary["overlays"] == ["overlays/slice_0000.png"]
+    overlay = np.array(Image.open(out_dir / "overlays" / "slice_0000.png"))
+    assert overlay.shape == (64, 64, 3)
+    assert (overlay[..., 1] > overlay[..., 0]).any()  # green mask tint
+    assert summary["slices"][0]["boxes"]  # the random model's RoIs are reported
+
+
+@pytest.mark.slow
+def test_npy_volume_with_savedmodel_and_tflite_agree(models, tmp_path, capsys):
+    hu = hu_volume((3, 50, 60), seed=3)
+    np.save(tmp_path / "vol.npy", hu)
+    summaries, masks = {}, {}
+    for kind in ("saved_model", "tflite"):
+        out_dir = tmp_path / kind
+        summaries[kind] = predict.run(models[kind], str(tmp_path / "vol.npy"), str(out_dir),
+                                      batch_size=2, log=quiet)
+        masks[kind] = np.asarray(nib.load(str(out_dir / "mask.nii.gz")).dataobj)
+        assert masks[kind].shape == (3, 50, 60)
+        assert read_summary(out_dir) == json.loads(json.dumps(summaries[kind]))
+    err = capsys.readouterr().err
+    assert "predicting [" in err and "] 3/3 slices" in err
+    assert summaries["tflite"]["model_format"] == "tflite"
+    a, b = masks["saved_model"], masks["tflite"]
+    assert a.sum() > 0
+    assert np.mean(a == b) > 0.999  # float32 round-off can only flip pixels at p = 0.5
+    s = summaries["saved_model"]
+    assert s["spacing_source"].startswith("assumed 1 mm")
+    assert s["voxel_volume_mm3"] == 1.0 and s["volume_ml"] == pytest.approx(a.sum() / 1000)
+    boxes_a = [bx["box"] for e in s["slices"] for bx in e["boxes"]]
+    boxes_b = [bx["box"] for e in summaries["tflite"]["slices"] for bx in e["boxes"]]
+    np.testing.assert_allclose(boxes_a, boxes_b, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_2d_npy_is_one_slice(saved_predictor, models, tmp_path):
+    hu = hu_volume((40, 40), seed=4)
+    np.save(tmp_path / "slice.npy", hu)
+    summary = predict.run(models["saved_model"], str(tmp_path / "slice.npy"),
+                          str(tmp_path / "out"), log=quiet, progress=None, overlays=False)
+    mask = np.asarray(nib.load(str(tmp_path / "out" / "mask.nii.gz")).dataobj)
+    np.testing.assert_array_equal(mask[0], saved_predictor.predict(hu[None])["mask"][0, ..., 0])
+    assert summary["shape"] == [1, 40, 40] and summary["overlays"] == []
+    assert not (tmp_path / "out" / "overlays").exists()
