@@ -246,25 +246,15 @@ def predict_rows(model, dataset) -> list[dict]:
 # ----------------------------------------------------------------------------- models
 
 def load_run(run_dir: str):
-    """``(cfg, model, checkpoint)`` of a run folder: the config of its ``config.yaml``, the
-    model built from it with the networks of its latest checkpoint (the optimizers' state is not
-    loaded), and that checkpoint's path."""
-    import tensorflow as tf
+    """``(cfg, model, checkpoint)`` of a run folder (``lsnet_tf.training.runs.load_run``: the
+    networks of its latest checkpoint, not the optimizers' state)."""
+    from lsnet_tf.training.runs import RunError, load_run as _load
 
-    from lsnet_tf.config import load_config
-    from lsnet_tf.models.build import build_model, checkpoint_objects
-
-    config = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(config):
-        raise EvaluationError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = load_config(config)
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if latest is None:
-        raise EvaluationError(f"no checkpoint under {os.path.join(run_dir, 'checkpoints')}")
-    model = build_model(cfg)
-    status = tf.train.Checkpoint(**checkpoint_objects(model, optimizers=False)).restore(latest)
-    status.expect_partial().assert_existing_objects_matched()
-    return cfg, model, latest
+    try:
+        model, cfg, path = _load(run_dir)
+    except RunError as e:
+        raise EvaluationError(str(e)) from None
+    return cfg, model, path
 
 
 def complexity(model, image_size: int, flops: bool = True) -> dict:

@@ -15,24 +15,6 @@ import sys
 import numpy as np
 
 
-def load_run(run_dir: str):
-    """(cfg, model) with the latest checkpoint of `run_dir` restored."""
-    import os
-
-    import tensorflow as tf
-
-    from lsnet_tf.config import load_config
-    from lsnet_tf.models.build import build_model
-
-    cfg = load_config(os.path.join(run_dir, "config.yaml"))
-    model = build_model(cfg)
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint under {run_dir}/checkpoints: train first")
-    tf.train.Checkpoint(lnet=model.lnet, snet=model.snet).restore(latest).expect_partial()
-    return cfg, model
-
-
 def dataflow_figure(model, batch, out_path: str, n: int = 3):
     import matplotlib
 
@@ -41,8 +23,6 @@ def dataflow_figure(model, batch, out_path: str, n: int = 3):
     from matplotlib.patches import Rectangle
 
     import tensorflow as tf
-
-    from lsnet_tf.ops import sampling
 
     # Prefer slices with a target, small and large ones alike.
     order = np.argsort(-batch["num_boxes"].numpy().clip(0, 1), kind="stable")[:n]
@@ -103,7 +83,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from lsnet_tf.data import pipeline
 
-    cfg, model = load_run(args.run)
+    from lsnet_tf.training.runs import load_run
+
+    model, cfg, _ = load_run(args.run)
     _, val, *_ = pipeline.datasets_for(cfg)
     batch = next(iter(val.skip(args.skip)))
     print(dataflow_figure(model, batch, args.out, args.slices))

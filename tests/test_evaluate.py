@@ -226,14 +226,14 @@ def test_command_line_writes_json_and_markdown(tmp_path, dataset_dir):
 
 
 def test_run_folder_errors(tmp_path, dataset_dir, capsys):
-    with pytest.raises(ev.EvaluationError, match="not a run folder"):
+    with pytest.raises(ev.EvaluationError, match="no config.yaml"):
         ev.load_run(str(tmp_path))
     run = tmp_path / "run"
     run.mkdir()
     tiny_cfg(dataset_dir).save(str(run / "config.yaml"))
-    with pytest.raises(ev.EvaluationError, match="no checkpoint under"):
+    with pytest.raises(ev.EvaluationError, match="no checkpoint found"):
         ev.load_run(str(run))
     assert ev.main(["--run", str(run), "--out", str(tmp_path / "x.json")]) == 2
-    assert "no checkpoint under" in capsys.readouterr().err
+    assert "no checkpoint found" in capsys.readouterr().err
     with pytest.raises(ev.EvaluationError, match="empty_slices must be one of"):
         ev.evaluate_run(str(run), empty_slices="all")
