@@ -167,11 +167,17 @@ def export(model, cfg, path: str) -> str:
     signatures = {"serving_default": module.serve.get_concrete_function(),
                   "serving_int16": module.serve_int16.get_concrete_function()}
     track_variables(module, signatures.values())
+    return write_atomically(path, cfg, lambda tmp: tf.saved_model.save(module, tmp, signatures=signatures))
+
+
+def write_atomically(path: str, cfg, write) -> str:
+    """Run ``write(staging)`` into ``<path>.tmp``, add the run's config under ``assets.extra/``,
+    then rename it to `path` (replacing it), so a reader never sees a half-written version."""
     path = os.path.abspath(path)
     tmp = path.rstrip(os.sep) + ".tmp"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures=signatures)
+    write(tmp)
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     cfg.save(os.path.join(tmp, "assets.extra", "config.yaml"))
     if os.path.exists(path):

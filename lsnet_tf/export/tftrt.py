@@ -16,7 +16,6 @@ version TensorFlow was built against. `check_available` says which of the two is
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 
 import numpy as np
@@ -129,14 +128,6 @@ def export(model, cfg, path: str, precision: str = "FP32", build_batches: int = 
                 yield (tf.constant(hu),)
 
         converter.build(input_fn=input_fn)
-        staging = path.rstrip(os.sep) + ".tmp"
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
-        converter.save(staging)
-        os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
-        cfg.save(os.path.join(staging, "assets.extra", "config.yaml"))
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.rename(staging, path)
-    return path
+        from lsnet_tf.export.saved_model import write_atomically
+
+        return write_atomically(path, cfg, converter.save)
