@@ -163,14 +163,6 @@ def _enclosing(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])[None]
 
 
-def scores_from_counts(tp: int, n_true: int, n_pred: int) -> dict:
-    """DSC, precision, recall of a slice from its counts (``seg.slice_scores``'s conventions)."""
-    dsc = 2 * tp / (n_true + n_pred) if n_true + n_pred > 0 else 1.0
-    precision = tp / n_pred if n_pred > 0 else (1.0 if n_true == 0 else 0.0)
-    recall = tp / n_true if n_true > 0 else 1.0
-    return {"dsc": dsc, "precision": precision, "recall": recall}
-
-
 def _stats(values) -> dict:
     v = np.asarray(values, np.float64)
     if v.size == 0:
@@ -195,7 +187,7 @@ def summarize(rows, empty_slices: str = "exclude") -> dict:
     target = [r for r in rows if r["n_true"] > 0]
     empty = [r for r in rows if r["n_true"] == 0]
     counted = target if empty_slices == "exclude" else rows
-    scores = [scores_from_counts(r["tp"], r["n_true"], r["n_pred"]) for r in counted]
+    scores = [seg.scores_from_counts(r["tp"], r["n_true"], r["n_pred"]) for r in counted]
     out = {
         "empty_slices": empty_slices,
         "n_slices": len(rows),
@@ -212,7 +204,7 @@ def summarize(rows, empty_slices: str = "exclude") -> dict:
     by_size = {b: [] for b in SIZE_BUCKETS}
     for r in target:
         by_size[seg.size_bucket(r["n_true"], r["pixels"])].append(
-            scores_from_counts(r["tp"], r["n_true"], r["n_pred"])["dsc"])
+            seg.scores_from_counts(r["tp"], r["n_true"], r["n_pred"])["dsc"])
     out["dsc_by_size"] = {b: {"n": len(v), "dsc": float(np.mean(v)) if v else None}
                           for b, v in by_size.items()}
     cases: dict = {}
@@ -228,7 +220,8 @@ def summarize(rows, empty_slices: str = "exclude") -> dict:
 
 
 def predict_rows(model, dataset) -> list[dict]:
-    """``slice_rows`` of every batch of an ``eval_dataset`` through ``model.predict_masks``
+    """``slice_rows`` of every batch of an ``eval_dataset`` (or of the training pipeline, whose
+    batches carry no slice identities) through ``model.predict_masks``
     (traced once as a ``tf.function``; the last, smaller batch traces it again)."""
     import tensorflow as tf
 
@@ -236,7 +229,11 @@ def predict_rows(model, dataset) -> list[dict]:
     rows = []
     for batch in dataset:
         pred = predict(batch["image"])
-        rows += slice_rows(batch["patient_id"].numpy(), batch["slice_index"].numpy(),
+        n = int(batch["image"].shape[0])
+        # Batches without slice identities (e.g. hand-made ones) count as one unnamed case.
+        ids = batch["patient_id"].numpy() if "patient_id" in batch else [""] * n
+        index = batch["slice_index"].numpy() if "slice_index" in batch else np.arange(n)
+        rows += slice_rows(ids, index,
                            batch["mask"].numpy()[..., 0], pred["mask"].numpy()[..., 0],
                            batch["boxes"].numpy(), batch["num_boxes"].numpy(),
                            pred["boxes"].numpy(), pred["valid"].numpy())

@@ -96,14 +96,19 @@ def run(cfg, log=print) -> dict:
                   verbose=cfg.train.verbose)
     train_s = time.time() - t0
 
-    summary = evaluation.evaluate_model(model, val_ds)
+    from lsnet_tf.evaluate import eval_dataset
+
+    summary = evaluation.evaluate_model(
+        model, eval_dataset(cfg.data, dataset_dir, pipeline.split_folds(dataset_dir, cfg.data.val_fold)[1]))
     summary.update({"parameters": counts, "train_seconds": round(train_s, 1),
                     "dataset": dataset_dir, "epochs": cfg.train.epochs, "steps_per_epoch": steps})
     with open(os.path.join(out, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    log("validation: per-slice DSC {dsc_mean:.4f} over {n_target_slices} slices with a target; "
-        "precision {precision_mean:.4f}, recall {recall_mean:.4f}; empty-slice false positives "
-        "{fp_empty_slices}/{n_empty_slices}; box mIoU {box_miou:.4f}".format(**summary))
+    s = summary
+    log(f"validation: per-slice DSC {_fmt(s['dsc']['mean'])} over {s['n_target_slices']} slices "
+        f"with a target; precision {_fmt(s['precision']['mean'])}, recall "
+        f"{_fmt(s['recall']['mean'])}; per-case DSC {_fmt(s['per_case']['mean'])}; empty-slice "
+        f"false positives {s['fp_empty_slices']}/{s['n_empty_slices']}; box mIoU {_fmt(s['box_miou'])}")
 
     if cfg.export.dir:
         from lsnet_tf.export import saved_model
@@ -113,6 +118,10 @@ def run(cfg, log=print) -> dict:
         log(f"SavedModel written to {path}")
         summary["saved_model"] = path
     return summary
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def main(argv=None) -> int:

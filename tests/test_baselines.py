@@ -383,7 +383,7 @@ def test_fit_evaluate_and_export_like_the_trainer(architecture, tmp_path):
     history = model.fit(ds, epochs=1, validation_data=ds, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and "val_dsc" in history.history
     summary = evaluate_model(model, ds)
-    assert summary["n_target_slices"] == 4 and 0 <= summary["dsc_mean"] <= 1
+    assert summary["n_target_slices"] == 4 and 0 <= summary["dsc"]["mean"] <= 1
     path = saved_model.export(model, cfg, str(tmp_path / "sm" / "1"))
     served = tf.saved_model.load(path).signatures["serving_default"]
     out = served(hu=tf.zeros((1, 48, 80)))

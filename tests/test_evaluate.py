@@ -95,14 +95,23 @@ def test_empty_slice_option_changes_the_average_as_documented():
         ev.summarize(rows, "skip")
 
 
-def test_scores_from_counts_match_slice_scores():
+def test_slice_scores_known_answers_and_dice_is_f1():
+    from lsnet_tf.metrics.segmentation import scores_from_counts
+    truth = np.zeros((4, 4), bool)
+    truth[0, :4] = True
+    pred = np.zeros((4, 4), bool)
+    pred[0, :2] = True
+    assert slice_scores(truth, pred) == pytest.approx({"dsc": 2 / 3, "precision": 1.0, "recall": 0.5})
+    assert scores_from_counts(0, 0, 0) == {"dsc": 1.0, "precision": 1.0, "recall": 1.0}
+    assert scores_from_counts(0, 0, 3) == {"dsc": 0.0, "precision": 0.0, "recall": 1.0}
+    assert scores_from_counts(0, 3, 0) == {"dsc": 0.0, "precision": 0.0, "recall": 0.0}
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        truth = rng.uniform(size=(6, 6)) < rng.choice([0.0, 0.3])
-        pred = rng.uniform(size=(6, 6)) < rng.choice([0.0, 0.3])
-        tp = int((truth & pred).sum())
-        assert ev.scores_from_counts(tp, int(truth.sum()), int(pred.sum())) == pytest.approx(
-            slice_scores(truth, pred))
+    for _ in range(50):  # invariant: DSC is the harmonic mean of precision and recall
+        truth = rng.uniform(size=(6, 6)) < 0.3
+        pred = rng.uniform(size=(6, 6)) < 0.3
+        s = slice_scores(truth, pred)
+        if s["precision"] > 0 and s["recall"] > 0:
+            assert s["dsc"] == pytest.approx(2 * s["precision"] * s["recall"] / (s["precision"] + s["recall"]))
 
 
 def test_box_miou_per_box_and_union():

@@ -28,7 +28,7 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert load_config(str(run / "config.yaml")) == cfg
     assert any(l.startswith("parameters: lnet") for l in lines)
     ev = json.loads((run / "eval.json").read_text())
-    assert ev["n_target_slices"] + ev["n_empty_slices"] == 8 and 0 <= ev["dsc_mean"] <= 1
+    assert ev["n_target_slices"] + ev["n_empty_slices"] == 8 and 0 <= ev["dsc"]["mean"] <= 1
     assert os.path.isfile(os.path.join(summary["saved_model"], "saved_model.pb"))
     assert any(f.startswith("events.out") for f in os.listdir(run / "logs" / "train"))
     assert any(f.startswith("events.out") for f in os.listdir(run / "logs" / "images"))

@@ -9,16 +9,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def scores_from_counts(tp: int, n_true: int, n_pred: int) -> dict:
+    """DSC, precision and recall of a slice from its counts (true positives, target pixels,
+    predicted pixels); precision is 0 when nothing is predicted on a slice with a target."""
+    dsc = 2 * tp / (n_true + n_pred) if n_true + n_pred > 0 else 1.0
+    precision = tp / n_pred if n_pred > 0 else (1.0 if n_true == 0 else 0.0)
+    recall = tp / n_true if n_true > 0 else 1.0
+    return {"dsc": dsc, "precision": precision, "recall": recall}
+
+
 def slice_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """DSC, precision and recall of one binary slice; precision is 0 when nothing is predicted."""
+    """`scores_from_counts` of one binary slice (foreground > 0.5)."""
     t = np.asarray(y_true) > 0.5
     p = np.asarray(y_pred) > 0.5
-    tp = float(np.logical_and(t, p).sum())
-    nt, np_ = float(t.sum()), float(p.sum())
-    dsc = 2 * tp / (nt + np_) if nt + np_ > 0 else 1.0
-    precision = tp / np_ if np_ > 0 else (1.0 if nt == 0 else 0.0)
-    recall = tp / nt if nt > 0 else 1.0
-    return {"dsc": dsc, "precision": precision, "recall": recall}
+    return scores_from_counts(float(np.logical_and(t, p).sum()), float(t.sum()), float(p.sum()))
 
 
 def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
