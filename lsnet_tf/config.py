@@ -74,6 +74,10 @@ class DataConfig:
     augment: bool = True
     # Deterministic order and augmentation (slower: no parallel nondeterminism).
     deterministic: bool = False
+    # A corrupt TFRecord shard (CRC mismatch, truncation): "error" stops with a message naming the
+    # shard; "skip" checks every shard before training, reports the corrupt ones and trains on
+    # the records before each corruption (a corrupt validation shard is an error either way).
+    on_corrupt: str = "error"
     # Heatmap: output stride and Gaussian sigma; sigma <= 0 means size-adaptive (CenterNet radius).
     stride: int = 4
     heatmap_sigma: float = 0.0
@@ -90,6 +94,8 @@ class DataConfig:
         _check(0 < self.min_overlap < 1, "data.min_overlap must lie in (0, 1)", self.min_overlap)
         _check(self.max_boxes >= 1, "data.max_boxes must be >= 1", self.max_boxes)
         _check(self.val_fold >= 0, "data.val_fold must be >= 0", self.val_fold)
+        _check(self.on_corrupt in ("error", "skip"), "data.on_corrupt must be error or skip",
+               self.on_corrupt)
 
 
 ARCHITECTURES = ("lsnet", "unet", "attention_unet", "fcn", "coarse_to_fine", "lnet_crop")
@@ -199,6 +205,12 @@ class TrainConfig:
     # TensorBoard images every N epochs (0 = never).
     image_log_epochs: int = 1
     verbose: int = 1
+    # A non-finite loss term: "stop" ends training with an error naming the epoch, batch and
+    # term; "skip" drops the batch (no weight, optimizer-moment or metric update) and counts it.
+    on_nonfinite: str = "stop"
+    # Bit-identical weights for the same seed and config on the same machine: op determinism,
+    # seeded Keras/NumPy/Python generators and data.deterministic (slower; see README).
+    deterministic: bool = False
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1", self.epochs)
@@ -209,6 +221,8 @@ class TrainConfig:
         _check(self.top_k >= 1, "train.top_k must be >= 1", self.top_k)
         _check(self.strategy in ("auto", "mirrored", "multi_worker", "default"),
                "train.strategy must be auto, mirrored, multi_worker or default", self.strategy)
+        _check(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite must be stop or skip",
+               self.on_nonfinite)
 
 
 @dataclasses.dataclass(frozen=True)
