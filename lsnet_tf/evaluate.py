@@ -35,6 +35,9 @@ paper's format:
   slices (slices grouped by the records' ``patient_id``), at the network's input resolution
   (every slice of a patient is resized by the same factor, so this is the volume DSC up to the
   interpolation of the masks); mean, std, min, max and each case's value.
+- ``slices``: every slice's counts (``patient_id``, ``slice_index``, ``tp``, ``n_true``,
+  ``n_pred``, ``pixels``), from which any of the above can be recomputed (e.g. DSC against the
+  target's area: ``python -m lsnet_tf.experiments`` plots it).
 - ``complexity``: per network its trainable parameters (what the paper's "Params" counts;
   BatchNorm moving statistics excluded) and its FLOPs on one image (``build.count_flops``:
   TensorFlow's profiler on the frozen inference graph, multiply and add counted apart, ~2 MACs),
@@ -55,6 +58,8 @@ from lsnet_tf.metrics import segmentation as seg
 EMPTY_SLICE_MODES = ("exclude", "include")
 SPLITS = ("val", "train", "all")
 SIZE_BUCKETS = ("small", "medium", "large")
+# The per-slice counts an evaluation file keeps (``slices``).
+SLICE_KEYS = ("patient_id", "slice_index", "tp", "n_true", "n_pred", "pixels")
 
 
 class EvaluationError(RuntimeError):
@@ -292,6 +297,7 @@ def evaluate_run(run_dir: str, dataset: str | None = None, split: str = "val",
         "split": split,
         "folds": folds,
         **summarize(rows, empty_slices),
+        "slices": [{k: r[k] for k in SLICE_KEYS} for r in rows],
         "complexity": complexity(model, cfg.data.image_size, flops),
     }
     return result

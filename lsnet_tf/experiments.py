@@ -28,16 +28,24 @@ step with it (``lr_decay_epochs`` becomes ``max(1, round(N * lr_decay_epochs / e
 SavedModels are not exported (``export.dir`` is emptied).
 
 The table goes to ``<out>/<table>-<dataset>[-e<N>].md`` and ``.json``: our numbers beside the
-paper's, in percent. ``--rows`` restricts a run to some rows (the written table then has only
-those).
+paper's, in percent, then DSC by target size (small / medium / large: the target's share of the
+slice below 1 %, below 5 %, from 5 %), and how the table was made (command, seeds, machine).
+When the table has any of the U-Net-family rows of ``SIZE_PLOT_ROWS``, a plot of per-slice DSC
+against the target's area goes beside it (``...-dsc-vs-size.png``). ``--rows`` restricts a run
+to some rows (the written table then has only those).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
+import platform
+import shlex
 import sys
+
+import numpy as np
 
 from lsnet_tf import evaluate as ev
 
@@ -123,6 +131,8 @@ TABLES = {
         )),
 }
 DATASETS = ("synthetic", "pancreas")
+# Rows drawn in the DSC-against-size plot when a table has them.
+SIZE_PLOT_ROWS = ("unet", "c2f_unet", "lnet_crop", "lsnet_unet")
 
 
 def _pct(value):
@@ -197,10 +207,13 @@ def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/exper
     for split in splits:
         out = os.path.join(run_dir, f"evaluation-{split}-{empty_slices}.json")
         if os.path.isfile(out):
-            log(f"[{row.config}] already evaluated on {split} ({out})")
             with open(out, encoding="utf-8") as f:
-                results[split] = json.load(f)
-            continue
+                cached = json.load(f)
+            if "slices" in cached:
+                log(f"[{row.config}] already evaluated on {split} ({out})")
+                results[split] = cached
+                continue
+            log(f"[{row.config}] {out} has no per-slice counts: evaluating again")
         results[split] = ev.evaluate_run(run_dir, split=split, empty_slices=empty_slices,
                                          flops=flops, log=log)
         ev.write_json(out, results[split])
@@ -232,12 +245,141 @@ def table_markdown(table: Table, dataset: str, rows, results: dict,
     return "\n".join(lines) + "\n"
 
 
+def size_markdown(rows, evaluations: dict) -> str:
+    """DSC by target size per row: ``DSC (slices)`` in each bucket of ``evaluate``."""
+    lines = ["| Method | " + " | ".join(f"{b} DSC(%) (slices)" for b in ev.SIZE_BUCKETS) + " |",
+             "|---|" + "---|" * len(ev.SIZE_BUCKETS)]
+    for row in rows:
+        by_size = evaluations[row.config]["val"]["dsc_by_size"]
+        cells = [row.label]
+        for b in ev.SIZE_BUCKETS:
+            v = by_size[b]
+            cells.append("–" if v["dsc"] is None else f"{100 * v['dsc']:.2f} ({v['n']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Buckets: the target's share of the slice below 1 % (small), below 5 % "
+              "(medium), from 5 % (large); validation fold, slices with a target."]
+    return "\n".join(lines) + "\n"
+
+
+def size_curve(slices, edges) -> dict:
+    """Per-slice DSC of the slices with a target, binned by the target's share of the slice.
+
+    Args:
+      slices: an evaluation's ``slices`` (``tp``, ``n_true``, ``n_pred``, ``pixels``).
+      edges: increasing bin edges of the target's share of the slice, in %; a slice falls in
+        bin ``i`` when ``edges[i] <= share < edges[i + 1]`` (the last bin includes its top).
+
+    Returns:
+      ``{"n": (bins,), "mean": (bins,), "sem": (bins,)}``: slices, mean DSC and its standard
+      error per bin (NaN where a bin is empty; ``sem`` 0 with one slice).
+    """
+    from lsnet_tf.metrics.segmentation import scores_from_counts
+
+    edges = np.asarray(edges, np.float64)
+    share, dsc = [], []
+    for r in slices:
+        if r["n_true"] > 0:
+            share.append(100.0 * r["n_true"] / r["pixels"])
+            dsc.append(scores_from_counts(r["tp"], r["n_true"], r["n_pred"])["dsc"])
+    share, dsc = np.asarray(share), np.asarray(dsc)
+    index = np.clip(np.searchsorted(edges, share, side="right") - 1, 0, len(edges) - 2)
+    inside = (share >= edges[0]) & (share <= edges[-1])
+    bins = len(edges) - 1
+    n, mean, sem = np.zeros(bins, int), np.full(bins, np.nan), np.full(bins, np.nan)
+    for i in range(bins):
+        v = dsc[inside & (index == i)]
+        n[i] = v.size
+        if v.size:
+            mean[i] = v.mean()
+            sem[i] = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0
+    return {"n": n, "mean": mean, "sem": sem}
+
+
+def size_plot(path: str, curves: dict, title: str, bins: int = 8) -> None:
+    """Plot mean per-slice DSC (± standard error) against the target's share of the slice.
+
+    Args:
+      path: the PNG to write.
+      curves: ``{label: slices}`` (an evaluation's ``slices`` per method).
+      title: the figure's title.
+      bins: log-spaced bins between the smallest and the largest target of all curves.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shares = [100.0 * r["n_true"] / r["pixels"] for s in curves.values() for r in s
+              if r["n_true"] > 0]
+    if not shares:
+        raise ExperimentError("no slice with a target to plot")
+    edges = np.geomspace(min(shares), max(shares) * (1 + 1e-9), bins + 1)
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    step = np.log(edges[1] / edges[0])
+    for k, (label, slices) in enumerate(curves.items()):
+        c = size_curve(slices, edges)
+        offset = np.exp(step * 0.08 * (k - (len(curves) - 1) / 2))  # keep error bars apart
+        ax.errorbar(centres * offset, 100 * c["mean"], yerr=100 * c["sem"], marker="o",
+                    capsize=3, label=label)
+        if k == 0:
+            hist.bar(centres, c["n"], width=np.diff(edges) * 0.9, color="0.6")
+    for a in (ax, hist):
+        for edge in (1.0, 5.0):  # the small / medium / large buckets
+            a.axvline(edge, color="0.5", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_ylabel("per-slice DSC (%), mean ± s.e.")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    hist.set_ylabel("slices")
+    hist.set_xlabel("target area (% of the slice); dashed: small | medium | large")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def provenance(command: str, runs: str, chosen) -> dict:
+    """How a table was made: the command, each row's seed, the machine and the versions."""
+    from lsnet_tf.config import load_config
+
+    seeds = {}
+    for row in chosen:
+        saved = os.path.join(runs, row.config, "config.yaml")
+        seeds[row.config] = load_config(saved).train.seed if os.path.isfile(saved) else None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return {
+        "command": command,
+        "seeds": seeds,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+                   f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''}, {platform.system()}",
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _provenance_note(p: dict) -> str:
+    seeds = sorted({s for s in p["seeds"].values() if s is not None})
+    seed = (f"seed {seeds[0]} for every row" if len(seeds) == 1
+            else "seeds " + ", ".join(f"{k} {v}" for k, v in p["seeds"].items()))
+    return (f"Made by `{p['command']}`; {seed}; {p['machine']}; Python {p['python']}, "
+            f"TensorFlow {p['tensorflow']}; written {p['written']}.")
+
+
 def run_table(table, dataset: str, budget_epochs: int | None = None,
               runs_dir: str = "runs/experiments", out_dir: str = "docs/results",
               rows=None, overrides=(), empty_slices: str = "exclude", flops: bool = True,
-              configs_dir: str | None = None, log=print) -> dict:
+              configs_dir: str | None = None, log=print, command: str | None = None) -> dict:
     """Train and evaluate every row of `table` (a ``Table`` or a key of ``TABLES``) and write
-    the table; returns its JSON (title, dataset, rows with ours, paper and the run folders)."""
+    the table, its size breakdown and (see ``SIZE_PLOT_ROWS``) its DSC-against-size plot;
+    returns its JSON (title, dataset, rows with ours, paper, DSC by size and the run folders,
+    provenance, the plot's path). `command` is the command line recorded in the table."""
     if isinstance(table, str):
         if table not in TABLES:
             raise ExperimentError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
@@ -262,19 +404,35 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
             row, dataset, table.splits, runs, configs_dir, overrides, budget_epochs,
             empty_slices, flops, log)
         results[row.config] = {c: METRICS[c][1](evaluations[row.config]) for c in table.columns}
+    if command is None:
+        command = "lsnet_tf.experiments.run_table(" + repr(table.name) + ", " + repr(dataset) + ")"
+    prov = provenance(command, runs, chosen)
     note = (f"{'Budget: ' + str(budget_epochs) + ' epochs per row. ' if budget_epochs else ''}"
-            f"Runs under `{runs}`.")
+            f"Runs under `{runs}`. {_provenance_note(prov)}")
+    base = os.path.join(out_dir, f"{table.name}-{dataset}{suffix}")
+    plotted = [r for r in chosen if r.config in SIZE_PLOT_ROWS]
+    plot = None
+    if plotted:
+        plot = base + "-dsc-vs-size.png"
+        size_plot(plot, {r.label: evaluations[r.config]["val"]["slices"] for r in plotted},
+                  f"{table.name}, {dataset}: per-slice DSC against target size (validation)")
     doc = {
         "table": table.name, "title": table.title, "dataset": dataset,
         "budget_epochs": budget_epochs, "empty_slices": empty_slices, "runs": os.path.abspath(runs),
+        "provenance": prov,
+        "plot": None if plot is None else os.path.basename(plot),
         "rows": [{"config": r.config, "label": r.label, "cells": list(r.cells),
                   "ours": results[r.config], "paper": r.paper,
+                  "dsc_by_size": evaluations[r.config]["val"]["dsc_by_size"],
                   "run": os.path.abspath(os.path.join(runs, r.config))} for r in chosen],
     }
-    base = os.path.join(out_dir, f"{table.name}-{dataset}{suffix}")
+    text = table_markdown(table, dataset, chosen, results, empty_slices, note)
+    text += "\n#### DSC by target size\n\n" + size_markdown(chosen, evaluations)
+    if plot:
+        text += f"\n![DSC against target size]({os.path.basename(plot)})\n"
     ev.write_json(base + ".json", doc)
-    ev.write_text(base + ".md", table_markdown(table, dataset, chosen, results, empty_slices, note))
-    log(f"wrote {base}.md and {base}.json")
+    ev.write_text(base + ".md", text)
+    log(f"wrote {base}.md and {base}.json" + (f" and {plot}" if plot else ""))
     return doc
 
 
@@ -313,7 +471,9 @@ def main(argv=None) -> int:
     try:
         doc = run_table(args.table, args.dataset, args.budget_epochs, args.runs_dir, args.out,
                         args.rows.split(",") if args.rows else None, args.overrides,
-                        args.empty_slices, not args.no_flops, args.configs_dir)
+                        args.empty_slices, not args.no_flops, args.configs_dir,
+                        command="python -m lsnet_tf.experiments " + shlex.join(
+                            sys.argv[1:] if argv is None else argv))
     except (ExperimentError, ConfigError, ev.EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

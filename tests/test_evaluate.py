@@ -212,6 +212,11 @@ def test_load_and_evaluate_a_run(tmp_path, dataset_dir):
     assert float(model.snet.get_layer("decoder_score_p3").bias.numpy()[0]) == 3.0
     result = ev.evaluate_run(run, split="all", log=lambda *a: None)
     assert result["n_slices"] == 5 and result["folds"] == [0, 1]
+    # The kept per-slice counts give back the summary (box IoUs aside).
+    assert len(result["slices"]) == 5 and set(result["slices"][0]) == set(ev.SLICE_KEYS)
+    again = ev.summarize([{**r, "box_ious": [], "union_iou": 0.0} for r in result["slices"]])
+    for key in ("dsc", "precision", "recall", "dsc_by_size", "per_case"):
+        assert again[key] == result[key], key
     assert sorted(result["per_case"]["cases"]) == ["a", "b"]
     assert result["complexity"]["params"]["snet"] == count_trainable_params(saved.snet)
     assert result["complexity"]["flops"]["total"] == result["complexity"]["flops"]["snet"] > 0

@@ -3,6 +3,7 @@ resumability, and one tiny table end to end."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from lsnet_tf import experiments as ex
@@ -102,6 +103,24 @@ def test_table_markdown_puts_ours_beside_the_paper():
     assert "A note." in lines and "averaged over all slices" in text
 
 
+def test_size_curve_bins_per_slice_dsc():
+    # 100-pixel slices; shares 2 %, 3 %, 30 %; one empty slice (ignored) and one outside the edges.
+    slices = [dict(tp=2, n_true=2, n_pred=2, pixels=100),     # 2 %, DSC 1
+              dict(tp=0, n_true=3, n_pred=0, pixels=100),     # 3 %, DSC 0
+              dict(tp=10, n_true=30, n_pred=10, pixels=100),  # 30 %, DSC 20 / 40 = 0.5
+              dict(tp=0, n_true=0, n_pred=5, pixels=100),     # no target
+              dict(tp=1, n_true=90, n_pred=1, pixels=100)]    # 90 %, beyond the last edge
+    c = ex.size_curve(slices, [1.0, 10.0, 50.0, 60.0])
+    assert c["n"].tolist() == [2, 1, 0]
+    np.testing.assert_allclose(c["mean"][:2], [0.5, 0.5])
+    np.testing.assert_allclose(c["sem"][:2], [np.std([1.0, 0.0], ddof=1) / np.sqrt(2), 0.0])
+    assert np.isnan(c["mean"][2]) and np.isnan(c["sem"][2])
+    # The last bin includes its top edge.
+    assert ex.size_curve(slices[2:3], [1.0, 30.0])["n"].tolist() == [1]
+    with pytest.raises(ex.ExperimentError, match="no slice with a target"):
+        ex.size_plot("/nonexistent/x.png", {"A": slices[3:4]}, "t")
+
+
 def test_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ex.ExperimentError, match="unknown table 'table9'"):
         ex.run_table("table9", "synthetic")
@@ -156,6 +175,20 @@ def test_tiny_table_end_to_end_and_resumable(tmp_path, monkeypatch):
     assert "| L-SNet | " in md and " / 88.20 |" in md and " / 86.58 |" in md
     with open(tmp_path / "docs" / "tiny-synthetic-e1.json") as f:
         assert json.load(f)["rows"] == doc["rows"]
+    # Size breakdown: each row's buckets, as in its evaluation file.
+    with open(runs / "lsnet_unet" / "evaluation-val-exclude.json") as f:
+        by_size = json.load(f)["dsc_by_size"]
+    assert doc["rows"][0]["dsc_by_size"] == by_size
+    assert "| Method | small DSC(%) (slices) | medium DSC(%) (slices) | large DSC(%) (slices) |" in md
+    cells = [("–" if v["dsc"] is None else f"{100 * v['dsc']:.2f} ({v['n']})")
+             for v in by_size.values()]
+    assert "| L-SNet | " + " | ".join(cells) + " |" in md
+    # Provenance and the plot of both rows (both are in SIZE_PLOT_ROWS).
+    assert doc["provenance"]["seeds"] == {"lsnet_unet": 0, "lnet_crop": 0}
+    assert "seed 0 for every row" in md and "CPU cores" in md
+    plot = tmp_path / "docs" / "tiny-synthetic-e1-dsc-vs-size.png"
+    assert doc["plot"] == plot.name and f"]({plot.name})" in md
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Second call: nothing is trained or evaluated again, the same table is written.
     def fail(*args, **kw):
@@ -167,3 +200,13 @@ def test_tiny_table_end_to_end_and_resumable(tmp_path, monkeypatch):
     again = ex.run_table(table, "synthetic", **kwargs)
     assert again["rows"] == doc["rows"]
     assert os.path.getmtime(runs / "lnet_crop" / "checkpoints" / "checkpoint") == stamp
+
+    # An evaluation file without per-slice counts (written by an older version) is redone.
+    path = runs / "lnet_crop" / "evaluation-val-exclude.json"
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in old.items() if k != "slices"}))
+    redone = []
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda run, **kw: redone.append(run) or old)
+    ex.run_table(table, "synthetic", **kwargs)
+    assert redone == [str(runs / "lnet_crop")]
+    assert json.loads(path.read_text())["slices"] == old["slices"]
