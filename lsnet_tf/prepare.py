@@ -10,7 +10,10 @@ Two input layouts::
 ``tcia``: one folder per patient under ``--images`` (``PANCREAS_0001/<study>/<series>/*.dcm``),
 matched to ``--labels/labelNNNN.nii.gz`` by the number in the names (0001 <-> 1). ``msd``:
 ``imagesTr/x.nii.gz`` with ``labelsTr/x.nii.gz`` (hidden files such as macOS ``._x.nii.gz`` are
-ignored). The target is every non-zero label value, or the union of ``--label-values``.
+ignored). The target is every non-zero label value, or the union of ``--label-values``. Label
+values must be integers >= 0 (NaN, fractional or negative values fail the patient); for MSD,
+a value that is not a class of the task's own ``dataset.json`` (``labels``) fails it too.
+Image voxels must be finite (a NaN or infinite voxel fails the patient, never becomes a HU).
 
 Every volume is cut into axial slices in one canonical orientation (slice 0 = lowest z, row 0 =
 anterior, column 0 = patient right; see `lsnet_tf.data.volumes`), written as raw HU (int16) with
@@ -30,6 +33,8 @@ import json
 import os
 import re
 import sys
+
+import numpy as np
 
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.data.volumes import MissingLabelError, PatientSource, PrepareError
@@ -118,15 +123,23 @@ def tcia_patients(images: str, labels: str, series_uid=(), axial_only: bool = Fa
     return sources, notes
 
 
-def _load_msd(image, label, origin_tol_mm):
+def _load_msd(image, label, origin_tol_mm, task_labels=None):
     if label is None:
         raise MissingLabelError(image, "no label file of the same name in labelsTr/")
-    return nifti.read_image_and_label(image, label, origin_tol_mm=origin_tol_mm)
+    volume = nifti.read_image_and_label(image, label, origin_tol_mm=origin_tol_mm)
+    if task_labels:
+        found = {int(v) for v in np.unique(volume.labels)}
+        unknown = sorted(found - set(task_labels))
+        if unknown:
+            raise nifti.NiftiError(label, f"label values {unknown} are not classes of this task "
+                                          f"(dataset.json labels {task_labels})")
+    return volume
 
 
 def msd_patients(root: str, origin_tol_mm: float = volumes.ORIGIN_TOLERANCE_MM):
     """Patients of the MSD layout: ``(sources, notes, label_names)``; label_names from the task's
-    own dataset.json ({} when absent)."""
+    own dataset.json ({} when absent). With label names, a patient whose label holds a value that
+    is not one of them fails (`NiftiError` naming the label file and the values)."""
     images, labels = os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")
     for d in (images, labels):
         if not os.path.isdir(d):
@@ -135,20 +148,7 @@ def msd_patients(root: str, origin_tol_mm: float = volumes.ORIGIN_TOLERANCE_MM):
     if not image_files:
         raise PrepareError(images, "no NIfTI images (*.nii.gz)")
     label_names = {_strip_nifti(n): n for n in _visible(os.listdir(labels)) if _is_nifti(n)}
-    sources, used = [], set()
-    for name in image_files:
-        pid = _strip_nifti(name)
-        key = pid if pid in label_names else re.sub(r"_0000$", "", pid)  # nnU-Net channel suffix
-        label = os.path.join(labels, label_names[key]) if key in label_names else None
-        used.add(key)
-        sources.append(PatientSource(
-            key, functools.partial(_load_msd, os.path.join(images, name), label, origin_tol_mm),
-            {"image": os.path.abspath(os.path.join(images, name)),
-             "label": label and os.path.abspath(label)}))
     notes = []
-    orphans = sorted(set(label_names) - used)
-    if orphans:
-        notes.append(f"{len(orphans)} labels have no image: {', '.join(orphans)}")
     task_labels = {}
     meta = os.path.join(root, "dataset.json")
     if os.path.isfile(meta):
@@ -157,6 +157,20 @@ def msd_patients(root: str, origin_tol_mm: float = volumes.ORIGIN_TOLERANCE_MM):
                 task_labels = {int(k): str(v) for k, v in json.load(f).get("labels", {}).items()}
         except (ValueError, AttributeError, OSError) as e:
             notes.append(f"{meta} not read ({e})")
+    sources, used = [], set()
+    for name in image_files:
+        pid = _strip_nifti(name)
+        key = pid if pid in label_names else re.sub(r"_0000$", "", pid)  # nnU-Net channel suffix
+        label = os.path.join(labels, label_names[key]) if key in label_names else None
+        used.add(key)
+        sources.append(PatientSource(
+            key, functools.partial(_load_msd, os.path.join(images, name), label, origin_tol_mm,
+                                   task_labels),
+            {"image": os.path.abspath(os.path.join(images, name)),
+             "label": label and os.path.abspath(label)}))
+    orphans = sorted(set(label_names) - used)
+    if orphans:
+        notes.append(f"{len(orphans)} labels have no image: {', '.join(orphans)}")
     return sources, notes, task_labels
 
 

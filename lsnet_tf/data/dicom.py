@@ -4,22 +4,30 @@
 
 1. Collects the files under `folder` (recursively): names ending in ``.dcm`` (any case) or with
    no extension; hidden files and ``DICOMDIR`` are ignored. None -> `DicomSeriesError` (empty).
-2. Reads every header with ``pydicom.dcmread(..., stop_before_pixels=True)``; a file that is not
-   readable DICOM -> `DicomSeriesError` naming it.
-3. Leaves out localizer/scout images (ImageType containing ``LOCALIZER``), reported as skipped.
+2. Reads every header with ``pydicom.dcmread`` (pixel data located but not loaded); a file that
+   is not readable DICOM, or whose elements used here cannot be decoded -> `DicomSeriesError`
+   naming it.
+3. Leaves out localizer/scout images (ImageType containing ``LOCALIZER``) and non-image objects
+   (a known SOP class that is not an image storage class: structured reports, RT structure
+   sets, plans and doses, presentation states, ...), reported as skipped. A folder with only
+   such files -> `DicomSeriesError`.
 4. Groups the rest by SeriesInstanceUID. Several series -> `DicomSeriesError` listing them,
    unless `series_uid` names exactly one of them (the others are then skipped).
-5. Requires every file of the series to be a single-frame, single-sample image with Rows,
-   Columns, PixelSpacing, ImagePositionPatient and ImageOrientationPatient ("non-image DICOM"
-   otherwise). Files whose orientation or size differs from the series majority are left out as
-   localizer-like images (reported); without a strict majority -> error.
+5. Requires every file of the series to be a single-frame, single-sample image with positive
+   Rows and Columns, PixelSpacing, ImagePositionPatient, ImageOrientationPatient ("not an image
+   slice" otherwise) and pixel data that the file really holds (a file cut short before or
+   inside its PixelData is reported as truncated). Files whose orientation or size differs from
+   the series majority are left out as localizer-like images (reported); without a strict
+   majority -> error. Slices larger than ``volumes.MAX_SLICE_PIXELS`` or a series larger than
+   ``volumes.MAX_VOLUME_VOXELS`` -> `volumes.VolumeSizeError`, before any pixel is read.
 6. Sorts slices by ImagePositionPatient projected on the slice normal n = r x c (the cross
    product of the row and column direction cosines of ImageOrientationPatient) — never by
    InstanceNumber or file name. Duplicate positions, gaps (a missing slice), non-uniform spacing
    and positions that drift off the normal (gantry tilt / shear) -> `DicomSeriesError` with the
    positions and files.
 7. Reads the pixels: HU = stored value * RescaleSlope + RescaleIntercept, per file (identity with
-   a note when the tags are absent); rounded to int16.
+   a note when the tags are absent; a slope or intercept that is not a finite number -> error);
+   rounded to int16.
 8. Brings the stack to the canonical orientation of `lsnet_tf.data.volumes` (slice 0 = lowest z,
    row 0 = anterior, column 0 = patient right) by axis flips/permutations derived from the
    geometry. A row direction of (-1, 0, 0), for example, means the stored columns run from the
@@ -30,6 +38,17 @@ The geometry of the stacked array (slice k in projection order, row r, column c)
 ``P0 + k * step + r * dr * c_dir + c * dc * r_dir`` with P0 the first slice's position, `step`
 the mean slice-to-slice offset, (dr, dc) = PixelSpacing (row spacing, column spacing), r_dir and
 c_dir the row and column direction cosines.
+
+Errors
+------
+Every refusal of input is a `lsnet_tf.data.volumes.PrepareError` (a `ValueError`) whose `path`
+names the file or folder at fault and whose message says why: `DicomSeriesError` for what is
+wrong with the files (unreadable, truncated, not an image, mixed series, gaps, bad tags, pixel
+data that cannot be decoded), `volumes.GeometryError` for an oblique series,
+`volumes.VolumeSizeError` for an empty or oversized one, and `volumes.PatientSkipped` for a
+non-axial series with ``axial_only``. `read_header`, `read_hu`, `sort_slices` and `read_series`
+raise nothing else for any file content (a property-based test feeds them random bytes and
+random headers).
 """
 from __future__ import annotations
 
@@ -53,6 +72,14 @@ GAP_FACTOR = 1.5
 DRIFT_TOL_MM = 0.1
 
 _REQUIRED = ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient")
+# Every element this module reads; decoded when the header is read, so that a malformed value is
+# reported as the file's fault there.
+_USED = ("SOPClassUID", "Modality", "SeriesInstanceUID", "SeriesDescription", "ImageType",
+         "NumberOfFrames", "SamplesPerPixel", "RescaleSlope", "RescaleIntercept",
+         "SpacingBetweenSlices", "SliceThickness") + _REQUIRED
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Values longer than this stay on disk when a header is read (the pixel data, in practice).
+_DEFER_BYTES = 4096
 
 
 class DicomSeriesError(PrepareError):
@@ -97,27 +124,107 @@ def list_dicom_files(folder: str) -> list[str]:
 
 
 def read_header(path: str):
-    """The header of one file (pixels not read); `DicomSeriesError` when it is not readable DICOM."""
+    """The dataset of one file with its pixel data located but not loaded.
+
+    Raises `DicomSeriesError` naming the file when it is not readable DICOM or when an element
+    this module uses cannot be decoded.
+    """
     import pydicom
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
     except Exception as e:  # InvalidDicomError, OSError, truncated or malformed elements
         raise DicomSeriesError(path, f"unreadable DICOM file ({type(e).__name__}: {e})") from e
+    for keyword in _USED:
+        _get(ds, keyword, path)
+    return ds
+
+
+def _get(ds, keyword: str, path: str, default=None):
+    """``ds.get(keyword, default)``; an element whose value cannot be decoded -> `DicomSeriesError`."""
+    try:
+        return ds.get(keyword, default)
+    except Exception as e:  # pydicom decodes raw values lazily: bad numbers, bad lengths, ...
+        raise DicomSeriesError(path, f"unreadable DICOM element {keyword} "
+                                     f"({type(e).__name__}: {e})") from e
+
+
+def sop_class_name(ds) -> str:
+    """The name of the file's SOP class (SOPClassUID, else the file meta's
+    MediaStorageSOPClassUID); '' when absent or not a known UID."""
+    from pydicom.uid import UID_dictionary
+
+    try:
+        uid = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+    except Exception:  # an undecodable UID names no known class
+        return ""
+    entry = UID_dictionary.get(str(uid or "").strip())
+    return str(entry[0]) if entry else ""
+
+
+def is_non_image(ds) -> bool:
+    """True for a file of a known SOP class that is not an image storage class (structured
+    reports, RT structure sets, plans and doses, presentation states, ...)."""
+    name = sop_class_name(ds)
+    return name.endswith("Storage") and "Image" not in name
+
+
+def _as_list(value) -> list:
+    """The items of a multi-valued element; a single value (a number, a string) as one item."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        return [value]
+    return list(value)
 
 
 def _image_type(ds) -> list[str]:
-    value = ds.get("ImageType", [])
+    value = ds.get("ImageType")
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
     if isinstance(value, str):
         value = value.split("\\")
-    return [str(v).strip().upper() for v in value]
+    return [str(v).strip().upper() for v in _as_list(value)]
+
+
+def _int(ds, keyword: str, path: str, default=None) -> int:
+    """An integer element (`default` when absent or empty); `DicomSeriesError` otherwise."""
+    value = _get(ds, keyword, path)
+    if value is None or value == "":
+        if default is None:
+            raise DicomSeriesError(path, f"no {keyword}")
+        return default
+    try:
+        out = int(value)
+        if out != float(value):
+            raise ValueError("not an integer")
+    except Exception as e:
+        raise DicomSeriesError(path, f"{keyword} is not an integer: {value!r}") from e
+    return out
+
+
+def _float(ds, keyword: str, path: str, default=None):
+    """A finite number element (`default` when absent or empty); `DicomSeriesError` otherwise."""
+    value = _get(ds, keyword, path)
+    if value is None or value == "":
+        return default
+    try:
+        out = float(value)
+    except Exception as e:
+        raise DicomSeriesError(path, f"{keyword} is not a number: {value!r}") from e
+    if not np.isfinite(out):
+        raise DicomSeriesError(path, f"{keyword} must be a finite number, got {value!r}")
+    return out
 
 
 def _floats(ds, keyword: str, n: int, path: str) -> np.ndarray:
+    value = _get(ds, keyword, path)
+    if value is None or value == "":
+        raise DicomSeriesError(path, f"no {keyword}")
     try:
-        values = np.array([float(v) for v in ds[keyword].value], np.float64)
+        values = np.array([float(v) for v in _as_list(value)], np.float64)
     except Exception as e:
-        raise DicomSeriesError(path, f"{keyword} is not numeric: {ds.get(keyword)!r}") from e
+        raise DicomSeriesError(path, f"{keyword} is not numeric: {value!r}") from e
     if values.shape != (n,) or not np.all(np.isfinite(values)):
         raise DicomSeriesError(path, f"{keyword} must hold {n} finite numbers, got {values.tolist()}")
     return values
@@ -130,18 +237,44 @@ def slice_normal(orientation) -> np.ndarray:
     return n / np.linalg.norm(n)
 
 
+def _describe(ds) -> str:
+    name = sop_class_name(ds)
+    return (f"SOP class {ds.get('SOPClassUID', '?')}{f' ({name})' if name else ''}, modality "
+            f"{ds.get('Modality', '?')}")
+
+
+def check_pixels_present(ds, path: str) -> None:
+    """`DicomSeriesError` unless the file holds pixel data: a PixelData (or float pixel data)
+    element whose declared length the file really contains."""
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        raise DicomSeriesError(path, f"no pixel data (no PixelData element; {_describe(ds)}): an "
+                                     "image header without pixels, or a file truncated before "
+                                     f"its pixels ({os.path.getsize(path)} bytes)")
+    raw = ds._dict.get(0x7FE00010)  # still on disk (deferred): check the file really holds it
+    length, tell = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+    if isinstance(length, int) and isinstance(tell, int) and length != 0xFFFFFFFF:
+        size = os.path.getsize(path)
+        if tell + length > size:
+            raise DicomSeriesError(path, f"truncated file: PixelData declares {length} bytes at "
+                                         f"byte {tell}, but the file ends after {size} bytes")
+
+
 def _check_image(ds, path: str) -> None:
     missing = [k for k in _REQUIRED if k not in ds or ds[k].value in (None, "")]
     if missing:
-        raise DicomSeriesError(
-            path, f"not an image slice: no {', '.join(missing)} (SOP class "
-                  f"{ds.get('SOPClassUID', '?')}, modality {ds.get('Modality', '?')})")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+        raise DicomSeriesError(path, f"not an image slice: no {', '.join(missing)} ({_describe(ds)})")
+    frames = _int(ds, "NumberOfFrames", path, default=1)
     if frames != 1:
         raise DicomSeriesError(path, f"multi-frame image ({frames} frames) is not a CT slice series")
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    spp = _int(ds, "SamplesPerPixel", path, default=1)
     if spp != 1:
         raise DicomSeriesError(path, f"{spp} samples per pixel (colour image), expected 1")
+    rows, cols = _int(ds, "Rows", path), _int(ds, "Columns", path)
+    if rows < 1 or cols < 1:
+        raise DicomSeriesError(path, f"empty image: Rows x Columns is {rows} x {cols}")
+    check_pixels_present(ds, path)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        _float(ds, keyword, path)
     o = _floats(ds, "ImageOrientationPatient", 6, path)
     r, c = o[:3], o[3:]
     if abs(np.linalg.norm(r) - 1) > 1e-3 or abs(np.linalg.norm(c) - 1) > 1e-3 or abs(r @ c) > 1e-3:
@@ -261,7 +394,8 @@ def sort_slices(headers: dict, folder: str) -> tuple[list, np.ndarray, np.ndarra
 
 def read_hu(path: str, rows: int, cols: int) -> np.ndarray:
     """HU of one slice as float64 (rows, cols): stored value * RescaleSlope + RescaleIntercept
-    (slope 1 and intercept 0 when the tags are absent)."""
+    (slope 1 and intercept 0 when the tags are absent). `DicomSeriesError` when the pixels cannot
+    be decoded, do not have that shape, or the slope/intercept/pixels are not finite numbers."""
     import pydicom
 
     try:
@@ -272,9 +406,10 @@ def read_hu(path: str, rows: int, cols: int) -> np.ndarray:
     if pixels.shape != (rows, cols):
         raise DicomSeriesError(path, f"pixel array shape {pixels.shape} differs from Rows x Columns "
                                      f"{rows}x{cols}")
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    slope = 1.0 if slope is None else float(slope)
-    intercept = 0.0 if intercept is None else float(intercept)
+    slope = _float(ds, "RescaleSlope", path, default=1.0)
+    intercept = _float(ds, "RescaleIntercept", path, default=0.0)
+    if not np.issubdtype(pixels.dtype, np.number) or not np.all(np.isfinite(pixels)):
+        raise DicomSeriesError(path, "pixel data holds values that are not finite numbers")
     return pixels.astype(np.float64) * slope + intercept
 
 
@@ -301,13 +436,22 @@ def read_series(folder: str, series_uid=None, axial_only: bool = False) -> Dicom
         raise DicomSeriesError(folder, "empty series: no DICOM files (*.dcm or no extension) found")
     skipped, notes = [], []
     headers = {}
+    non_image = {}
     for path in files:
         ds = read_header(path)
         image_type = _image_type(ds)
         if "LOCALIZER" in image_type:
             skipped.append((path, f"localizer (ImageType {'/'.join(image_type)})"))
-        else:
+        elif is_non_image(ds):
+            non_image[path] = ds
+        else:  # before grouping: a truncated file must not pose as a series of its own
+            check_pixels_present(ds, path)
             headers[path] = ds
+    if not headers and non_image:  # nothing but reports, structure sets, ...: name the first
+        path = min(non_image)
+        _check_image(non_image[path], path)
+        raise DicomSeriesError(path, f"not an image slice ({_describe(non_image[path])})")
+    skipped += [(p, f"not an image ({_describe(ds)})") for p, ds in sorted(non_image.items())]
     if not headers:
         raise DicomSeriesError(folder, f"empty series: all {len(files)} DICOM files are localizers")
     headers = _pick_series(headers, folder, series_uid, skipped)
@@ -325,9 +469,9 @@ def read_series(folder: str, series_uid=None, axial_only: bool = False) -> Dicom
     slice_spacing = float(np.linalg.norm(step))
     if len(paths) == 1:  # the normal gives the direction; the spacing only if the header says it
         for key in ("SpacingBetweenSlices", "SliceThickness"):
-            value = first.get(key)
-            if value not in (None, "") and float(value) > 0:
-                slice_spacing = float(value)
+            value = _float(first, key, paths[0])
+            if value is not None and value > 0:
+                slice_spacing = value
                 break
         step = normal * (slice_spacing or 1.0)
     affine = np.eye(4)
@@ -337,6 +481,7 @@ def read_series(folder: str, series_uid=None, axial_only: bool = False) -> Dicom
     affine[:3, 3] = _floats(first, "ImagePositionPatient", 3, paths[0])
     volumes.canonical_axes(affine, folder)  # refuse an oblique series before reading pixels
     rows, cols = int(first.Rows), int(first.Columns)
+    volumes.check_volume_size((len(paths), rows, cols), folder)
     hu = np.empty((len(paths), rows, cols), np.int16)
     clipped = 0
     for k, path in enumerate(paths):  # one slice at a time: a float volume would be large

@@ -19,6 +19,14 @@ a `volumes.GeometryError`, never a silent resampling.
 The MSD layout (``imagesTr/x.nii.gz`` with ``labelsTr/x.nii.gz``) goes through the same
 canonicalization for both files (rather than nibabel's ``as_closest_canonical``, which gives RAS
 order), so both layouts give slices in one orientation.
+
+Errors
+------
+All are `volumes.PrepareError`s (`ValueError`s) naming the file: `NiftiError` (missing or
+unreadable file, not 3-D, no orientation, image voxels that are not finite real numbers, label
+values that are not integers >= 0), `volumes.VolumeSizeError` (an axis of length 0, or a volume
+above ``volumes.MAX_SLICE_PIXELS`` / ``MAX_VOLUME_VOXELS``, checked from the header before the
+voxels are read) and `volumes.GeometryError` (oblique, or a label off the image's grid).
 """
 from __future__ import annotations
 
@@ -61,7 +69,22 @@ def affine_lps(img, path: str) -> np.ndarray:
 
 
 def read_array(img, path: str, dtype=None) -> np.ndarray:
-    """The voxel array as 3-D (trailing length-1 axes dropped); `NiftiError` otherwise."""
+    """The voxel array as 3-D (trailing length-1 axes dropped).
+
+    The shape is checked from the header first: `NiftiError` when it is not 3-D,
+    `volumes.VolumeSizeError` when it is empty or too large (``volumes.check_volume_size``, on
+    the shape in canonical (slice, row, col) order).
+    """
+    shape = tuple(int(n) for n in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise NiftiError(path, f"expected a 3-D volume, got shape {shape}")
+    try:  # canonical order for the size limits; an oblique affine is refused later, not here
+        perm = volumes.canonical_axes(volumes.ras_to_lps(img.affine), path)[0]
+    except (ValueError, TypeError):
+        perm = [2, 1, 0]
+    volumes.check_volume_size(tuple(shape[p] for p in perm), path)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:
@@ -73,13 +96,39 @@ def read_array(img, path: str, dtype=None) -> np.ndarray:
     return data if dtype is None else data.astype(dtype)
 
 
-def _integer_labels(data: np.ndarray, path: str) -> np.ndarray:
+def read_image_array(img, path: str) -> np.ndarray:
+    """`read_array` for an image: real-number voxels, all finite (`NiftiError` otherwise, with
+    the count and the first stored index of a NaN/infinite voxel)."""
+    data = read_array(img, path)
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise NiftiError(path, f"image voxels of type {data.dtype} are not real numbers")
     if not np.issubdtype(data.dtype, np.integer):
-        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-            bad = data[~np.isfinite(data) | (data != np.round(data))].ravel()[:3]
+        bad = ~np.isfinite(data)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise NiftiError(path, f"{int(bad.sum())} of {data.size} image voxels are NaN or "
+                                   f"infinite (first at stored index {first}); fix or mask them "
+                                   "before preparing or predicting")
+    return data
+
+
+def _integer_labels(data: np.ndarray, path: str) -> np.ndarray:
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise NiftiError(path, f"label voxels of type {data.dtype} are not numbers")
+    if not np.issubdtype(data.dtype, np.integer):
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise NiftiError(path, f"{int((~finite).sum())} label voxels are NaN or infinite; a "
+                                   "label holds integer class values")
+        if not np.array_equal(data, np.round(data)):
+            bad = data[data != np.round(data)].ravel()[:3]
             raise NiftiError(path, f"label values must be integers, found {bad.tolist()} "
                                    "(is this an image rather than a label?)")
     lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    if lo < 0:
+        negative = np.unique(data[data < 0])[:5].astype(np.int64).tolist()
+        raise NiftiError(path, f"negative label values {negative}: labels are class values >= 0 "
+                               "(0 = background)")
     dtype = np.uint8 if 0 <= lo and hi <= 255 else np.int32
     return data.astype(dtype)
 
@@ -99,7 +148,9 @@ def read_label(path: str, ref_affine: np.ndarray, ref_shape, reference: str = "t
       (slice, row, col) integer label array (uint8 when the values fit), same layout as the image.
 
     Raises:
-      NiftiError: missing/unreadable file, not 3-D, no orientation, non-integer values.
+      NiftiError: missing/unreadable file, not 3-D, no orientation, values that are not
+        integers >= 0 (NaN, infinite, fractional, negative).
+      volumes.VolumeSizeError: an empty or too large volume.
       GeometryError: oblique label, or a shape/spacing/direction/origin differing from the image.
     """
     img = load(path)
@@ -119,9 +170,7 @@ def read_image_and_label(image_path: str, label_path: str,
                          origin_tol_mm: float = volumes.ORIGIN_TOLERANCE_MM) -> volumes.Volume:
     """An MSD image/label pair as a canonical `volumes.Volume` (HU rounded to int16)."""
     img = load(image_path)
-    data = read_array(img, image_path)
-    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-        raise NiftiError(image_path, f"image voxels of type {data.dtype} are not real numbers")
+    data = read_image_array(img, image_path)
     aff = affine_lps(img, image_path)
     hu, clipped = volumes.hu_to_int16(data)
     hu_c, aff_c = volumes.canonicalize(hu, aff, image_path)

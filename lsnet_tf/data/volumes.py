@@ -47,6 +47,12 @@ ORIGIN_TOLERANCE_MM = 0.1
 SPACING_RTOL = 1e-3
 DIRECTION_ATOL = 1e-3
 
+# Largest slice (rows x cols) and volume (slices x rows x cols) the readers accept: checked from
+# the headers before any voxel is read. 8192 x 8192 is 16 times a 2048 x 2048 slice, far above
+# any CT; 2**31 voxels are 8 GiB as float32.
+MAX_SLICE_PIXELS = 8192 * 8192
+MAX_VOLUME_VOXELS = 2 ** 31
+
 CANONICAL_ORIENTATION = (
     "array (slice, row, col): slice 0 = lowest z (inferior), row 0 = most anterior, "
     "col 0 = patient right (DICOM orientation (1,0,0,0,1,0), slices by increasing z)")
@@ -67,12 +73,38 @@ class GeometryError(PrepareError):
     """Unsupported geometry (oblique axes), or image and label geometries that disagree."""
 
 
+class VolumeSizeError(PrepareError):
+    """An empty volume (an axis of length 0), or one larger than `MAX_SLICE_PIXELS` per slice or
+    `MAX_VOLUME_VOXELS` in all."""
+
+
 class MissingLabelError(PrepareError):
     """A patient's label volume is missing or ambiguous."""
 
 
 class PatientSkipped(PrepareError):
     """A patient deliberately left out (e.g. a non-axial series with ``--axial-only``); not a failure."""
+
+
+def check_volume_size(shape: Sequence[int], path="<volume>") -> None:
+    """Refuse a (slices, rows, cols) shape that is empty or too large, before reading the voxels.
+
+    Raises:
+      VolumeSizeError: an axis of length 0; rows x cols above `MAX_SLICE_PIXELS`; slices x rows
+        x cols above `MAX_VOLUME_VOXELS` (both read at call time, so they can be changed).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise VolumeSizeError(path, f"empty volume: shape (slices, rows, cols) {shape} has no voxels")
+    slices, rows, cols = shape
+    if rows * cols > MAX_SLICE_PIXELS:
+        raise VolumeSizeError(path, f"slices of {rows} x {cols} pixels are larger than the limit of "
+                                    f"{MAX_SLICE_PIXELS} pixels (lsnet_tf.data.volumes."
+                                    "MAX_SLICE_PIXELS); crop or downsample them first")
+    if slices * rows * cols > MAX_VOLUME_VOXELS:
+        raise VolumeSizeError(path, f"volume of {slices} x {rows} x {cols} voxels is larger than the "
+                                    f"limit of {MAX_VOLUME_VOXELS} voxels (lsnet_tf.data.volumes."
+                                    "MAX_VOLUME_VOXELS); split it into parts of fewer slices")
 
 
 def ras_to_lps(affine: np.ndarray) -> np.ndarray:
