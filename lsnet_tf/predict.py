@@ -37,6 +37,19 @@ Outputs in ``--out``:
   with findings its voxels, area and boxes (xyxy pixels of the canonical slice, score, keypoint;
   the DICOM file for DICOM input).
 
+Sizes: a slice may have any size from 1 x 1 pixels (the model resizes it to its input size and
+the outputs back). Larger than ``lsnet_tf.data.volumes.MAX_SLICE_PIXELS`` (8192 x 8192) per
+slice or ``MAX_VOLUME_VOXELS`` (2**31) in all, or with an axis of length 0, the input is refused
+from its header (DICOM tags, NIfTI header, .npy header, PNG size) before any voxel is read. Each
+call to the model gets at most ``MAX_BATCH_PIXELS`` pixels (fewer slices than ``--batch-size``
+for large slices, at least one).
+
+Refused inputs (exit status 1, the message names the file): a missing path or unknown
+extension; an array that is not 2-D or 3-D, or a 3-D ``.npy`` whose last axis has 1, 3 or 4
+entries with both others >= 8 (an ``(H, W, C)`` image, not ``(slices, H, W)``); values that are
+not real numbers, or NaN/infinite values (``.npy``, NIfTI); a colour or 1-bit PNG; the DICOM
+and NIfTI readers' own errors (`lsnet_tf.data.volumes.PrepareError`).
+
 Exit status: 0 on success, 1 when the input or the model cannot be used (the message says why).
 """
 from __future__ import annotations
@@ -57,6 +70,8 @@ __all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModel
            "TFLitePredictor", "predict_volume", "run", "main"]
 
 MASK_THRESHOLD = 0.5
+# Most pixels (slices x H x W) sent to the model in one call: 128 MiB of float32 input.
+MAX_BATCH_PIXELS = 2 ** 25
 DEFAULT_WINDOW = (40.0, 400.0)
 INPUT_KINDS = "a DICOM folder, a NIfTI file (.nii, .nii.gz), a .npy array or a .png image"
 
@@ -124,9 +139,7 @@ def _read_nifti(path: str) -> Volume:
     from lsnet_tf.data import nifti
 
     img = nifti.load(path)
-    data = nifti.read_array(img, path)
-    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-        raise PredictError(f"{path}: voxels of type {data.dtype} are not real numbers")
+    data = nifti.read_image_array(img, path)
     stored_shape = data.shape
     affine = nifti.affine_lps(img, path)
     perm, flips = volumes.canonical_axes(affine, path)
@@ -154,14 +167,29 @@ def _read_nifti(path: str) -> Volume:
                   kind="nifti", write_mask=write, affine=affine_c)
 
 
-def _as_slices(array: np.ndarray, path: str) -> np.ndarray:
-    if array.ndim == 2:
-        array = array[np.newaxis]
-    if array.ndim != 3:
+def _check_shape(shape, path: str) -> tuple:
+    """The (slices, H, W) shape of an input array of `shape`, checked before its values are read:
+    rank 2 or 3, not an (H, W, C) image, not empty, within the size limits."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 2:
+        shape = (1,) + shape
+    if len(shape) != 3:
         raise PredictError(f"{path}: expected a 2-D slice (H, W) or a 3-D volume (slices, H, W), "
-                           f"got shape {array.shape}")
-    if min(array.shape) < 1:
-        raise PredictError(f"{path}: empty array of shape {array.shape}")
+                           f"got shape {shape}")
+    if shape[-1] in (1, 3, 4) and min(shape[:2]) >= 8:
+        raise PredictError(f"{path}: shape {shape} looks like an (H, W, C) image with {shape[-1]} "
+                           "channel(s); save one gray slice as (H, W) or a volume as (slices, H, W)")
+    if min(shape) < 1:
+        raise PredictError(f"{path}: empty array of shape {shape}")
+    try:
+        volumes.check_volume_size(shape, path)
+    except volumes.VolumeSizeError as e:
+        raise PredictError(str(e)) from e
+    return shape
+
+
+def _as_slices(array: np.ndarray, path: str) -> np.ndarray:
+    array = np.reshape(array, _check_shape(array.shape, path))
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise PredictError(f"{path}: values of type {array.dtype} are not real numbers")
     array = array.astype(np.float32)
@@ -170,7 +198,23 @@ def _as_slices(array: np.ndarray, path: str) -> np.ndarray:
     return array
 
 
+def _npy_shape(path: str) -> tuple:
+    """The shape stored in a .npy header (the data is not read)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)[0]
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(f)[0]
+    return np.load(path, mmap_mode="r", allow_pickle=False).shape
+
+
 def _read_npy(path: str, spacing, source) -> Volume:
+    try:
+        shape = _npy_shape(path)
+    except Exception as e:
+        raise PredictError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from e
+    _check_shape(shape, path)
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as e:
@@ -186,7 +230,10 @@ def _read_png(path: str, spacing, source, window) -> Volume:
     try:
         with Image.open(path) as im:
             mode = im.mode
+            _check_shape((im.height, im.width), path)
             pixels = np.array(im.convert("RGBA") if mode in ("P", "PA") else im)
+    except PredictError:
+        raise
     except Exception as e:
         raise PredictError(f"{path}: not a readable PNG ({type(e).__name__}: {e})") from e
     if pixels.ndim == 3:  # LA, RGB, RGBA (palette images were expanded to RGBA)
@@ -218,9 +265,11 @@ def read_input(path: str, spacing=None, window=DEFAULT_WINDOW) -> Volume:
     `window` ``(center, width)`` reads 8-bit PNGs.
 
     Raises:
-      PredictError: a missing path, an unsupported extension, an array that is not 2-D or 3-D,
-        unreadable contents. DICOM and NIfTI readers raise their own `PrepareError`s
-        (``DicomSeriesError``, ``NiftiError``, ``GeometryError``: also `ValueError`s).
+      PredictError: a missing path, an unsupported extension, an array that is not 2-D or 3-D
+        or looks like an (H, W, C) image, an empty or too large array, values that are not finite
+        real numbers, unreadable contents. DICOM and NIfTI readers raise their own `PrepareError`s
+        (``DicomSeriesError``, ``NiftiError``, ``GeometryError``, ``VolumeSizeError``: also
+        `ValueError`s).
     """
     if not os.path.exists(path):
         raise PredictError(f"{path}: input not found")
@@ -360,11 +409,15 @@ def _label_map(mask: np.ndarray) -> np.ndarray:
 def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progress_bar) -> dict:
     """Run `predictor` over the slices of `hu` ``(n, H, W)`` in batches.
 
+    A call gets ``predictor.batch_size`` slices, or fewer so that it holds at most
+    `MAX_BATCH_PIXELS` pixels (at least one slice).
+
     Returns ``{"mask": (n, H, W) uint8 label map, "boxes": (n, K, 4), "scores": (n, K),
     "keypoints": (n, K, 2), "valid": (n, K)}``.
     """
     n = hu.shape[0]
-    step = max(1, int(predictor.batch_size))
+    per_slice = max(1, int(hu.shape[1]) * int(hu.shape[2]))
+    step = max(1, min(int(predictor.batch_size), MAX_BATCH_PIXELS // per_slice))
     masks, rest = [], {"boxes": [], "scores": [], "keypoints": [], "valid": []}
     if progress:
         progress(0, n)

@@ -28,7 +28,18 @@ valid        (batch, K) bool               which of the K entries are detections
 decreasing score. An empty batch ``(0, height, width)`` returns empty outputs. The signatures
 take an input of unknown rank so that the rank is checked when the graph runs: a request whose
 ``hu`` is not 3-D fails with ``InvalidArgument`` ("hu must be a batch of slices (batch, height,
-width) ..."), also through TF Serving, where a rank-3 TensorSpec would not be checked.
+width) of raw HU; send one slice as a batch of one; received shape [...]"), also through TF
+Serving, where a rank-3 TensorSpec would not be checked. A channel axis, ``(batch, H, W, 1)``
+or ``(batch, H, W, 3)``, is such a rank error: send gray HU slices without it. A slice of 0
+rows or columns fails with "hu slices must be at least 1 x 1 pixels".
+
+Dtypes: each signature takes exactly its dtype. A tensor of another dtype (float64, int32, or
+int16 sent to ``serving_default``) fails with ``InvalidArgument`` ("... was expected to be a
+float tensor but is a double tensor"), in TF Serving's gRPC API as well; a Python or NumPy value
+given to a loaded signature, like the JSON numbers of a REST request, is converted to the
+signature's dtype first. The graph has no size limit: memory grows with batch x height x width
+(``python -m lsnet_tf.predict`` refuses slices above ``lsnet_tf.data.volumes.MAX_SLICE_PIXELS``
+and caps each call's pixels).
 """
 from __future__ import annotations
 
