@@ -177,8 +177,9 @@ def _check_shape(shape, path: str) -> tuple:
         raise PredictError(f"{path}: expected a 2-D slice (H, W) or a 3-D volume (slices, H, W), "
                            f"got shape {shape}")
     if shape[-1] in (1, 3, 4) and min(shape[:2]) >= 8:
-        raise PredictError(f"{path}: shape {shape} looks like an (H, W, C) image with {shape[-1]} "
-                           "channel(s); save one gray slice as (H, W) or a volume as (slices, H, W)")
+        raise PredictError(f"{path}: shape {shape} looks like an (H, W, C) image with "
+                           f"{shape[-1]} channel(s); save one gray slice as (H, W) or a volume as "
+                           "(slices, H, W)")
     if min(shape) < 1:
         raise PredictError(f"{path}: empty array of shape {shape}")
     try:

@@ -141,7 +141,7 @@ def read_header(path: str):
 
 
 def _get(ds, keyword: str, path: str, default=None):
-    """``ds.get(keyword, default)``; an element whose value cannot be decoded -> `DicomSeriesError`."""
+    """``ds.get(keyword, default)``; a value that cannot be decoded -> `DicomSeriesError`."""
     try:
         return ds.get(keyword, default)
     except Exception as e:  # pydicom decodes raw values lazily: bad numbers, bad lengths, ...
@@ -262,7 +262,8 @@ def check_pixels_present(ds, path: str) -> None:
 def _check_image(ds, path: str) -> None:
     missing = [k for k in _REQUIRED if k not in ds or ds[k].value in (None, "")]
     if missing:
-        raise DicomSeriesError(path, f"not an image slice: no {', '.join(missing)} ({_describe(ds)})")
+        raise DicomSeriesError(path, f"not an image slice: no {', '.join(missing)} "
+                                     f"({_describe(ds)})")
     frames = _int(ds, "NumberOfFrames", path, default=1)
     if frames != 1:
         raise DicomSeriesError(path, f"multi-frame image ({frames} frames) is not a CT slice series")

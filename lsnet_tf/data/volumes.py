@@ -95,16 +95,18 @@ def check_volume_size(shape: Sequence[int], path="<volume>") -> None:
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise VolumeSizeError(path, f"empty volume: shape (slices, rows, cols) {shape} has no voxels")
+        raise VolumeSizeError(path, f"empty volume: shape (slices, rows, cols) {shape} has no "
+                                    "voxels")
     slices, rows, cols = shape
     if rows * cols > MAX_SLICE_PIXELS:
-        raise VolumeSizeError(path, f"slices of {rows} x {cols} pixels are larger than the limit of "
-                                    f"{MAX_SLICE_PIXELS} pixels (lsnet_tf.data.volumes."
+        raise VolumeSizeError(path, f"slices of {rows} x {cols} pixels are larger than the limit "
+                                    f"of {MAX_SLICE_PIXELS} pixels (lsnet_tf.data.volumes."
                                     "MAX_SLICE_PIXELS); crop or downsample them first")
     if slices * rows * cols > MAX_VOLUME_VOXELS:
-        raise VolumeSizeError(path, f"volume of {slices} x {rows} x {cols} voxels is larger than the "
-                                    f"limit of {MAX_VOLUME_VOXELS} voxels (lsnet_tf.data.volumes."
-                                    "MAX_VOLUME_VOXELS); split it into parts of fewer slices")
+        raise VolumeSizeError(path, f"volume of {slices} x {rows} x {cols} voxels is larger than "
+                                    f"the limit of {MAX_VOLUME_VOXELS} voxels (lsnet_tf.data."
+                                    "volumes.MAX_VOLUME_VOXELS); split it into parts of fewer "
+                                    "slices")
 
 
 def ras_to_lps(affine: np.ndarray) -> np.ndarray:
