@@ -4,12 +4,18 @@ With no arguments it trains the default configuration on the synthetic dataset (
 into ``cache/synthetic``). Outputs go to ``train.output_dir``:
 
 - ``config.yaml``: the resolved config;
-- ``checkpoints/``: a checkpoint per epoch (models, both optimizers, epoch); running the same
-  command again resumes from the latest one, step counter and learning-rate schedule included;
+- ``checkpoints/``: a checkpoint per epoch (models, both optimizers, epoch), written atomically
+  and only with finite weights; running the same command again (after a crash or a kill)
+  resumes from the latest readable one, step counter and learning-rate schedule included;
+- ``workers/<task>/checkpoints/``: with several workers, the other workers' copies (the chief
+  writes the files listed here; every worker resumes from the chief's ``checkpoints/``);
 - ``logs/``: TensorBoard scalars for every loss term and metric, and images (input with boxes,
   heatmap, RoI, mask overlay) — ``tensorboard --logdir runs``;
 - ``eval.json``: the final evaluation on the validation fold;
 - and the SavedModel in ``export.dir/export.name/export.version``.
+
+Failures (``train.on_nonfinite``, ``data.on_corrupt``) end with ``error: ...`` naming the epoch
+and batch or the shard, and exit status 1.
 """
 from __future__ import annotations
 
@@ -47,63 +53,120 @@ def lr_schedule(cfg, steps_per_epoch: int):
 
 
 def run(cfg, log=print) -> dict:
-    """Train, evaluate and export as `cfg` says; returns the evaluation summary."""
+    """Train, evaluate and export as `cfg` says; returns the evaluation summary.
+
+    Raises `NonFiniteLossError` (a non-finite loss with ``train.on_nonfinite: stop``, or weights
+    that are not finite at the end of an epoch), `CorruptShardError` (a corrupt shard) and
+    `CheckpointError` (no checkpoint of the run folder can be read back).
+    """
     import keras
     import tensorflow as tf
+
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(cfg.train.seed)
+    strategy = make_strategy(cfg.train.strategy)
+    if cfg.train.deterministic:
+        log("deterministic: op determinism and data.deterministic on")
 
     from lsnet_tf.data import pipeline
     from lsnet_tf.models.build import build_model, compile_model, parameter_counts
     from lsnet_tf import evaluation
-    from lsnet_tf.training import callbacks as cb
+    from lsnet_tf.training import callbacks as cb, multi_worker
+    from lsnet_tf.training.nonfinite import NonFiniteCallback, NonFiniteGuard
 
     out = cfg.train.output_dir
-    os.makedirs(out, exist_ok=True)
-    cfg.save(os.path.join(out, "config.yaml"))
-    keras.utils.set_random_seed(cfg.train.seed)
-
-    strategy = make_strategy(cfg.train.strategy)
+    worker = multi_worker.worker_name(strategy)
+    # Every worker of a multi-worker cluster writes checkpoints (saving may need all of them),
+    # the chief in the run folder, the others in workers/<task>/; all restore from the chief's.
+    ckpt_dir = os.path.join(out, "workers", worker, "checkpoints") if worker else os.path.join(
+        out, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    if not worker:
+        cfg.save(os.path.join(out, "config.yaml"))
     replicas = strategy.num_replicas_in_sync
     train_ds, val_ds, dataset_dir, n_train, n_val = pipeline.datasets_for(cfg)
     global_batch = cfg.data.batch_size
     steps = cfg.train.steps_per_epoch or max(1, n_train // global_batch)
     log(f"dataset {dataset_dir}: {n_train} training slices, {n_val} validation slices "
-        f"(fold {cfg.data.val_fold}); {steps} steps per epoch; {replicas} replica(s)")
+        f"(fold {cfg.data.val_fold}); {steps} steps per epoch; {replicas} replica(s)"
+        + (f"; worker {worker}" if worker else ""))
+    corrupt = []
+    if cfg.data.on_corrupt == "skip":
+        checks = pipeline.check_training_shards(cfg.data, dataset_dir)
+        corrupt = [c for c in checks if not c.ok]
+        for c in corrupt:
+            log(f"warning: {c.describe()}; training skips its records from there on")
+        if corrupt:
+            lost = n_train - sum(c.records for c in checks)
+            log(f"data.on_corrupt=skip: {len(corrupt)} corrupt training shard(s), {lost} of "
+                f"{n_train} training slices skipped")
 
     with strategy.scope():
         model = build_model(cfg)
         compile_model(model, cfg, steps)
         counts = parameter_counts(model)
         log("parameters: " + "  ".join(f"{k} {v:,}" for k, v in counts.items()))
-        ckpt = cb.CheckpointCallback(os.path.join(out, "checkpoints"), model)
+        ckpt = cb.CheckpointCallback(ckpt_dir, model, max_to_keep=1 if worker else 3,
+                                     restore_dir=os.path.join(out, "checkpoints"), log=log)
         initial_epoch = ckpt.restore()
+        guard = NonFiniteGuard(model, cfg.train.on_nonfinite)
+    if multi_worker.is_multi_worker(strategy):
+        if not multi_worker.epochs_agree(strategy, initial_epoch):
+            raise cb.CheckpointError(
+                f"the workers would resume from different epochs (this one from {initial_epoch}): "
+                f"train.output_dir ({out}) must be one folder that every worker reads (shared "
+                "storage), holding the chief's checkpoints/")
+        multi_worker.adapt_model(model)
     if initial_epoch:
-        log(f"resumed from {ckpt.manager.latest_checkpoint} at epoch {initial_epoch}")
+        log(f"resumed from {ckpt.restored_from} at epoch {initial_epoch} (optimizer step "
+            f"{int(model.optimizer.iterations.numpy())}, learning rate "
+            f"{float(model.optimizer.learning_rate.numpy()):.6g})")
     if initial_epoch >= cfg.train.epochs:
         log("training already complete; evaluating and exporting")
 
-    dist_train = strategy.experimental_distribute_dataset(train_ds) if replicas > 1 else train_ds
-    callbacks = [
-        cb.GroundTruthPhase(cfg.train.gt_box_epochs),
-        ckpt,
-        keras.callbacks.TensorBoard(os.path.join(out, "logs"), update_freq="epoch"),
-        cb.ImageLogger(os.path.join(out, "logs", "images"), val_ds, cfg.train.image_log_epochs),
-        cb.LearningRateLogger(os.path.join(out, "logs")),
-    ]
+    nonfinite = NonFiniteCallback(guard, log=log)
+    callbacks = [cb.GroundTruthPhase(cfg.train.gt_box_epochs), nonfinite]
+    if not worker:
+        callbacks += [
+            keras.callbacks.TensorBoard(os.path.join(out, "logs"), update_freq="epoch"),
+            cb.ImageLogger(os.path.join(out, "logs", "images"), val_ds, cfg.train.image_log_epochs),
+            cb.LearningRateLogger(os.path.join(out, "logs")),
+        ]
+    callbacks.append(ckpt)  # last: an epoch's logs are written before its checkpoint
     t0 = time.time()
-    if initial_epoch < cfg.train.epochs:
-        model.fit(dist_train, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
-                  verbose=cfg.train.verbose)
-    train_s = time.time() - t0
+    try:
+        if initial_epoch < cfg.train.epochs:
+            # Keras distributes the dataset itself (global batch data.batch_size).
+            model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
+                      verbose=cfg.train.verbose)
+        train_s = time.time() - t0
+        if nonfinite.skipped:
+            log(f"train.on_nonfinite=skip: {nonfinite.skipped} batch(es) with a non-finite loss "
+                "skipped")
+        if worker:  # waits for the chief's evaluation and export, then ends with it
+            multi_worker.barrier(strategy)
+            return {"worker": worker, "checkpoint": ckpt.manager.latest_checkpoint,
+                    "skipped_batches": nonfinite.skipped}
 
-    from lsnet_tf.evaluate import eval_dataset
+        from lsnet_tf.evaluate import eval_dataset
 
-    summary = evaluation.evaluate_model(
-        model, eval_dataset(cfg.data, dataset_dir, pipeline.split_folds(dataset_dir, cfg.data.val_fold)[1]))
+        summary = evaluation.evaluate_model(
+            model, eval_dataset(cfg.data, dataset_dir,
+                                pipeline.split_folds(dataset_dir, cfg.data.val_fold)[1]))
+    except tf.errors.DataLossError as e:
+        raise pipeline.explain_data_loss(dataset_dir, e) from e
     summary.update({"parameters": counts, "train_seconds": round(train_s, 1),
                     "dataset": dataset_dir, "epochs": cfg.train.epochs, "steps_per_epoch": steps})
-    with open(os.path.join(out, "eval.json"), "w", encoding="utf-8") as f:
+    if cfg.train.on_nonfinite == "skip":
+        summary["skipped_batches"] = nonfinite.skipped
+    if cfg.data.on_corrupt == "skip":
+        summary["corrupt_shards"] = [c.describe() for c in corrupt]
+    path = os.path.join(out, "eval.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)
     s = summary
     log(f"validation: per-slice DSC {_fmt(s['dsc']['mean'])} over {s['n_target_slices']} slices "
         f"with a target; precision {_fmt(s['precision']['mean'])}, recall "
@@ -117,6 +180,8 @@ def run(cfg, log=print) -> dict:
                                                            str(cfg.export.version)))
         log(f"SavedModel written to {path}")
         summary["saved_model"] = path
+    if multi_worker.is_multi_worker(strategy):
+        multi_worker.barrier(strategy)
     return summary
 
 
@@ -138,7 +203,15 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run(cfg)
+    from lsnet_tf.data.records import CorruptShardError
+    from lsnet_tf.training.callbacks import CheckpointError
+    from lsnet_tf.training.nonfinite import NonFiniteLossError
+
+    try:
+        run(cfg)
+    except (NonFiniteLossError, CorruptShardError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

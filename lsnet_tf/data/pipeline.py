@@ -16,6 +16,11 @@ num_boxes      () int32                  valid rows of `boxes`
 Shards are read interleaved and streamed (memory does not grow with the dataset); target
 encoding and augmentation run on the fly. `deterministic=True` fixes the element order and
 derives the augmentation from stateless seeds.
+
+A corrupt shard (CRC mismatch, truncation) raises ``tf.errors.DataLossError`` while iterating,
+and TensorFlow's message does not name the file: `explain_data_loss` reads the shards to find the
+corrupt ones. With ``data.on_corrupt: skip`` each shard's reader drops everything from its first
+corrupt record on (`check_training_shards` counts and reports what is lost, before training).
 """
 from __future__ import annotations
 
@@ -133,8 +138,13 @@ def make_dataset(cfg: DataConfig, dataset_dir: str, folds, training: bool, seed:
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-                       num_parallel_calls=AUTOTUNE, deterministic=det)
+    if cfg.on_corrupt == "skip":
+        def read(path):  # a corrupt record ends its shard (the reader moves to the next file)
+            return tf.data.TFRecordDataset(path).ignore_errors()
+    else:
+        read = tf.data.TFRecordDataset
+    ds = ds.interleave(read, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
+                       deterministic=det)
     ds = ds.map(records.parse, num_parallel_calls=AUTOTUNE, deterministic=det)
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -163,11 +173,48 @@ def count_slices(dataset_dir: str, folds) -> int:
 
 
 def datasets_for(cfg: Config, seed: int | None = None):
-    """(train_ds, val_ds, dataset_dir, n_train, n_val) for a full config."""
+    """(train_ds, val_ds, dataset_dir, n_train, n_val) for a full config.
+
+    ``train.deterministic`` turns ``data.deterministic`` on.
+    """
     dataset_dir = resolve_dataset(cfg.data)
     train_folds, val_folds = split_folds(dataset_dir, cfg.data.val_fold)
     seed = cfg.train.seed if seed is None else seed
-    train = make_dataset(cfg.data, dataset_dir, train_folds, training=True, seed=seed)
-    val = make_dataset(cfg.data, dataset_dir, val_folds, training=False)
+    data = cfg.data
+    if cfg.train.deterministic and not data.deterministic:
+        import dataclasses
+
+        data = dataclasses.replace(data, deterministic=True)
+    train = make_dataset(data, dataset_dir, train_folds, training=True, seed=seed)
+    val = make_dataset(data, dataset_dir, val_folds, training=False)
     return (train, val, os.path.abspath(dataset_dir), count_slices(dataset_dir, train_folds),
             count_slices(dataset_dir, val_folds))
+
+
+def check_training_shards(cfg: DataConfig, dataset_dir: str) -> list[records.ShardCheck]:
+    """Read every shard of `dataset_dir` (``data.on_corrupt: skip``, before training).
+
+    Returns the `records.ShardCheck` of every training shard (a corrupt one's records from the
+    corruption on are skipped); raises `records.CorruptShardError` when a validation shard is corrupt, since the evaluation
+    needs every slice of its fold.
+    """
+    train_folds, val_folds = split_folds(dataset_dir, cfg.val_fold)
+    bad_val = [c for c in records.check_shards(records.list_shards(dataset_dir, val_folds))
+               if not c.ok]
+    if bad_val:
+        raise records.corrupt_shard_error(bad_val, (
+            f"These shards are in the validation fold (data.val_fold={cfg.val_fold}), which is "
+            "evaluated slice by slice and is never skipped: re-create them with `python -m "
+            "lsnet_tf.prepare`, or choose another data.val_fold."))
+    return records.check_shards(records.list_shards(dataset_dir, train_folds))
+
+
+def explain_data_loss(dataset_dir: str, error: Exception) -> Exception:
+    """The error to raise for a ``tf.errors.DataLossError`` met while reading `dataset_dir`.
+
+    Reads every shard of the dataset and returns a `records.CorruptShardError` naming the corrupt
+    ones, or `error` itself when none is (the loss happened elsewhere).
+    """
+    folds = range(int(records.read_info(dataset_dir)["folds"]))
+    bad = [c for c in records.check_shards(records.list_shards(dataset_dir, folds)) if not c.ok]
+    return records.corrupt_shard_error(bad) if bad else error

@@ -255,3 +255,50 @@ def list_shards(dataset_dir: str, folds: Iterable[int]) -> list[str]:
     for k in folds:
         paths += sorted(glob.glob(os.path.join(dataset_dir, f"fold-{k}", "*" + SHARD_SUFFIX)))
     return paths
+
+
+class CorruptShardError(ValueError):
+    """A shard that cannot be read to its end (CRC mismatch, truncation); the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardCheck:
+    """The result of reading one shard to its end: `records` read before `error` ("" if none)."""
+
+    path: str
+    records: int
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def describe(self) -> str:
+        return (f"{self.path}: corrupt TFRecord shard, unreadable from record {self.records + 1} "
+                f"on ({self.records} record(s) before it are readable): {self.error}")
+
+
+def check_shard(path: str) -> ShardCheck:
+    """Read every record of a shard, checking its framing and CRCs (no parsing)."""
+    import tensorflow as tf
+
+    n = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            n += 1
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError) as e:
+        return ShardCheck(path, n, e.message.strip().splitlines()[0])
+    return ShardCheck(path, n)
+
+
+def check_shards(paths: Iterable[str]) -> list[ShardCheck]:
+    """`check_shard` of each path, in order."""
+    return [check_shard(p) for p in paths]
+
+
+def corrupt_shard_error(bad: list[ShardCheck], advice: str = "") -> CorruptShardError:
+    """One error naming every corrupt shard of `bad` and what to do about them."""
+    lines = "\n  ".join(c.describe() for c in bad)
+    advice = advice or ("Re-create the dataset with `python -m lsnet_tf.prepare` (or remove the "
+                        "shard), or set data.on_corrupt=skip to train on the readable records.")
+    return CorruptShardError(f"{len(bad)} corrupt shard(s):\n  {lines}\n{advice}")

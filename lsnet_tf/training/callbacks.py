@@ -2,36 +2,98 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run folder can be read back."""
+
+
 class CheckpointCallback(keras.callbacks.Callback):
     """A checkpoint per epoch of every network, its optimizer and the epoch counter.
 
-    `tf.train.CheckpointManager` writes the checkpoint files first and then replaces the small
-    `checkpoint` index file, so a kill while saving leaves the previous checkpoint as the latest.
+    Writing: `tf.train.CheckpointManager` writes a checkpoint's data under a temporary name and
+    renames it, then replaces the small ``checkpoint`` index file (also write-then-rename), so a
+    process killed while saving leaves the previous checkpoint as the latest. A checkpoint whose
+    variables are not all finite is never written (`NonFiniteLossError`).
+
+    Reading: `restore` tries the checkpoints newest first, from `restore_dir` (default:
+    `directory`); one that cannot be read (truncated or corrupt files, e.g. after a power loss
+    or a full disk) is reported through `log` and the previous one is used.
     """
 
-    def __init__(self, directory: str, model, max_to_keep: int = 3):
+    def __init__(self, directory: str, model, max_to_keep: int = 3, restore_dir: str | None = None,
+                 log=None):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         from lsnet_tf.models.build import checkpoint_objects
 
-        self.checkpoint = tf.train.Checkpoint(**checkpoint_objects(model), epoch=self.epoch)
+        self.objects = checkpoint_objects(model)
+        self.checkpoint = tf.train.Checkpoint(**self.objects, epoch=self.epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        self.restore_dir = restore_dir or directory
+        self.restored_from = None
+        self.log = log
+
+    def candidates(self) -> list[str]:
+        """Checkpoint prefixes in `restore_dir`, newest first: those the index file lists and
+        any other ``ckpt-N`` with an ``.index`` file (the index file may itself be lost)."""
+        paths = set()
+        try:
+            state = tf.train.get_checkpoint_state(self.restore_dir)
+        except (tf.errors.OpError, ValueError):  # an unreadable index file: use the glob below
+            state = None
+        if state is not None:
+            paths.update(state.all_model_checkpoint_paths)
+        paths.update(p[: -len(".index")] for p in tf.io.gfile.glob(
+            os.path.join(self.restore_dir, "ckpt-*.index")))
+
+        def number(path):
+            tail = os.path.basename(path).rpartition("-")[2]
+            return int(tail) if tail.isdigit() else -1
+
+        return sorted(paths, key=number, reverse=True)
 
     def restore(self) -> int:
-        """Restore the latest checkpoint if there is one; return the epoch to start from."""
-        latest = self.manager.latest_checkpoint
-        if latest is None:
-            return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return int(self.epoch.numpy())
+        """Restore the newest readable checkpoint, if any; return the epoch to start from."""
+        failures = []
+        for path in self.candidates():
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            # A torn data file raises IndexError ("Read less bytes than requested").
+            except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+                reason = str(getattr(e, "message", e)).strip().splitlines()[0][:300]
+                failures.append(f"{path}: {type(e).__name__}: {reason}")
+                self._warn(f"checkpoint {path} cannot be read ({type(e).__name__}: {reason}); "
+                           "trying the previous one")
+                continue
+            self.restored_from = path
+            return int(self.epoch.numpy())
+        if failures:
+            raise CheckpointError(
+                f"{self.restore_dir}: no checkpoint can be read:\n  " + "\n  ".join(failures)
+                + "\nMove the folder away to train from scratch.")
+        return 0
+
+    def _warn(self, message: str) -> None:
+        if self.log is not None:
+            self.log(f"warning: {message}")
+        else:
+            warnings.warn(message, stacklevel=3)
 
     def on_epoch_end(self, epoch, logs=None):
+        from lsnet_tf.training.nonfinite import NonFiniteLossError, check_finite
+
+        try:
+            check_finite(self.objects)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(
+                f"epoch {epoch + 1}: checkpoint not written, {e}; the latest checkpoint is "
+                f"{self.manager.latest_checkpoint}") from None
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
 

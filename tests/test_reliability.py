@@ -1,0 +1,542 @@
+"""Training under faults: kill and resume, non-finite losses, corrupt shards, multi-worker
+training and deterministic runs (python -m lsnet_tf.train on a tiny synthetic config)."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lsnet_tf import train
+from lsnet_tf.config import ConfigError, load_config
+from lsnet_tf.data import pipeline, records
+from lsnet_tf.models.build import build_model, compile_model, model_networks
+from lsnet_tf.training.callbacks import CheckpointCallback, CheckpointError
+from lsnet_tf.training.nonfinite import NonFiniteCallback, NonFiniteGuard, NonFiniteLossError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 4 patients x 4 slices of 64x64 in 2 folds: 8 training and 8 validation slices, batch 4.
+# The learning rate halves every 2 epochs (4 steps).
+TINY = [
+    "data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=4",
+    "data.synthetic.folds=2", "data.synthetic.image_size=64", "data.synthetic.max_target_size=30",
+    "data.image_size=64", "data.batch_size=4", "model.width=4", "model.decoder_width=8",
+    "data.max_boxes=2", "train.image_log_epochs=0", "export.dir=", "train.learning_rate=1e-3",
+    "train.lr_decay_epochs=2", "train.lr_decay_factor=0.5", "train.steps_per_epoch=2",
+    "train.verbose=2", "train.strategy=default"]
+STEPS = 2
+
+
+def expected_lr(step):
+    return 1e-3 * 0.5 ** (step // (2 * STEPS))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The tiny synthetic dataset, generated once for every test here."""
+    d = tmp_path_factory.mktemp("cache")
+    cfg = load_config(None, TINY + [f"data.cache_dir={d}"])
+    pipeline.resolve_dataset(cfg.data)
+    return str(d)
+
+
+def tiny_cfg(cache, out, *extra):
+    return load_config(None, TINY + [f"data.cache_dir={cache}", f"train.output_dir={out}", *extra])
+
+
+def cli(cache, out, *extra):
+    sets = TINY + [f"data.cache_dir={cache}", f"train.output_dir={out}", *extra]
+    return [sys.executable, "-m", "lsnet_tf.train"] + [a for s in sets for a in ("--set", s)]
+
+
+def env(**extra):
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
+    e.pop("TF_CONFIG", None)
+    e.update(extra)
+    return e
+
+
+def restored(cfg, directory):
+    """(model, checkpoint callback, epoch) of the latest checkpoint in `directory`."""
+    model = build_model(cfg)
+    compile_model(model, cfg, STEPS)
+    ckpt = CheckpointCallback(directory, model)
+    return model, ckpt, ckpt.restore()
+
+
+def checkpoint_arrays(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if not k.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
+
+
+def assert_all_finite(prefix):
+    arrays = checkpoint_arrays(prefix)
+    assert len(arrays) > 10
+    for k, v in arrays.items():
+        if np.asarray(v).dtype.kind == "f":
+            assert np.isfinite(v).all(), k
+
+
+def logged_learning_rates(logdir):
+    """{epoch index: learning rate} from the LearningRateLogger events of every process."""
+    rates = {}
+    for name in os.listdir(logdir):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+                for v in event.summary.value:
+                    if v.tag == "learning_rate":
+                        rates.setdefault(event.step, []).append(float(tf.make_ndarray(v.tensor)))
+        except tf.errors.DataLossError:  # the killed process may leave a torn last record
+            pass
+    return rates
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_new_options_are_validated():
+    cfg = load_config(None, [])
+    assert (cfg.train.on_nonfinite, cfg.train.deterministic, cfg.data.on_corrupt) == (
+        "stop", False, "error")
+    with pytest.raises(ConfigError, match="train.on_nonfinite must be stop or skip"):
+        load_config(None, ["train.on_nonfinite=ignore"])
+    with pytest.raises(ConfigError, match="data.on_corrupt must be error or skip"):
+        load_config(None, ["data.on_corrupt=repair"])
+
+
+# ----------------------------------------------------------------------------- kill and resume
+
+@pytest.mark.slow
+def test_sigkill_then_same_command_resumes_counters_and_schedule(cache, tmp_path):
+    epochs = 6
+    out = tmp_path / "run"
+    cmd = cli(cache, out, f"train.epochs={epochs}")
+    state = out / "checkpoints" / "checkpoint"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 400
+            while not state.exists() and first.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            assert first.poll() is None, "the run ended before it could be killed:\n" + (
+                tmp_path / "first.log").read_text()[-3000:]
+            assert state.exists(), "no checkpoint within the time limit"
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(30)
+    assert first.returncode == -signal.SIGKILL
+    killed_at = int(tf.train.get_checkpoint_state(str(out / "checkpoints"))
+                    .model_checkpoint_path.rpartition("-")[2])
+    assert 1 <= killed_at < epochs
+
+    second = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=400)
+    text = second.stdout + second.stderr
+    assert second.returncode == 0, text[-3000:]
+    m = re.search(r"resumed from (\S+) at epoch (\d+) \(optimizer step (\d+), learning rate "
+                  r"([0-9.e+-]+)\)", text)
+    assert m, text[-3000:]
+    start = int(m.group(2))
+    assert start >= killed_at and m.group(1).endswith(f"ckpt-{start}")
+    assert int(m.group(3)) == start * STEPS
+    assert float(m.group(4)) == pytest.approx(expected_lr(start * STEPS), rel=1e-5)
+    # Keras trains the remaining epochs only, numbered on from the checkpoint.
+    assert [int(e) for e in re.findall(r"^Epoch (\d+)/%d$" % epochs, text, re.M)] == list(
+        range(start + 1, epochs + 1))
+
+    # Every epoch's learning rate (both processes' TensorBoard logs) follows the schedule.
+    rates = logged_learning_rates(out / "logs" / "train")
+    assert sorted(rates) == list(range(epochs))
+    for epoch, values in rates.items():
+        assert values == pytest.approx([expected_lr((epoch + 1) * STEPS)] * len(values), rel=1e-6)
+
+    cfg = load_config(str(out / "config.yaml"))
+    model, ckpt, epoch = restored(cfg, str(out / "checkpoints"))
+    assert epoch == epochs and ckpt.restored_from.endswith(f"ckpt-{epochs}")
+    assert int(model.optimizer.iterations.numpy()) == epochs * STEPS
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(
+        expected_lr(epochs * STEPS), rel=1e-6)
+    assert json.loads((out / "eval.json").read_text())["epochs"] == epochs
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(cache, tmp_path):
+    cfg = tiny_cfg(cache, tmp_path / "run")
+    model = build_model(cfg)
+    compile_model(model, cfg, STEPS)
+    directory = str(tmp_path / "run" / "checkpoints")
+    ckpt = CheckpointCallback(directory, model)
+    kernel = model.lnet.trainable_variables[0]
+    saved = {}
+    for epoch in range(3):
+        kernel.assign(tf.fill(kernel.shape, float(epoch + 1)))
+        ckpt.on_epoch_end(epoch)
+        saved[epoch + 1] = kernel.numpy().copy()
+    # A torn data file in the newest checkpoint (as a power loss or a full disk can leave).
+    data = directory + "/ckpt-3.data-00000-of-00001"
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    messages = []
+    model2 = build_model(cfg)
+    compile_model(model2, cfg, STEPS)
+    ckpt2 = CheckpointCallback(directory, model2, log=messages.append)
+    assert ckpt2.restore() == 2
+    assert ckpt2.restored_from.endswith("ckpt-2")
+    np.testing.assert_array_equal(model2.lnet.trainable_variables[0].numpy(), saved[2])
+    assert len(messages) == 1 and "ckpt-3 cannot be read" in messages[0]
+    assert "trying the previous one" in messages[0]
+    # The next save replaces the torn checkpoint.
+    ckpt2.on_epoch_end(2)
+    assert CheckpointCallback(directory, model).restore() == 3
+
+    # A lost index file: the checkpoints are found by name.
+    os.remove(os.path.join(directory, "checkpoint"))
+    ckpt3 = CheckpointCallback(directory, model2)
+    assert ckpt3.restore() == 3 and ckpt3.restored_from.endswith("ckpt-3")
+
+    # Nothing readable: a clear error naming the folder.
+    for name in os.listdir(directory):
+        if ".data-" in name:
+            with open(os.path.join(directory, name), "r+b") as f:
+                f.truncate(7)
+    with pytest.raises(CheckpointError, match=r"checkpoints: no checkpoint can be read"):
+        CheckpointCallback(directory, model2, log=messages.append).restore()
+
+
+def test_checkpoint_with_nonfinite_weights_is_never_written(cache, tmp_path):
+    cfg = tiny_cfg(cache, tmp_path / "run")
+    model = build_model(cfg)
+    compile_model(model, cfg, STEPS)
+    directory = str(tmp_path / "run" / "checkpoints")
+    ckpt = CheckpointCallback(directory, model)
+    ckpt.on_epoch_end(0)
+    bias = model.snet.trainable_variables[1]
+    bias.assign(tf.fill(bias.shape, float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2: checkpoint not written, snet: "
+                       r"variable \S+ holds non-finite values; the latest checkpoint is \S+ckpt-1"):
+        ckpt.on_epoch_end(1)
+    assert tf.train.latest_checkpoint(directory).endswith("ckpt-1")
+    assert not os.path.exists(directory + "/ckpt-2.index")
+
+
+# ----------------------------------------------------------------------------- non-finite losses
+
+def batch(nan=False):
+    from test_lsnet import make_batch
+
+    b = make_batch(n=4, with_target=(True, False))
+    if nan:
+        image = b["image"].numpy()
+        image[1, 10, 10, 0] = np.nan
+        b["image"] = tf.constant(image)
+    return b
+
+
+def guarded(cfg, policy, weights=None):
+    model = build_model(cfg)
+    compile_model(model, cfg, STEPS)
+    if weights is not None:
+        model.set_weights(weights)
+    return model, NonFiniteGuard(model, policy)
+
+
+def state(model):
+    from lsnet_tf.models.build import model_optimizers
+
+    variables = [v for net in model_networks(model).values() for v in net.variables]
+    variables += [v for opt in model_optimizers(model).values() for v in opt.variables]
+    return [v.numpy().copy() for v in variables]
+
+
+def test_skipped_batch_changes_nothing(cache, tmp_path):
+    """skip: [good, NaN, good] leaves exactly the weights, batch-norm statistics, optimizer
+    moments and step counters of training on [good, good]; the trackers ignore the NaN batch."""
+    cfg = tiny_cfg(cache, tmp_path / "run")
+    model, guard = guarded(cfg, "skip")
+    reference, _ = guarded(cfg, "stop", model.get_weights())
+    good1, bad, good2 = batch(), batch(nan=True), dict(batch(), image=batch()["image"] * 0.9)
+
+    model.train_step(good1)
+    before = state(model)
+    metrics = [v.numpy().copy() for t in model.trackers.values() for v in t.variables]
+    logs = model.train_step(bad)
+    for a, b in zip(before, state(model)):
+        np.testing.assert_array_equal(a, b)
+    for a, t in zip(metrics, [v for t in model.trackers.values() for v in t.variables]):
+        np.testing.assert_array_equal(a, t.numpy())
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert int(guard.count.numpy()) == 1
+    flagged = {t for t, f in zip(guard.terms, guard.flags.numpy()) if f}
+    assert "s_loss" in flagged and "loss" in flagged
+    model.train_step(good2)
+
+    reference.train_step(good1)
+    reference.train_step(good2)
+    for a, b in zip(state(reference), state(model)):
+        np.testing.assert_array_equal(a, b)
+    assert int(model.optimizer.iterations.numpy()) == 2
+
+    messages = []
+    callback = NonFiniteCallback(guard, log=messages.append)
+    callback.set_model(model)
+    callback._seen = 0
+    callback.on_epoch_begin(4)
+    callback.on_train_batch_end(6)
+    assert callback.skipped == 1
+    assert re.match(r"epoch 5, batch 7 \(optimizer step 2\): non-finite [a-z_, ]*s_loss[a-z_, ]*; "
+                    r"batch skipped \(no weight update\), 1 skipped so far", messages[0])
+
+
+def test_stop_policy_names_epoch_batch_and_term(cache, tmp_path):
+    cfg = tiny_cfg(cache, tmp_path / "run")
+    model, guard = guarded(cfg, "stop")
+    callback = NonFiniteCallback(guard)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(2)
+    model.train_step(batch())
+    callback.on_train_batch_end(0)  # finite: nothing happens
+    model.train_step(batch(nan=True))
+    with pytest.raises(NonFiniteLossError, match=r"^epoch 3, batch 2 \(optimizer step 2\): "
+                       r"non-finite .*s_loss.*train.on_nonfinite=skip"):
+        callback.on_train_batch_end(1)
+
+
+def with_nan_at(monkeypatch, element):
+    """Make the training dataset's batch number `element` (0-based over all epochs) hold a
+    NaN pixel."""
+    original = pipeline.datasets_for
+
+    def datasets_for(cfg, seed=None):
+        train_ds, *rest = original(cfg, seed)
+
+        def poison(i, b):
+            nan = tf.where(tf.equal(i, element), float("nan"), 0.0)
+            image = tf.tensor_scatter_nd_add(b["image"], [[0, 5, 5, 0]], [nan])
+            return dict(b, image=image)
+
+        return (train_ds.enumerate().map(poison), *rest)
+
+    monkeypatch.setattr(pipeline, "datasets_for", datasets_for)
+
+
+@pytest.mark.slow
+def test_train_stops_on_nonfinite_loss_and_keeps_finite_checkpoint(cache, tmp_path, monkeypatch,
+                                                                    capsys):
+    with_nan_at(monkeypatch, 2)  # epoch 2, batch 1
+    out = tmp_path / "run"
+    args = cli(cache, out, "train.epochs=3")[3:]
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: epoch 2, batch 1 \(optimizer step 3\): non-finite .*s_loss", err), err
+    assert "train.on_nonfinite=skip" in err
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    assert latest.endswith("ckpt-1")
+    assert_all_finite(latest)
+    assert not (out / "eval.json").exists()
+
+
+def corrupt(path, record, mode="flip"):
+    """Damage record `record` (0-based) of a TFRecord file: flip a byte of its data, or cut the
+    file in the middle of it. TFRecord framing: uint64 length, uint32 CRC, data, uint32 CRC."""
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
+    offset = 0
+    for _ in range(record):
+        (length,) = struct.unpack("<Q", raw[offset:offset + 8])
+        offset += 8 + 4 + length + 4
+    (length,) = struct.unpack("<Q", raw[offset:offset + 8])
+    middle = offset + 12 + length // 2
+    if mode == "flip":
+        raw[middle] ^= 0xFF
+    else:
+        raw = raw[:middle]
+    with open(path, "wb") as f:
+        f.write(bytes(raw))
+
+
+def dataset_copy(cache, tmp_path):
+    cfg = load_config(None, TINY + [f"data.cache_dir={cache}"])
+    src = pipeline.resolve_dataset(cfg.data)
+    dst = tmp_path / "dataset"
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+@pytest.mark.slow
+def test_skip_policies_end_to_end(cache, tmp_path, monkeypatch):
+    """train.on_nonfinite=skip and data.on_corrupt=skip in one run: both are counted and
+    reported, training completes, and the checkpoint is finite."""
+    data = dataset_copy(cache, tmp_path)
+    shard = records.list_shards(data, [1])[0]
+    corrupt(shard, 2)  # records 0 and 1 stay readable: 2 of the 8 training slices are lost
+    with_nan_at(monkeypatch, 1)
+    out = tmp_path / "run"
+    lines = []
+    cfg = tiny_cfg(cache, out, f"data.dataset={data}", "train.epochs=2",
+                   "train.on_nonfinite=skip", "data.on_corrupt=skip", "train.verbose=0")
+    summary = train.run(cfg, log=lines.append)
+    text = "\n".join(lines)
+    assert f"{shard}: corrupt TFRecord shard, unreadable from record 3 on (2 record(s)" in text
+    assert "1 corrupt training shard(s), 2 of 8 training slices skipped" in text
+    assert re.search(r"epoch 1, batch 2 \(optimizer step 1\): non-finite .*s_loss.*; batch "
+                     r"skipped \(no weight update\), 1 skipped so far", text), text
+    assert summary["skipped_batches"] == 1
+    assert len(summary["corrupt_shards"]) == 1 and shard in summary["corrupt_shards"][0]
+    on_disk = json.loads((out / "eval.json").read_text())
+    assert on_disk["skipped_batches"] == 1
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    assert latest.endswith("ckpt-2")
+    assert_all_finite(latest)
+    # The skipped batch is no step: 2 epochs x 2 batches, one of them skipped.
+    _, ckpt, _ = restored(cfg, str(out / "checkpoints"))
+    assert int(ckpt.objects["lnet_optimizer"].iterations.numpy()) == 3
+
+
+# ----------------------------------------------------------------------------- corrupt shards
+
+def test_shard_checks_count_readable_records(cache, tmp_path):
+    data = dataset_copy(cache, tmp_path)
+    a, b = records.list_shards(data, [1])
+    assert records.check_shard(a) == records.ShardCheck(a, 4)
+    corrupt(a, 1)
+    corrupt(b, 3, mode="truncate")
+    ca, cb = records.check_shards([a, b])
+    assert (ca.records, cb.records) == (1, 3) and not ca.ok and not cb.ok
+    assert "corrupted record" in ca.error.lower() or "crc" in ca.error.lower(), ca.error
+    assert ca.describe().startswith(f"{a}: corrupt TFRecord shard, unreadable from record 2 on")
+
+    # The reading pipeline: an error by default, the readable records with on_corrupt=skip.
+    cfg = load_config(None, TINY + [f"data.dataset={data}"]).data
+    with pytest.raises(tf.errors.DataLossError) as info:
+        for _ in pipeline.make_dataset(cfg, data, [1], training=False):
+            pass
+    explained = pipeline.explain_data_loss(data, info.value)
+    assert isinstance(explained, records.CorruptShardError)
+    assert a in str(explained) and b in str(explained) and "2 corrupt shard(s)" in str(explained)
+    assert "data.on_corrupt=skip" in str(explained)
+    import dataclasses
+    skip = dataclasses.replace(cfg, on_corrupt="skip")
+    n = sum(int(x["image"].shape[0]) for x in pipeline.make_dataset(skip, data, [1], training=False))
+    assert n == 1 + 3
+    # A DataLossError that no shard explains is passed on unchanged.
+    clean = dataset_copy(cache, tmp_path / "clean")
+    other = tf.errors.DataLossError(None, None, "elsewhere")
+    assert pipeline.explain_data_loss(clean, other) is other
+
+    # A corrupt validation shard is an error even with skip (evaluation needs every slice).
+    corrupt(records.list_shards(data, [0])[0], 0)
+    with pytest.raises(records.CorruptShardError, match=r"validation fold \(data.val_fold=0\)"):
+        pipeline.check_training_shards(skip, data)
+
+
+@pytest.mark.slow
+def test_corrupt_shard_stops_training_naming_the_shard(cache, tmp_path, capsys):
+    data = dataset_copy(cache, tmp_path)
+    shard = records.list_shards(data, [1])[1]
+    corrupt(shard, 0)
+    out = tmp_path / "run"
+    assert train.main(cli(cache, out, f"data.dataset={data}", "train.epochs=1")[3:]) == 1
+    err = capsys.readouterr().err
+    assert f"error: 1 corrupt shard(s):\n  {shard}: corrupt TFRecord shard, unreadable from " \
+           "record 1 on" in err, err
+    assert "python -m lsnet_tf.prepare" in err
+
+
+# ----------------------------------------------------------------------------- multi-worker
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_end_with_identical_weights(cache, tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    out = tmp_path / "run"
+    cmd = cli(cache, out, "train.strategy=multi_worker", "train.epochs=1")
+    procs, logs = [], []
+    try:
+        for i in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            logs.append(open(tmp_path / f"worker{i}.log", "w"))
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env(TF_CONFIG=tf_config),
+                                          stdout=logs[-1], stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait(timeout=500)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+        for f in logs:
+            f.close()
+    texts = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    for p, text in zip(procs, texts):
+        assert p.returncode == 0, text[-3000:]
+    assert "2 replica(s)" in texts[0] and "worker worker-1" in texts[1]
+
+    # The chief (worker 0) writes the run folder, worker 1 only its own checkpoints.
+    chief = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    other = tf.train.latest_checkpoint(str(out / "workers" / "worker-1" / "checkpoints"))
+    assert chief.endswith("ckpt-1") and other.endswith("ckpt-1")
+    assert (out / "eval.json").is_file() and (out / "config.yaml").is_file()
+    assert sorted(os.listdir(out / "workers" / "worker-1")) == ["checkpoints"]
+    a, b = checkpoint_arrays(chief), checkpoint_arrays(other)
+    assert sorted(a) == sorted(b) and len(a) > 10
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    iterations = [k for k in a if k.startswith("lnet_optimizer/") and "iteration" in k]
+    assert iterations and int(a[iterations[0]]) == STEPS
+
+
+# ----------------------------------------------------------------------------- determinism
+
+def test_deterministic_option_makes_the_pipeline_deterministic(cache, tmp_path):
+    cfg = tiny_cfg(cache, tmp_path / "run", "train.deterministic=true")
+    assert not cfg.data.deterministic
+    train_ds, val_ds, *_ = pipeline.datasets_for(cfg)
+    assert train_ds.options().deterministic is True
+    a = next(iter(train_ds))["image"].numpy()
+    b = next(iter(pipeline.datasets_for(cfg)[0]))["image"].numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_deterministic_runs_give_bit_identical_weights(cache, tmp_path):
+    procs = []
+    for name in ("a", "b"):
+        cmd = cli(cache, tmp_path / name, "train.deterministic=true", "train.epochs=1",
+                  "train.steps_per_epoch=3", "data.augment=true")
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    try:
+        texts = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+    for p, text in zip(procs, texts):
+        assert p.returncode == 0, text[-3000:]
+        assert "deterministic: op determinism and data.deterministic on" in text
+    a = checkpoint_arrays(tf.train.latest_checkpoint(str(tmp_path / "a" / "checkpoints")))
+    b = checkpoint_arrays(tf.train.latest_checkpoint(str(tmp_path / "b" / "checkpoints")))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    iterations = [k for k in a if k.startswith("lnet_optimizer/") and "iteration" in k]
+    assert iterations and int(a[iterations[0]]) == 3
