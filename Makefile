@@ -23,5 +23,8 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(ARGS)
+
 clean:
 	rm -rf runs cache saved_models/*/ .pytest_cache

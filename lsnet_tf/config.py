@@ -205,6 +205,11 @@ class TrainConfig:
     # TensorBoard images every N epochs (0 = never).
     image_log_epochs: int = 1
     verbose: int = 1
+    # Keras "mixed_float16" policy for the networks (float16 compute, float32 weights; output
+    # heads and losses stay float32); no loss scaling. Pays off on GPUs with float16 units only.
+    mixed_precision: bool = False
+    # XLA-compile the training and evaluation steps (passed to ``model.compile``).
+    jit_compile: bool = False
     # A non-finite loss term: "stop" ends training with an error naming the epoch, batch and
     # term; "skip" drops the batch (no weight, optimizer-moment or metric update) and counts it.
     on_nonfinite: str = "stop"
@@ -221,6 +226,14 @@ class TrainConfig:
         _check(self.top_k >= 1, "train.top_k must be >= 1", self.top_k)
         _check(self.strategy in ("auto", "mirrored", "multi_worker", "default"),
                "train.strategy must be auto, mirrored, multi_worker or default", self.strategy)
+        _check(isinstance(self.mixed_precision, bool), "train.mixed_precision must be true or false",
+               self.mixed_precision)
+        _check(isinstance(self.jit_compile, bool), "train.jit_compile must be true or false",
+               self.jit_compile)
+        _check(not (self.mixed_precision and self.jit_compile),
+               "train.mixed_precision and train.jit_compile cannot be combined: XLA in "
+               "TensorFlow 2.16 rejects the float16 ReLU gradients; set one of them",
+               (self.mixed_precision, self.jit_compile))
         _check(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite must be stop or skip",
                self.on_nonfinite)
 

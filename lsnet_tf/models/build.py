@@ -23,7 +23,25 @@ from lsnet_tf.config import Config
 
 
 def build_model(cfg: Config):
-    """The model of `cfg.model` (see the module docstring), not yet compiled."""
+    """The model of `cfg.model` (see the module docstring), not yet compiled.
+
+    With ``train.mixed_precision`` its layers are built under Keras's ``"mixed_float16"`` dtype
+    policy (float16 compute, float32 variables); the networks' output layers are float32 either
+    way, so losses and outputs stay float32. The global policy is restored afterwards.
+    """
+    if not cfg.train.mixed_precision:
+        return _build_model(cfg)
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        return _build_model(cfg)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build_model(cfg: Config):
     from lsnet_tf.models import baselines
     from lsnet_tf.models.lnet import build_lnet
     from lsnet_tf.models.lsnet import LSNet
@@ -81,7 +99,12 @@ def model_optimizers(model) -> dict:
 
 def compile_model(model, cfg: Config, steps_per_epoch: int) -> None:
     """Compile with one Adam per network, each on the config's step-decay learning rate
-    (``lsnet_tf.train.lr_schedule``: x ``lr_decay_factor`` every ``lr_decay_epochs`` epochs)."""
+    (``lsnet_tf.train.lr_schedule``: x ``lr_decay_factor`` every ``lr_decay_epochs`` epochs).
+
+    ``train.jit_compile`` is passed to ``keras.Model.compile`` (XLA for the train and test
+    steps). Keras's automatic loss scaling is off: the models' train steps apply their gradients
+    themselves and do not scale the loss (see ``build_model`` for ``train.mixed_precision``).
+    """
     import keras
 
     from lsnet_tf.train import lr_schedule
@@ -89,10 +112,11 @@ def compile_model(model, cfg: Config, steps_per_epoch: int) -> None:
     def adam():
         return keras.optimizers.Adam(lr_schedule(cfg, steps_per_epoch))
 
+    options = dict(jit_compile=cfg.train.jit_compile, auto_scale_loss=False)
     if isinstance(getattr(model, "networks", None), dict):
-        model.compile(optimizers={name: adam() for name in model.networks})
+        model.compile(optimizers={name: adam() for name in model.networks}, **options)
     else:
-        model.compile(lnet_optimizer=adam(), snet_optimizer=adam())
+        model.compile(lnet_optimizer=adam(), snet_optimizer=adam(), **options)
 
 
 def checkpoint_objects(model, optimizers: bool = True) -> dict:

@@ -1,0 +1,16 @@
+"""Speed and memory benchmarks: ``python -m benchmarks [NAME ...] [--quick] [--out DIR]``.
+
+=========  ====================================================================================
+name       what it measures (module)
+=========  ====================================================================================
+sampler    RR's affine grid + bilinear sampler against ``tf.image.crop_and_resize`` (`sampler`)
+training   training step and inference latency of L-SNet, coarse-to-fine and one-stage U-Nets,
+           with parameters and FLOPs (`training`)
+pipeline   tf.data throughput against the training step (`pipeline`)
+memory     peak RSS of training, and its change when the dataset grows 10x (`memory`)
+export     per-slice latency of the SavedModel and TFLite float32 / fp16 / int8 (`export`)
+precision  mixed precision and XLA as training options (`precision`)
+=========  ====================================================================================
+
+Results go to ``OUT/results.json`` and ``OUT/results.md`` (default ``docs/benchmarks``).
+"""

@@ -1,0 +1,159 @@
+"""The benchmark harness (benchmarks/) and the training options it measures.
+
+No timing is asserted: the harness must write well-formed results, its sampler agreement check
+must catch a mismatch, and ``train.mixed_precision`` / ``train.jit_compile`` must take effect.
+"""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import __main__ as cli
+from benchmarks import datasets, sampler
+from lsnet_tf.config import ConfigError, TrainConfig, load_config
+
+TINY = ("data.synthetic.num_patients=2", "data.synthetic.slices_per_patient=2",
+        "data.synthetic.folds=2", "data.synthetic.image_size=64",
+        "data.synthetic.max_target_size=30", "data.image_size=64", "data.batch_size=2",
+        "model.width=4", "model.decoder_width=8", "data.max_boxes=2", "train.strategy=default",
+        "train.verbose=0")
+
+
+@pytest.fixture(scope="module")
+def tiny_batch(tmp_path_factory):
+    """A config maker on a 64 x 64 synthetic dataset, and one training batch of it."""
+    from lsnet_tf.data import pipeline
+
+    cache = tmp_path_factory.mktemp("cache")
+
+    def config(*extra):
+        return load_config(None, [*TINY, f"data.cache_dir={cache}", *extra])
+
+    cfg = config()
+    dataset = pipeline.resolve_dataset(cfg.data)
+    train_folds, _ = pipeline.split_folds(dataset, cfg.data.val_fold)
+    batch = next(iter(pipeline.make_dataset(cfg.data, dataset, train_folds, training=True)))
+    return config, batch
+
+
+def one_step(cfg, batch):
+    from benchmarks.training import train_step
+    from lsnet_tf.models.build import build_model, compile_model
+
+    model = build_model(cfg)
+    compile_model(model, cfg, steps_per_epoch=1)
+    return model, train_step(model, batch)()
+
+
+def test_quick_run_writes_json_and_markdown(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSNET_BENCH_TMP", str(tmp_path / "scratch"))
+    assert cli.main(["sampler", "--quick", "--out", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["command"] == "python -m benchmarks sampler --quick" and results["quick"]
+    assert {"cpu", "usable_cores", "memory_gib", "tensorflow"} <= set(results["machine"])
+    assert list(results["benchmarks"]) == ["sampler"]
+    bench = results["benchmarks"]["sampler"]
+    assert {"other_processes_cores", "load_average_1min"} <= set(bench["load"])
+    assert bench["seconds"] > 0
+    modes = {"eager", "tf.function", "tf.function jit_compile"}
+    assert {(r["channels"], r["mode"]) for r in bench["rows"]} == {
+        (c, m) for c in sampler.QUICK["channels"] for m in modes}
+    for row in bench["rows"]:
+        assert row["ratio"] == pytest.approx(row["sampler ms"] / row["crop_and_resize ms"],
+                                             rel=0.02, abs=0.01)
+        assert 0 <= row["max rel. difference"] < 2e-3
+    assert len(bench["targets"]) == len(bench["rows"])
+    assert all(t["met"] == (t["measured"] <= sampler.TARGET) for t in bench["targets"])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## sampler" in md and "`python -m benchmarks sampler --quick`" in md
+    header = next(line for line in md.splitlines() if line.startswith("| channels"))
+    assert header.count("|") == len(bench["rows"][0]) + 1
+
+
+def test_unknown_benchmark_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sampler", "speed"])
+    assert exit_info.value.code == 2
+    assert "unknown benchmark speed" in capsys.readouterr().err
+
+
+def test_boxes_and_theta_sample_the_same_points_and_mismatch_is_caught():
+    rng = np.random.default_rng(0)
+    boxes, theta = sampler.boxes_and_theta(3, 40, 16, rng)
+    images = tf.constant(rng.normal(size=(3, 40, 40, 2)).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(3, 16, 16, 2)).astype(np.float32))
+    ours, native = sampler._ours(16, upstream), sampler._native(16, upstream)
+    reference = native(images, tf.constant(boxes))
+    assert sampler.check_agreement(ours(images, tf.constant(theta)), reference) < 1e-4
+    # The same boxes one output pixel to the right: a mismatched pair must fail the check.
+    shifted = theta.copy()
+    shifted[:, 0, 2] += 2.0 * theta[:, 0, 0] / 16
+    with pytest.raises(sampler.AgreementError, match="disagree on the crops"):
+        sampler.check_agreement(ours(images, tf.constant(shifted)), reference)
+    # Right crops but wrong image gradients are caught too.
+    wrong = list(ours(images, tf.constant(theta)))
+    wrong[1] = wrong[1] * 1.01
+    with pytest.raises(sampler.AgreementError, match="disagree on the image gradients"):
+        sampler.check_agreement(wrong, reference)
+
+
+def test_replicated_dataset_repeats_every_shard(tmp_path, monkeypatch, tiny_batch):
+    from lsnet_tf.data import pipeline, records
+
+    config, _ = tiny_batch
+    base = pipeline.resolve_dataset(config().data)
+    grown = datasets.replicated(base, 3)
+    for fold in (0, 1):
+        assert len(records.list_shards(grown, [fold])) == 3 * len(records.list_shards(base, [fold]))
+        assert pipeline.count_slices(grown, [fold]) == 3 * pipeline.count_slices(base, [fold])
+    assert datasets.replicated(base, 1) == base
+
+
+def test_train_option_values_are_checked():
+    with pytest.raises(ConfigError, match="'train.jit_compile' must be true or false"):
+        load_config(None, ["train.jit_compile=1"])
+    with pytest.raises(ConfigError, match="train.mixed_precision must be true or false"):
+        dataclasses.replace(TrainConfig(), mixed_precision="yes").validate()
+    assert not TrainConfig().mixed_precision and not TrainConfig().jit_compile
+
+
+@pytest.mark.slow
+def test_mixed_precision_builds_float16_networks_with_float32_heads(tiny_batch):
+    import keras
+
+    config, batch = tiny_batch
+    model, loss = one_step(config("train.mixed_precision=true"), batch)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    for net in (model.lnet, model.snet):
+        assert net.dtype_policy.name == "mixed_float16"
+        convs = [l for l in net._flatten_layers() if isinstance(l, keras.layers.Conv2D)]
+        assert convs and all(c.compute_dtype == "float16" and c.kernel.dtype == "float32"
+                             for c in convs)
+    out = model.lnet(batch["image"], training=False)
+    assert {v.dtype for v in out.values()} == {tf.float32}
+    assert model.snet(batch["image"], training=False).dtype == tf.float32
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert math.isfinite(loss)
+    from lsnet_tf.models.build import build_model, compile_model
+
+    default = build_model(config())
+    compile_model(default, config(), steps_per_epoch=1)
+    assert default.lnet.dtype_policy.name == "float32" and default.jit_compile is False
+
+
+@pytest.mark.slow
+def test_jit_compile_option_reaches_the_compiled_model(tiny_batch):
+    config, batch = tiny_batch
+    # The smallest model (one-stage, ResNet18 layout) keeps XLA's compile time short.
+    model, loss = one_step(config("model.architecture=unet", "model.snet_depth=18",
+                                  "train.jit_compile=true"), batch)
+    assert model.jit_compile is True
+    assert math.isfinite(loss)
+
+
+def test_mixed_precision_with_jit_compile_is_refused():
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load_config(None, ["train.mixed_precision=true", "train.jit_compile=true"])
