@@ -34,6 +34,9 @@ TINY = [
     "train.lr_decay_epochs=2", "train.lr_decay_factor=0.5", "train.steps_per_epoch=2",
     "train.verbose=2", "train.strategy=default"]
 STEPS = 2
+# The one-stage U-Net traces in about half L-SNet's time; the subprocess tests of the training
+# machinery (which is the same for every model) use it, L-SNet's loss terms are tested in-process.
+UNET = ["model.architecture=unet", "model.family=unet"]
 
 
 def expected_lr(step):
@@ -119,7 +122,7 @@ def test_new_options_are_validated():
 def test_sigkill_then_same_command_resumes_counters_and_schedule(cache, tmp_path):
     epochs = 6
     out = tmp_path / "run"
-    cmd = cli(cache, out, f"train.epochs={epochs}")
+    cmd = cli(cache, out, f"train.epochs={epochs}", *UNET)
     state = out / "checkpoints" / "checkpoint"
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT)
@@ -381,12 +384,12 @@ def test_skip_policies_end_to_end(cache, tmp_path, monkeypatch):
     out = tmp_path / "run"
     lines = []
     cfg = tiny_cfg(cache, out, f"data.dataset={data}", "train.epochs=2",
-                   "train.on_nonfinite=skip", "data.on_corrupt=skip", "train.verbose=0")
+                   "train.on_nonfinite=skip", "data.on_corrupt=skip", "train.verbose=0", *UNET)
     summary = train.run(cfg, log=lines.append)
     text = "\n".join(lines)
     assert f"{shard}: corrupt TFRecord shard, unreadable from record 3 on (2 record(s)" in text
     assert "1 corrupt training shard(s), 2 of 8 training slices skipped" in text
-    assert re.search(r"epoch 1, batch 2 \(optimizer step 1\): non-finite .*s_loss.*; batch "
+    assert re.search(r"epoch 1, batch 2 \(optimizer step 1\): non-finite loss; batch "
                      r"skipped \(no weight update\), 1 skipped so far", text), text
     assert summary["skipped_batches"] == 1
     assert len(summary["corrupt_shards"]) == 1 and shard in summary["corrupt_shards"][0]
@@ -397,7 +400,8 @@ def test_skip_policies_end_to_end(cache, tmp_path, monkeypatch):
     assert_all_finite(latest)
     # The skipped batch is no step: 2 epochs x 2 batches, one of them skipped.
     _, ckpt, _ = restored(cfg, str(out / "checkpoints"))
-    assert int(ckpt.objects["lnet_optimizer"].iterations.numpy()) == 3
+    optimizer, = [v for k, v in ckpt.objects.items() if k.endswith("_optimizer")]
+    assert int(optimizer.iterations.numpy()) == 3
 
 
 # ----------------------------------------------------------------------------- corrupt shards
@@ -443,7 +447,7 @@ def test_corrupt_shard_stops_training_naming_the_shard(cache, tmp_path, capsys):
     shard = records.list_shards(data, [1])[1]
     corrupt(shard, 0)
     out = tmp_path / "run"
-    assert train.main(cli(cache, out, f"data.dataset={data}", "train.epochs=1")[3:]) == 1
+    assert train.main(cli(cache, out, f"data.dataset={data}", "train.epochs=1", *UNET)[3:]) == 1
     err = capsys.readouterr().err
     assert f"error: 1 corrupt shard(s):\n  {shard}: corrupt TFRecord shard, unreadable from " \
            "record 1 on" in err, err
@@ -467,7 +471,7 @@ def test_two_workers_end_with_identical_weights(cache, tmp_path):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     out = tmp_path / "run"
-    cmd = cli(cache, out, "train.strategy=multi_worker", "train.epochs=1")
+    cmd = cli(cache, out, "train.strategy=multi_worker", "train.epochs=1", *UNET)
     procs, logs = [], []
     try:
         for i in range(2):
@@ -499,7 +503,7 @@ def test_two_workers_end_with_identical_weights(cache, tmp_path):
     assert sorted(a) == sorted(b) and len(a) > 10
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    iterations = [k for k in a if k.startswith("lnet_optimizer/") and "iteration" in k]
+    iterations = [k for k in a if "_optimizer/" in k and "iteration" in k]
     assert iterations and int(a[iterations[0]]) == STEPS
 
 
@@ -540,3 +544,32 @@ def test_deterministic_runs_give_bit_identical_weights(cache, tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     iterations = [k for k in a if k.startswith("lnet_optimizer/") and "iteration" in k]
     assert iterations and int(a[iterations[0]]) == 3
+
+
+def test_replicas_batch_norm_statistics_are_averaged(cache, tmp_path):
+    """Batch-norm statistics differ per replica (each sees its share of the batch); before a
+    checkpoint every replica gets their mean, the trainable weights are left alone."""
+    from lsnet_tf.training.callbacks import average_replicas
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2, "tests/conftest.py configures two logical CPUs"
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        model = build_model(tiny_cfg(cache, tmp_path / "run", *UNET))
+    stats = model.snet.non_trainable_variables
+    assert stats and all("moving" in v.path for v in stats)
+    rng = np.random.default_rng(0)
+    values = []
+    for v in stats:
+        parts = [rng.normal(size=v.shape).astype(np.float32) for _ in range(2)]
+        for component, part in zip(v.value.values, parts):
+            component.assign(part)
+        values.append(parts)
+    kernel = model.snet.trainable_variables[0]
+    before = [c.numpy().copy() for c in kernel.value.values]
+    average_replicas(strategy, stats)
+    for v, (a, b) in zip(stats, values):
+        for component in v.value.values:
+            np.testing.assert_allclose(component.numpy(), (a + b) / 2, rtol=1e-6)
+    for c, b in zip(kernel.value.values, before):
+        np.testing.assert_array_equal(c.numpy(), b)

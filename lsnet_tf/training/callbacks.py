@@ -88,6 +88,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from lsnet_tf.training.nonfinite import NonFiniteLossError, check_finite
 
+        strategy = getattr(self.model, "distribute_strategy", None) if self.model else None
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            average_replicas(strategy, [v for name, obj in self.objects.items()
+                                        if not name.endswith("_optimizer")
+                                        for v in obj.non_trainable_variables])
         try:
             check_finite(self.objects)
         except NonFiniteLossError as e:
@@ -96,6 +101,27 @@ class CheckpointCallback(keras.callbacks.Callback):
                 f"{self.manager.latest_checkpoint}") from None
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
+
+
+def average_replicas(strategy, variables) -> None:
+    """Set each variable to its mean over the replicas (of every worker).
+
+    Keras keeps batch-norm moving statistics per replica: each replica updates them from its own
+    share of the batch, so they drift apart while the trainable weights (updated with all-reduced
+    gradients) stay identical. Averaging them before each checkpoint gives every worker the same
+    weights and the checkpoint the statistics of the whole global batch (exactly so for the
+    moving means; the moving variances are the mean of the replicas' variances).
+    """
+    if not variables:
+        return
+
+    def mean():
+        ctx = tf.distribute.get_replica_context()
+        return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables])
+
+    averaged = strategy.experimental_local_results(strategy.run(mean))[0]
+    for v, value in zip(variables, averaged):
+        v.assign(value)
 
 
 class GroundTruthPhase(keras.callbacks.Callback):
