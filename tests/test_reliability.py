@@ -266,10 +266,18 @@ def test_skipped_batch_changes_nothing(cache, tmp_path):
     reference, _ = guarded(cfg, "stop", model.get_weights())
     good1, bad, good2 = batch(), batch(nan=True), dict(batch(), image=batch()["image"] * 0.9)
 
+    messages = []
+    callback = NonFiniteCallback(guard, log=messages.append)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(4)
     model.train_step(good1)
+    callback.on_train_batch_end(5)
+    assert messages == []
     before = state(model)
     metrics = [v.numpy().copy() for t in model.trackers.values() for v in t.variables]
     logs = model.train_step(bad)
+    callback.on_train_batch_end(6)
     for a, b in zip(before, state(model)):
         np.testing.assert_array_equal(a, b)
     for a, t in zip(metrics, [v for t in model.trackers.values() for v in t.variables]):
@@ -286,20 +294,16 @@ def test_skipped_batch_changes_nothing(cache, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert int(model.optimizer.iterations.numpy()) == 2
 
-    messages = []
-    callback = NonFiniteCallback(guard, log=messages.append)
-    callback.set_model(model)
-    callback._seen = 0
-    callback.on_epoch_begin(4)
-    callback.on_train_batch_end(6)
-    assert callback.skipped == 1
-    assert re.match(r"epoch 5, batch 7 \(optimizer step 2\): non-finite [a-z_, ]*s_loss[a-z_, ]*; "
+    assert callback.skipped == 1 and len(messages) == 1
+    assert re.match(r"epoch 5, batch 7 \(optimizer step 1\): non-finite [a-z_, ]*s_loss[a-z_, ]*; "
                     r"batch skipped \(no weight update\), 1 skipped so far", messages[0])
 
 
 def test_stop_policy_names_epoch_batch_and_term(cache, tmp_path):
     cfg = tiny_cfg(cache, tmp_path / "run")
     model, guard = guarded(cfg, "stop")
+    with pytest.raises(ValueError, match="policy must be one of stop, skip, received 'ignore'"):
+        NonFiniteGuard(model, "ignore")
     callback = NonFiniteCallback(guard)
     callback.set_model(model)
     callback.on_train_begin()

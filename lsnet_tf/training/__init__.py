@@ -1,1 +1,2 @@
-"""Training loop pieces: callbacks for checkpoints, TensorBoard images and the ground-truth RoI phase."""
+"""Training loop pieces: callbacks (checkpoints, TensorBoard images, the ground-truth RoI phase),
+the non-finite-loss guard, multi-worker helpers and loading run folders."""
