@@ -19,7 +19,7 @@ VARIANTS = {
     "jit_compile": ("train.jit_compile=true",),
     "mixed_float16": ("train.mixed_precision=true",),
 }
-FULL = dict(image=128, batch=8, rounds=7, overrides=())
+FULL = dict(image=128, batch=8, rounds=3, overrides=())
 QUICK = dict(image=64, batch=2, rounds=2,
              overrides=("model.width=4", "model.decoder_width=8", "data.max_boxes=2"))
 
@@ -34,7 +34,7 @@ def run(quick: bool = False) -> dict:
         data = data if data is not None else datasets.first_batch(cfg)
     steps = {name: train_step(m, data) for name, m in models.items()}
     losses = {name: step() for name, step in steps.items()}
-    times = harness.interleaved(steps, size["rounds"], warmup=1)
+    times = harness.interleaved(steps, size["rounds"], warmup=0)
     rows = [{"variant": name, "policy": models[name].lnet.dtype_policy.name,
              "jit_compile": bool(models[name].jit_compile),
              "train step ms": harness.median_ms(times[name]),
