@@ -124,21 +124,26 @@ def test_train_option_values_are_checked():
 def test_mixed_precision_builds_float16_networks_with_float32_heads(tiny_batch):
     import keras
 
+    from lsnet_tf.models.build import build_model, compile_model
+
     config, batch = tiny_batch
-    model, loss = one_step(config("train.mixed_precision=true"), batch)
+    lsnet = build_model(config("train.mixed_precision=true"))
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
-    for net in (model.lnet, model.snet):
+    for net in (lsnet.lnet, lsnet.snet):
         assert net.dtype_policy.name == "mixed_float16"
         convs = [l for l in net._flatten_layers() if isinstance(l, keras.layers.Conv2D)]
         assert convs and all(c.compute_dtype == "float16" and c.kernel.dtype == "float32"
                              for c in convs)
-    out = model.lnet(batch["image"], training=False)
+    out = lsnet.lnet(batch["image"], training=False)
     assert {v.dtype for v in out.values()} == {tf.float32}
-    assert model.snet(batch["image"], training=False).dtype == tf.float32
+    assert lsnet.snet(batch["image"], training=False).dtype == tf.float32
+    # One training step (on the smallest model, to keep the test short) is finite, and Keras's
+    # loss scaling, which the models' train steps do not apply, is off.
+    model, loss = one_step(config("model.architecture=fcn", "model.family=fcn",
+                                  "model.snet_depth=18", "train.mixed_precision=true"), batch)
+    assert model.snet.dtype_policy.name == "mixed_float16"
     assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert math.isfinite(loss)
-    from lsnet_tf.models.build import build_model, compile_model
-
     default = build_model(config())
     compile_model(default, config(), steps_per_epoch=1)
     assert default.lnet.dtype_policy.name == "float32" and default.jit_compile is False
@@ -147,9 +152,9 @@ def test_mixed_precision_builds_float16_networks_with_float32_heads(tiny_batch):
 @pytest.mark.slow
 def test_jit_compile_option_reaches_the_compiled_model(tiny_batch):
     config, batch = tiny_batch
-    # The smallest model (one-stage, ResNet18 layout) keeps XLA's compile time short.
-    model, loss = one_step(config("model.architecture=unet", "model.snet_depth=18",
-                                  "train.jit_compile=true"), batch)
+    # The smallest model (one-stage FCN, ResNet18 layout) keeps XLA's compile time short.
+    model, loss = one_step(config("model.architecture=fcn", "model.family=fcn",
+                                  "model.snet_depth=18", "train.jit_compile=true"), batch)
     assert model.jit_compile is True
     assert math.isfinite(loss)
 
