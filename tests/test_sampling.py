@@ -5,7 +5,8 @@ import tensorflow as tf
 from scipy import ndimage
 
 from lsnet_tf.ops.boxes import box_theta
-from lsnet_tf.ops.sampling import affine_grid, bilinear_sample, invert_affine, paste_masks
+from lsnet_tf.ops.sampling import (affine_grid, bilinear_sample, invert_affine, paste_masks,
+                                   sample_axis_aligned)
 
 F32 = np.float32
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
@@ -303,7 +304,127 @@ def test_paste_masks_without_rois_gives_zeros():
                          np.zeros([1], np.float32), 1, 8, 8), "image_index must be an integer"),
     (lambda: paste_masks(np.zeros((1, 4, 4, 1), np.float32), np.zeros((1, 2, 3), np.float32),
                          np.zeros([1], np.int32), 0, 8, 8), "batch_size must be a positive"),
+    (lambda: sample_axis_aligned(np.zeros((1, 4, 4), F32), np.ones((1, 2), F32),
+                                 np.zeros((1, 2), F32), 2, 2), "images must have rank 4"),
+    (lambda: sample_axis_aligned(np.zeros((1, 4, 4, 1), np.int32), np.ones((1, 2), F32),
+                                 np.zeros((1, 2), F32), 2, 2), "images must be a floating"),
+    (lambda: sample_axis_aligned(np.zeros((1, 4, 4, 1), F32), np.ones((1, 2), np.int32),
+                                 np.zeros((1, 2), F32), 2, 2), "scale must be a floating"),
+    (lambda: sample_axis_aligned(np.zeros((1, 4, 4, 1), F32), np.ones((1, 3), F32),
+                                 np.zeros((1, 2), F32), 2, 2), r"scale must have shape \(batch, 2\)"),
+    (lambda: sample_axis_aligned(np.zeros((1, 4, 4, 1), F32), np.ones((1, 2), F32),
+                                 np.zeros((2,), F32), 2, 2), "offset must have rank 2"),
+    (lambda: sample_axis_aligned(np.zeros((1, 4, 4, 1), F32), np.ones((2, 2), F32),
+                                 np.zeros((2, 2), F32), 2, 2), "images and scale need the same"),
+    (lambda: sample_axis_aligned(np.zeros((1, 4, 4, 1), F32), np.ones((1, 2), F32),
+                                 np.zeros((1, 2), F32), 0, 2), "height must be a positive"),
 ])
 def test_documented_errors(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ----------------------------------------------------------------------- sample_axis_aligned
+
+def _diagonal_theta(scale, offset):
+    """``(B, 2)`` scales and offsets -> ``(B, 2, 3)`` ``[[s_x, 0, t_x], [0, s_y, t_y]]``."""
+    zero = tf.zeros_like(scale[:, 0])
+    return tf.stack([tf.stack([scale[:, 0], zero, offset[:, 0]], -1),
+                     tf.stack([zero, scale[:, 1], offset[:, 1]], -1)], 1)
+
+
+# Input (H, W) -> output (h, w): downsampling, upsampling, mixed (each order of the separable
+# passes is taken by one of them), one-pixel outputs.
+AXIS_ALIGNED_CASES = [((12, 10), (5, 4), 1), ((7, 9), (16, 13), 3), ((16, 20), (40, 3), 1),
+                      ((6, 30), (2, 11), 3), ((5, 5), (1, 1), 3)]
+
+
+@pytest.mark.parametrize("in_size, out_size, channels", AXIS_ALIGNED_CASES)
+def test_axis_aligned_matches_general_sampler_and_its_gradients(in_size, out_size, channels):
+    rng = np.random.default_rng(sum(in_size) + sum(out_size) + channels)
+    batch = 6
+    images = tf.constant(rng.normal(size=(batch, *in_size, channels)).astype(F32))
+    # Scales of both signs (flips), zoom in and out; offsets that put RoIs partly or wholly
+    # outside the image. Row 0 is the whole image, row 1 a box straddling the top-left corner,
+    # row 2 a box wholly right of the image.
+    scale = rng.uniform(0.2, 1.6, size=(batch, 2)) * rng.choice([-1.0, 1.0], size=(batch, 2))
+    offset = rng.uniform(-1.3, 1.3, size=(batch, 2))
+    scale[0], offset[0] = (1.0, 1.0), (0.0, 0.0)
+    scale[1], offset[1] = (0.5, 0.4), (-0.9, -1.0)
+    scale[2], offset[2] = (0.5, 0.8), (3.0, 0.1)
+    scale, offset = tf.constant(scale.astype(F32)), tf.constant(offset.astype(F32))
+    upstream = tf.constant(rng.normal(size=(batch, *out_size, channels)).astype(F32))
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([images, scale, offset])
+        theta = _diagonal_theta(scale, offset)
+        general = bilinear_sample(images, affine_grid(theta, *out_size))
+        separable = sample_axis_aligned(images, scale, offset, *out_size)
+        loss_general = tf.reduce_sum(general * upstream)
+        loss_separable = tf.reduce_sum(separable * upstream)
+    assert separable.shape == (batch, *out_size, channels)
+    np.testing.assert_allclose(separable.numpy(), general.numpy(), atol=1e-5)
+    assert np.any(separable.numpy()[:2] != 0) and np.all(separable.numpy()[2] == 0)
+
+    g_images, g_theta = tape.gradient(loss_general, [images, theta])
+    s_images, s_scale, s_offset = tape.gradient(loss_separable, [images, scale, offset])
+    np.testing.assert_allclose(tf.convert_to_tensor(s_images).numpy(),
+                               tf.convert_to_tensor(g_images).numpy(), atol=1e-5)
+    g_theta = g_theta.numpy()
+    tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(g_theta).max())))
+    np.testing.assert_allclose(s_scale.numpy(), np.stack([g_theta[:, 0, 0], g_theta[:, 1, 1]], -1),
+                               **tol)
+    np.testing.assert_allclose(s_offset.numpy(), g_theta[:, :, 2], **tol)
+
+
+def test_axis_aligned_known_values_two_times_zoom_and_flip():
+    # 1 x 4 image, one row: output of 8 columns over the whole image samples at pixel
+    # coordinates -0.25, 0.25, ..., 3.25; the flip (s_x = -1) reverses the columns.
+    images = np.array([1.0, 2.0, 4.0, 8.0], F32).reshape(1, 1, 4, 1)
+    out = sample_axis_aligned(images, [[1.0, 1.0]], [[0.0, 0.0]], 1, 8).numpy()[0, 0, :, 0]
+    np.testing.assert_allclose(out, [0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0, 6.0], atol=1e-6)
+    flipped = sample_axis_aligned(images, [[-1.0, 1.0]], [[0.0, 0.0]], 1, 4).numpy()
+    np.testing.assert_allclose(flipped[0, 0, :, 0], [8.0, 4.0, 2.0, 1.0], atol=1e-6)
+
+
+def test_axis_aligned_gradients_match_finite_differences():
+    rng = np.random.default_rng(11)
+    images = tf.constant(rng.normal(size=(2, 8, 9, 2)))  # float64
+    # Generic values: no sample point on a pixel centre (the sampler's kinks).
+    scale = tf.constant([[0.71, 0.63], [-0.93, 1.17]], tf.float64)
+    offset = tf.constant([[0.052, 0.11], [-0.23, 0.31]], tf.float64)
+
+    def fn(images, scale, offset):
+        return sample_axis_aligned(images, scale, offset, 6, 5)
+
+    theoretical, numerical = tf.test.compute_gradient(fn, [images, scale, offset], delta=1e-6)
+    for t, n in zip(theoretical, numerical):
+        assert np.any(t != 0)
+        np.testing.assert_allclose(t, n, rtol=1e-5, atol=1e-6)
+
+
+def test_axis_aligned_dynamic_shapes_xla_and_tflite():
+    rng = np.random.default_rng(12)
+    images = rng.normal(size=(2, 10, 12, 3)).astype(F32)
+    scale = np.array([[0.8, 0.6], [1.3, -0.7]], F32)
+    offset = np.array([[0.1, -0.2], [0.5, 0.3]], F32)
+    expected = sample(images, _diagonal_theta(tf.constant(scale), tf.constant(offset)), 5, 7)
+
+    dynamic = tf.function(lambda i, s, o: sample_axis_aligned(i, s, o, 5, 7), input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.float32), tf.TensorSpec([None, 2], tf.float32),
+        tf.TensorSpec([None, 2], tf.float32)])
+    np.testing.assert_allclose(dynamic(images, scale, offset).numpy(), expected, atol=1e-5)
+    jitted = tf.function(lambda i, s, o: sample_axis_aligned(i, s, o, 5, 7), jit_compile=True)
+    np.testing.assert_allclose(jitted(images, scale, offset).numpy(), expected, atol=1e-5)
+
+    module = tf.Module()
+    module.fn = tf.function(lambda images, scale, offset: sample_axis_aligned(
+        images, scale, offset, 5, 7), input_signature=[tf.TensorSpec([2, 10, 12, 3], tf.float32),
+                                                      tf.TensorSpec([2, 2], tf.float32),
+                                                      tf.TensorSpec([2, 2], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.fn.get_concrete_function()], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner()
+    (out,) = runner(images=images, scale=scale, offset=offset).values()
+    np.testing.assert_allclose(out, expected, atol=1e-5)

@@ -2,7 +2,8 @@
 
 The layer holds the settings (output size, margin) and calls the pure ops: ``roi_theta`` builds
 the affine transform of READING-NOTES Eq. (2)-(3) from a keypoint and its ``ltrb`` distances, and
-``affine_grid`` + ``bilinear_sample`` resample the RoI (conventions in
+``sample_axis_aligned`` resamples the RoI (the separable form of ``affine_grid`` +
+``bilinear_sample`` for this scale-and-translate transform; conventions in
 ``lsnet_tf.ops.sampling``). Gradients flow from the RoI to ``theta`` and on to the keypoint and
 the distances. The inverse step for inference is ``lsnet_tf.ops.sampling.paste_masks``.
 """
@@ -15,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from lsnet_tf.ops.boxes import roi_theta
-from lsnet_tf.ops.sampling import affine_grid, bilinear_sample
+from lsnet_tf.ops.sampling import sample_axis_aligned
 
 __all__ = ["RoIRecalibration"]
 
@@ -107,8 +108,10 @@ class RoIRecalibration(keras.layers.Layer):
             height, width = images.shape[1], images.shape[2]
         theta = roi_theta(tf.cast(keypoints, tf.float32), tf.cast(ltrb, tf.float32),
                           height, width, self.margin)
-        grid = affine_grid(theta, *self.output_size)
-        return bilinear_sample(images, grid), theta
+        # roi_theta is [[s_x, 0, t_x], [0, s_y, t_y]]: the separable sampler is exact for it.
+        scale = tf.stack([theta[:, 0, 0], theta[:, 1, 1]], axis=-1)
+        rois = sample_axis_aligned(images, scale, theta[:, :, 2], *self.output_size)
+        return rois, theta
 
     def compute_output_shape(self, input_shape):
         images = self._check_shapes(input_shape) or (None, None, None, None)

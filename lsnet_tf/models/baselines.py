@@ -222,8 +222,9 @@ def hard_crop(images, boxes, output_size, margin: float = 15.0):
     height, width = _dim(images, 1), _dim(images, 2)
     box = crop_boxes(boxes, height, width, margin)
     theta = box_ops.box_theta(box, height, width, margin=0.0)
-    grid = sampling.affine_grid(theta, oh, ow)
-    return sampling.bilinear_sample(images, grid), theta
+    # box_theta is scale-and-translate: the separable sampler gives bilinear_sample's crops.
+    scale = tf.stack([theta[:, 0, 0], theta[:, 1, 1]], axis=-1)
+    return sampling.sample_axis_aligned(images, scale, theta[:, :, 2], oh, ow), theta
 
 
 def _pick_random(valid, seed):
