@@ -264,7 +264,10 @@ def sample_axis_aligned(images, scale, offset, height, width) -> tf.Tensor:
     ``(batch * H, W * C)`` per tap) and blended, then the two input columns of every output
     column (gathers of pixels of the ``(batch * height * W, C)`` view). The axis that gives the
     smaller intermediate goes first when the sizes are static. Plain gathers measured faster
-    than ``tf.gather(..., axis=1 or 2, batch_dims=1)``, whose gradient transposes the images.
+    than ``tf.gather(..., axis=1 or 2, batch_dims=1)`` (2-core CPU, batch 8, 512 -> 256, C=64,
+    forward + backward in a ``tf.function``: 392 ms vs 493 ms). Against ``bilinear_sample`` it
+    saves the element-wise work on ``(batch, h, w)`` (about 2x faster at C=1), but the
+    intermediate ``(batch, height, W, C)`` makes it no faster at many channels (C=64).
     """
     images = tf.convert_to_tensor(images)
     _check_rank(images, 4, "images", "(batch, H, W, C)")
