@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration
 from lsnet_tf.ops.boxes import roi_theta
-from lsnet_tf.ops.sampling import paste_masks
+from lsnet_tf.ops.sampling import affine_grid, bilinear_sample, paste_masks
 
 
 def pattern_image(height=64, width=64, box=(10, 20, 26, 36), channels=2, seed=0):
@@ -90,6 +90,32 @@ def test_gradients_reach_image_keypoints_and_distances():
     up = tf.reduce_sum(layer([image, keypoints, ltrb + delta])[0] * weights)
     down = tf.reduce_sum(layer([image, keypoints, ltrb - delta])[0] * weights)
     assert grads[2].numpy()[1, 2] == pytest.approx(float(up - down) / (2 * step), rel=0.05)
+
+
+def test_rois_and_gradients_equal_the_general_sampler_on_theta():
+    # The layer samples separably; the general affine sampler on the returned theta is the
+    # definition. Boxes partly outside the image, zoom in and out.
+    rng = np.random.default_rng(3)
+    images = tf.constant(rng.normal(size=(3, 40, 48, 2)).astype(np.float32))
+    keypoints = tf.constant([[5.3, 7.1], [30.2, 20.7], [44.9, 38.4]], tf.float32)
+    ltrb = tf.constant([[9.1, 12.3, 6.2, 4.4], [3.3, 2.1, 4.7, 5.9], [20.2, 18.6, 11.3, 9.8]],
+                       tf.float32)
+    upstream = tf.constant(rng.normal(size=(3, 16, 20, 2)).astype(np.float32))
+    layer = RoIRecalibration(output_size=(16, 20), margin=3.0)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([images, keypoints, ltrb])
+        rois, theta = layer([images, keypoints, ltrb])
+        general = bilinear_sample(images, affine_grid(theta, 16, 20))
+        loss_rois = tf.reduce_sum(rois * upstream)
+        loss_general = tf.reduce_sum(general * upstream)
+    np.testing.assert_allclose(rois.numpy(), general.numpy(), atol=1e-5)
+    for ours, reference in zip(tape.gradient(loss_rois, [images, keypoints, ltrb]),
+                               tape.gradient(loss_general, [images, keypoints, ltrb])):
+        ours = tf.convert_to_tensor(ours).numpy()
+        reference = tf.convert_to_tensor(reference).numpy()
+        assert np.any(reference != 0)
+        np.testing.assert_allclose(ours, reference, rtol=1e-4,
+                                   atol=1e-4 * max(1.0, float(np.abs(reference).max())))
 
 
 def test_get_config_round_trip_gives_the_same_layer_and_output():

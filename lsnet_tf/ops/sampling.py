@@ -340,8 +340,9 @@ def paste_masks(masks, theta, image_index, batch_size, height, width,
     Returns:
       ``(batch_size, height, width, C)`` in the dtype of `masks`: each mask is resampled with
       ``bilinear_sample(masks, affine_grid(invert_affine(theta), height, width))`` (zero outside
-      its RoI; computed by the equivalent ``sample_axis_aligned``), and masks of the same image are merged by element-wise max. Images without any
-      RoI, and every image when ``N == 0``, are all zeros.
+      its RoI; computed by the equivalent ``sample_axis_aligned``), and masks of the same image
+      are merged by element-wise max. Images without any RoI, and every image when ``N == 0``,
+      are all zeros.
     """
     masks = tf.convert_to_tensor(masks)
     theta = tf.convert_to_tensor(theta)
