@@ -199,6 +199,32 @@ def test_no_gradient_from_second_stage_into_first(architecture, first, train_cro
     assert any(g is not None for g in tape.gradient(first_loss, first_vars))
 
 
+def test_lnet_crop_heatmap_loss_is_taken_from_logits():
+    """Eq. 5 on L-Net's logits, as L-SNet does: a saturated heatmap still gets a gradient."""
+    from lsnet_tf.losses import localization
+
+    model = build_model(tiny_cfg("lnet_crop"))
+    model.compile()
+    data = batch()
+    heat = np.zeros((2, S // 4, S // 4, 1), "float32")
+    heat[0, 3, 9, 0] = heat[1, 11, 2, 0] = 1.0  # one peak per image
+    data["heatmap"] = tf.constant(heat)
+    kp = model.lnet.get_layer("kp_logits")
+    kp.kernel.assign(tf.zeros_like(kp.kernel))
+    kp.bias.assign([-50.0])  # sigmoid = 2e-22: every cell saturated at "no keypoint"
+    with tf.GradientTape() as tape:
+        losses = model._forward(data, training=True)
+    out = model.lnet(data["image"], training=True)
+    expected, terms = localization.localization_loss(
+        out["heatmap_logits"], out["ltrb"], data["heatmap"], data["ltrb"], model.loss_config, 2, 4)
+    np.testing.assert_allclose(float(losses["heatmap_loss"]), float(terms["heatmap"]), rtol=1e-5)
+    # Each image's one peak costs alpha * -log(sigmoid(-50)) = 0.25 * 50 (the focal weight
+    # (1 - p)^2 is 1 there; the negatives cost ~0), plus at most dice_weight * 1 = 0.2.
+    assert 12.5 - 1e-3 < float(losses["heatmap_loss"]) < 12.7 + 1e-3
+    grad = tape.gradient(losses["l_loss"], kp.bias)
+    assert grad is not None and float(grad[0]) < -0.1, "the gradient must not die in saturation"
+
+
 def test_coarse_to_fine_training_boxes():
     data = batch()
     seed = tf.constant([0, 0], tf.int64)

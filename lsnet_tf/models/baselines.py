@@ -628,7 +628,7 @@ class LNetCrop(_CropCascade):
     def _first_stage(self, images, data, training, global_batch):
         out = self.lnet(images, training=training)
         loss, terms = localization.localization_loss(
-            out["heatmap"], out["ltrb"], data["heatmap"], data["ltrb"], self.loss_config,
+            out["heatmap_logits"], out["ltrb"], data["heatmap"], data["ltrb"], self.loss_config,
             global_batch, STRIDE)
         return loss, {"l_loss": loss, "heatmap_loss": terms["heatmap"],
                       "box_loss": terms["box"]}, out
