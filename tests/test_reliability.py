@@ -170,11 +170,16 @@ def test_sigkill_then_same_command_resumes_counters_and_schedule(cache, tmp_path
     assert json.loads((out / "eval.json").read_text())["epochs"] == epochs
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(cache, tmp_path):
+def _compiled_model(cache, tmp_path):
+    """A tiny compiled model, its config and its run's checkpoint folder."""
     cfg = tiny_cfg(cache, tmp_path / "run")
     model = build_model(cfg)
     compile_model(model, cfg, STEPS)
-    directory = str(tmp_path / "run" / "checkpoints")
+    return cfg, model, str(tmp_path / "run" / "checkpoints")
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(cache, tmp_path):
+    cfg, model, directory = _compiled_model(cache, tmp_path)
     ckpt = CheckpointCallback(directory, model)
     kernel = model.lnet.trainable_variables[0]
     saved = {}
@@ -214,10 +219,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(cache, tmp_
 
 
 def test_checkpoint_with_nonfinite_weights_is_never_written(cache, tmp_path):
-    cfg = tiny_cfg(cache, tmp_path / "run")
-    model = build_model(cfg)
-    compile_model(model, cfg, STEPS)
-    directory = str(tmp_path / "run" / "checkpoints")
+    cfg, model, directory = _compiled_model(cache, tmp_path)
     ckpt = CheckpointCallback(directory, model)
     ckpt.on_epoch_end(0)
     bias = model.snet.trainable_variables[1]
