@@ -38,20 +38,6 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def lr_schedule(cfg, steps_per_epoch: int):
-    """x `lr_decay_factor` every `lr_decay_epochs` epochs (staircase), from `learning_rate`.
-
-    Always a schedule object, whatever the number of epochs, so that a checkpoint's optimizer
-    variables match when a run is resumed with more epochs.
-    """
-    import keras
-
-    t = cfg.train
-    return keras.optimizers.schedules.ExponentialDecay(
-        t.learning_rate, decay_steps=t.lr_decay_epochs * max(1, steps_per_epoch),
-        decay_rate=t.lr_decay_factor, staircase=True)
-
-
 def run(cfg, log=print) -> dict:
     """Train, evaluate and export as `cfg` says; returns the evaluation summary.
 

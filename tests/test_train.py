@@ -5,6 +5,7 @@ import os
 import pytest
 
 from lsnet_tf import train
+from lsnet_tf.models.build import lr_schedule
 from lsnet_tf.config import load_config
 
 
@@ -61,7 +62,7 @@ def test_bad_config_exits_2_with_message(tmp_path, capsys):
 
 def test_lr_schedule_follows_the_paper_steps():
     cfg = load_config(None, ["train.epochs=60", "train.lr_decay_epochs=25", "train.learning_rate=1e-4"])
-    sched = train.lr_schedule(cfg, steps_per_epoch=10)
+    sched = lr_schedule(cfg, steps_per_epoch=10)
     assert float(sched(0)) == pytest.approx(1e-4)
     assert float(sched(249)) == pytest.approx(1e-4)
     assert float(sched(251)) == pytest.approx(1e-5)

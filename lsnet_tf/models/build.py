@@ -97,17 +97,29 @@ def model_optimizers(model) -> dict:
     return {"lnet": model.optimizer, "snet": model.snet_optimizer}
 
 
+def lr_schedule(cfg, steps_per_epoch: int):
+    """x `lr_decay_factor` every `lr_decay_epochs` epochs (staircase), from `learning_rate`.
+
+    Always a schedule object, whatever the number of epochs, so that a checkpoint's optimizer
+    variables match when a run is resumed with more epochs.
+    """
+    import keras
+
+    t = cfg.train
+    return keras.optimizers.schedules.ExponentialDecay(
+        t.learning_rate, decay_steps=t.lr_decay_epochs * max(1, steps_per_epoch),
+        decay_rate=t.lr_decay_factor, staircase=True)
+
+
 def compile_model(model, cfg: Config, steps_per_epoch: int) -> None:
     """Compile with one Adam per network, each on the config's step-decay learning rate
-    (``lsnet_tf.train.lr_schedule``: x ``lr_decay_factor`` every ``lr_decay_epochs`` epochs).
+    (``lr_schedule``: x ``lr_decay_factor`` every ``lr_decay_epochs`` epochs).
 
     ``train.jit_compile`` is passed to ``keras.Model.compile`` (XLA for the train and test
     steps). Keras's automatic loss scaling is off: the models' train steps apply their gradients
     themselves and do not scale the loss (see ``build_model`` for ``train.mixed_precision``).
     """
     import keras
-
-    from lsnet_tf.train import lr_schedule
 
     def adam():
         return keras.optimizers.Adam(lr_schedule(cfg, steps_per_epoch))
