@@ -1,0 +1,64 @@
+"""Writing files so that a reader never sees a half-written one.
+
+`atomic_write` writes to ``<path>.tmp`` in the same folder and renames it onto `path` only when
+the ``with`` block ends without an exception (``os.replace``: atomic on POSIX and Windows); on an
+exception the temporary file is removed and `path` keeps its previous content, if any.
+`write_text` and `write_json` are the common cases.
+
+Folders (SavedModels) and files written by TensorFlow's own writers (TFRecord shards) cannot go
+through a Python file object; they follow the same write-then-rename rule in their own modules
+(``export.saved_model.write_atomically``, ``data.records.ShardWriter``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import IO, Iterator
+
+TMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
+    """Open ``<path>.tmp`` for writing; on success rename it to `path`, on error remove it.
+
+    `mode` is ``"w"`` (UTF-8 text) or ``"wb"`` (bytes). The folder of `path` must exist.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', received {mode!r}")
+    tmp = os.fspath(path) + TMP_SUFFIX
+    f = open(tmp, mode, encoding="utf-8" if mode == "w" else None)
+    try:
+        with f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> str:
+    """Write `text` (UTF-8) to `path` atomically, creating its folder; returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as f:
+        f.write(text)
+    return path
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Write `data` to `path` atomically, creating its folder; returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def write_json(path: str, data, sort_keys: bool = False) -> str:
+    """Write `data` as JSON (indented by 2, no final newline) to `path` atomically, creating its
+    folder; returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=2, sort_keys=sort_keys)
+    return path

@@ -1,0 +1,46 @@
+"""lsnet_tf.files: write-to-temporary-then-rename."""
+import json
+import os
+
+import pytest
+
+from lsnet_tf import files
+
+
+def test_atomic_write_replaces_the_target_on_success(tmp_path):
+    path = str(tmp_path / "out.json")
+    files.write_text(path, "old")
+    with files.atomic_write(path) as f:
+        f.write("new")
+        with open(path, encoding="utf-8") as g:  # the target is untouched while writing
+            assert g.read() == "old"
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == "new"
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_atomic_write_leaves_the_target_and_no_temporary_file_on_error(tmp_path):
+    path = str(tmp_path / "out.bin")
+    files.write_bytes(path, b"old")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with files.atomic_write(path, "wb") as f:
+            f.write(b"half of the new content")
+            raise RuntimeError("interrupted")
+    with open(path, "rb") as f:
+        assert f.read() == b"old"
+    assert os.listdir(tmp_path) == ["out.bin"]
+    # A target that did not exist is not created.
+    with pytest.raises(TypeError):
+        files.write_json(str(tmp_path / "new.json"), {"not JSON": object()})
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_write_json_creates_the_folder(tmp_path):
+    path = str(tmp_path / "a" / "b.json")
+    assert files.write_json(path, {"b": 1, "a": [2]}, sort_keys=True) == path
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert text == json.dumps({"a": [2], "b": 1}, indent=2) and not text.endswith("\n")
+    with pytest.raises(ValueError, match="mode must be"):
+        with files.atomic_write(path, "a"):
+            pass
