@@ -13,6 +13,8 @@ import statistics
 import time
 from typing import Callable
 
+from lsnet_tf.files import write_text
+
 __all__ = ["interleaved", "median_ms", "ratio", "machine", "load", "write_results",
            "markdown", "scratch_dir"]
 
@@ -182,9 +184,7 @@ def write_results(results: dict, out_dir: str) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = (os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md"))
     for path, text in zip(paths, (json.dumps(results, indent=2) + "\n", markdown(results))):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_text(path, text)
     return paths
 
 

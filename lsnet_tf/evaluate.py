@@ -47,12 +47,12 @@ paper's format:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
+from lsnet_tf.files import write_json, write_text
 from lsnet_tf.metrics import segmentation as seg
 
 EMPTY_SLICE_MODES = ("exclude", "include")
@@ -346,20 +346,6 @@ def markdown(result: dict, label: str | None = None) -> str:
     for bucket, v in result["dsc_by_size"].items():
         lines.append(f"| {bucket} | {v['n']} | {_pct(v['dsc'])} |")
     return "\n".join(lines) + "\n"
-
-
-def write_json(path: str, data) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
-def write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def main(argv=None) -> int:

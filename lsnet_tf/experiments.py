@@ -48,6 +48,7 @@ import sys
 import numpy as np
 
 from lsnet_tf import evaluate as ev
+from lsnet_tf.files import atomic_write, write_json, write_text
 
 
 class ExperimentError(RuntimeError):
@@ -216,7 +217,7 @@ def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/exper
             log(f"[{row.config}] {out} has no per-slice counts: evaluating again")
         results[split] = ev.evaluate_run(run_dir, split=split, empty_slices=empty_slices,
                                          flops=flops, log=log)
-        ev.write_json(out, results[split])
+        write_json(out, results[split])
     return results
 
 
@@ -337,9 +338,9 @@ def size_plot(path: str, curves: dict, title: str, bins: int = 8) -> None:
     hist.set_xlabel("target area (% of the slice); dashed: small | medium | large")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", dpi=110)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 def provenance(command: str, runs: str, chosen) -> dict:
@@ -430,8 +431,8 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
     text += "\n#### DSC by target size\n\n" + size_markdown(chosen, evaluations)
     if plot:
         text += f"\n![DSC against target size]({os.path.basename(plot)})\n"
-    ev.write_json(base + ".json", doc)
-    ev.write_text(base + ".md", text)
+    write_json(base + ".json", doc)
+    write_text(base + ".md", text)
     log(f"wrote {base}.md and {base}.json" + (f" and {plot}" if plot else ""))
     return doc
 

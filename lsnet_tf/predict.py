@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -65,6 +64,7 @@ from typing import Callable
 import numpy as np
 
 from lsnet_tf.data import volumes
+from lsnet_tf.files import write_json
 
 __all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModelPredictor",
            "TFLitePredictor", "predict_volume", "run", "main"]
@@ -532,10 +532,7 @@ def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spa
             written.append(os.path.join("overlays", name))
     summary["overlays"] = written
     summary["seconds"] = round(time.time() - t0, 2)
-    tmp = os.path.join(out_dir, "summary.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+    write_json(os.path.join(out_dir, "summary.json"), summary)
     volume_text = (f"{summary['volume_ml']:.3f} mL" if summary["volume_ml"] is not None
                    else "volume unknown")
     log(f"mask: {summary['mask_voxels']} voxels, {volume_text}, slices "

@@ -20,10 +20,11 @@ and batch or the shard, and exit status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+
+from lsnet_tf.files import write_json
 
 
 def make_strategy(name: str):
@@ -149,10 +150,7 @@ def run(cfg, log=print) -> dict:
         summary["skipped_batches"] = nonfinite.skipped
     if cfg.data.on_corrupt == "skip":
         summary["corrupt_shards"] = [c.describe() for c in corrupt]
-    path = os.path.join(out, "eval.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(out, "eval.json"), summary)
     s = summary
     log(f"validation: per-slice DSC {_fmt(s['dsc']['mean'])} over {s['n_target_slices']} slices "
         f"with a target; precision {_fmt(s['precision']['mean'])}, recall "

@@ -73,6 +73,7 @@ import sys
 from typing import Iterable, Sequence
 
 from lsnet_tf.data import records
+from lsnet_tf.files import write_bytes, write_text
 
 VALIDATED_FEATURES = (*records.SCALAR_FEATURES, "height", "width", "slice_index", "spacing")
 DEFAULT_HU_RANGE = (-4096.0, 4096.0)
@@ -426,18 +427,9 @@ def statistics_html(stats, baseline=None, anomalies=None, title: str = "Dataset 
     return "\n".join(parts)
 
 
-def _write(path: str, data: str | bytes) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "wb" if isinstance(data, bytes) else "w",
-              **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
-    return path
-
-
 def save_statistics(path: str, stats) -> str:
     """Write binary statistics (read back with ``tfdv.load_stats_binary``)."""
-    return _write(path, stats.SerializeToString())
+    return write_bytes(path, stats.SerializeToString())
 
 
 def save_anomalies(out_dir: str, name: str, anomalies, **meta) -> list[str]:
@@ -446,9 +438,9 @@ def save_anomalies(out_dir: str, name: str, anomalies, **meta) -> list[str]:
     from google.protobuf import text_format
 
     doc = {**meta, "anomalies": anomaly_rows(anomalies), "drift": drift_rows(anomalies)}
-    return [_write(os.path.join(out_dir, f"{name}_anomalies.pbtxt"),
+    return [write_text(os.path.join(out_dir, f"{name}_anomalies.pbtxt"),
                    text_format.MessageToString(anomalies)),
-            _write(os.path.join(out_dir, f"{name}_anomalies.json"),
+            write_text(os.path.join(out_dir, f"{name}_anomalies.json"),
                    json.dumps(doc, indent=2) + "\n")]
 
 
@@ -473,7 +465,7 @@ def run_stats(dataset_dir: str, folds: Sequence[int] | None = None, split: str |
     out_dir = _out_dir(dataset_dir, out)
     print(format_summary(stats))
     print("statistics:", save_statistics(os.path.join(out_dir, f"{tag}_stats.pb"), stats))
-    print("report:    ", _write(os.path.join(out_dir, f"{tag}_report.html"),
+    print("report:    ", write_text(os.path.join(out_dir, f"{tag}_report.html"),
                                 statistics_html(stats, title=f"Statistics of {tag} (folds {list(folds)})")))
     return 0
 
@@ -496,7 +488,7 @@ def run_infer_schema(dataset_dir: str, split: str = "train", val_fold: int = 0,
     os.makedirs(out_dir, exist_ok=True)
     schema_path = os.path.join(out_dir, SCHEMA_FILE)
     tfdv.write_schema_text(schema, schema_path)
-    _write(os.path.join(out_dir, SCHEMA_INFO_FILE), json.dumps({
+    write_text(os.path.join(out_dir, SCHEMA_INFO_FILE), json.dumps({
         "split": split, "folds": list(folds), "val_fold": val_fold,
         "num_examples": int(stats.datasets[0].num_examples), "hu_range": list(hu_range),
         "linf_threshold": linf_threshold, "jsd_threshold": jsd_threshold,
@@ -505,7 +497,7 @@ def run_infer_schema(dataset_dir: str, split: str = "train", val_fold: int = 0,
     print("schema:    ", schema_path)
     print("statistics:", save_statistics(os.path.join(out_dir, f"{split}_stats.pb"), stats))
     paths = save_anomalies(out_dir, split, anomalies, split=split, folds=list(folds))
-    print("report:    ", _write(os.path.join(out_dir, f"{split}_report.html"), statistics_html(
+    print("report:    ", write_text(os.path.join(out_dir, f"{split}_report.html"), statistics_html(
         stats, anomalies=anomalies, title=f"{split} split (folds {list(folds)}) against its schema")))
     print("anomalies: ", " ".join(paths))
     print(f"{split} split against its own schema: " + format_anomalies(anomalies))
@@ -550,7 +542,7 @@ def run_check(dataset_dir: str, split: str = "eval", val_fold: int = 0, out: str
     print("statistics:", save_statistics(os.path.join(out_dir, f"{split}_stats.pb"), stats))
     paths = save_anomalies(out_dir, split, anomalies, split=split, folds=list(folds),
                            schema=schema_path)
-    print("report:    ", _write(os.path.join(out_dir, f"{split}_report.html"), statistics_html(
+    print("report:    ", write_text(os.path.join(out_dir, f"{split}_report.html"), statistics_html(
         stats, baseline, anomalies,
         title=f"{split} split (folds {list(folds)}) against {os.path.basename(schema_path)}")))
     print("anomalies: ", " ".join(paths))

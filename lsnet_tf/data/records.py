@@ -45,6 +45,8 @@ from typing import Iterable
 
 import numpy as np
 
+from lsnet_tf.files import write_json
+
 FORMAT = "lsnet_tf-slices"
 FORMAT_VERSION = 1
 INFO_FILE = "dataset.json"
@@ -230,10 +232,7 @@ def shard_path(dataset_dir: str, fold: int, patient_id: str) -> str:
 def write_info(dataset_dir: str, info: dict) -> None:
     info = {"format": FORMAT, "version": FORMAT_VERSION, **info}
     os.makedirs(dataset_dir, exist_ok=True)
-    path = os.path.join(dataset_dir, INFO_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(dataset_dir, INFO_FILE), info, sort_keys=True)
 
 
 def read_info(dataset_dir: str) -> dict:

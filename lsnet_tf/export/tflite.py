@@ -60,6 +60,7 @@ import tensorflow as tf
 
 from lsnet_tf.data.pipeline import window
 from lsnet_tf.export.saved_model import MASK_THRESHOLD, OUTPUT_NAMES
+from lsnet_tf.files import write_bytes
 
 __all__ = ["QUANTIZE_MODES", "METADATA_NAME", "TFLiteConversionError", "convert", "export",
            "representative_hu", "head_layers", "read_metadata", "TFLiteModel"]
@@ -279,8 +280,6 @@ def export(model, cfg, path: str, quantize: str = "none", calibration_slices: in
 
     For int8 the calibration set is `representative_hu(cfg, calibration_slices)`.
     """
-    import os
-
     if not str(path).endswith(".tflite"):
         raise ValueError(f"a TFLite file name ends in .tflite, received {path!r}")
     representative = None
@@ -288,12 +287,7 @@ def export(model, cfg, path: str, quantize: str = "none", calibration_slices: in
         slices = representative_hu(cfg, calibration_slices)
         representative = lambda: slices  # noqa: E731
     content = convert(model, cfg, quantize, representative, allow_select_tf_ops)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(content)
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, content)
 
 
 class TFLiteModel:
