@@ -64,6 +64,7 @@ from typing import Callable
 import numpy as np
 
 from lsnet_tf.data import volumes
+from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.files import write_json
 
 __all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModelPredictor",
@@ -439,8 +440,6 @@ def _display(hu: np.ndarray, window) -> np.ndarray:
 
 def _save_overlay(path: str, hu: np.ndarray, mask: np.ndarray, boxes, valid, window) -> None:
     from PIL import Image
-
-    from lsnet_tf.training.callbacks import draw_boxes, overlay
 
     image = _display(hu, window)
     rgb = overlay(image, (mask > 0).astype(np.float32))

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lsnet_tf.drawing import draw_boxes, overlay
+
 
 class CheckpointError(RuntimeError):
     """No checkpoint of a run folder can be read back."""
@@ -146,28 +148,6 @@ class LearningRateLogger(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.scalar("learning_rate", float(np.asarray(lr)), step=epoch)
         self.writer.flush()
-
-
-def draw_boxes(image, boxes, valid, color=(1.0, 0.2, 0.2)):
-    """image (H, W) in [0, 1] -> (H, W, 3) with xyxy `boxes` outlined (numpy, for logging)."""
-    rgb = np.repeat(np.clip(image, 0, 1)[..., None], 3, -1).copy()
-    h, w = image.shape
-    for (x1, y1, x2, y2), ok in zip(boxes, valid):
-        if not ok:
-            continue
-        x1, x2 = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.ceil(x2) - 1, 0, w - 1))
-        y1, y2 = int(np.clip(np.floor(y1), 0, h - 1)), int(np.clip(np.ceil(y2) - 1, 0, h - 1))
-        rgb[y1, x1:x2 + 1] = color
-        rgb[y2, x1:x2 + 1] = color
-        rgb[y1:y2 + 1, x1] = color
-        rgb[y1:y2 + 1, x2] = color
-    return rgb
-
-
-def overlay(image, mask, color=(0.1, 1.0, 0.1), alpha=0.5):
-    rgb = np.repeat(np.clip(image, 0, 1)[..., None], 3, -1)
-    m = (mask > 0.5)[..., None]
-    return np.where(m, (1 - alpha) * rgb + alpha * np.asarray(color), rgb)
 
 
 class ImageLogger(keras.callbacks.Callback):
