@@ -74,8 +74,9 @@ def _load_tcia(folder, label, label_problem, series_uid, axial_only, origin_tol_
     series = dicom.read_series(folder, series_uid=series_uid, axial_only=axial_only)
     labels = nifti.read_label(label, series.affine, series.hu.shape, reference=folder,
                               origin_tol_mm=origin_tol_mm)
-    return volumes.Volume(hu=series.hu, labels=labels, affine=series.affine, spacing=series.spacing,
-                          skipped_files=series.skipped_files, notes=series.notes)
+    return volumes.LabelledVolume(hu=series.hu, labels=labels, affine=series.affine,
+                                  spacing=series.spacing, skipped_files=series.skipped_files,
+                                  notes=series.notes)
 
 
 def tcia_patients(images: str, labels: str, series_uid=(), axial_only: bool = False,

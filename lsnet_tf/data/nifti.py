@@ -167,8 +167,9 @@ def read_label(path: str, ref_affine: np.ndarray, ref_shape, reference: str = "t
 
 
 def read_image_and_label(image_path: str, label_path: str,
-                         origin_tol_mm: float = volumes.ORIGIN_TOLERANCE_MM) -> volumes.Volume:
-    """An MSD image/label pair as a canonical `volumes.Volume` (HU rounded to int16)."""
+                         origin_tol_mm: float = volumes.ORIGIN_TOLERANCE_MM
+                         ) -> volumes.LabelledVolume:
+    """An MSD image/label pair as a canonical `volumes.LabelledVolume` (HU rounded to int16)."""
     img = load(image_path)
     data = read_image_array(img, image_path)
     aff = affine_lps(img, image_path)
@@ -179,8 +180,8 @@ def read_image_and_label(image_path: str, label_path: str,
         notes.append("image values were rounded to integer HU")
     labels = read_label(label_path, aff_c, hu_c.shape, reference=image_path,
                         origin_tol_mm=origin_tol_mm)
-    return volumes.Volume(hu=hu_c, labels=labels, affine=aff_c, spacing=volumes.spacing_of(aff_c),
-                          notes=notes)
+    return volumes.LabelledVolume(hu=hu_c, labels=labels, affine=aff_c,
+                                  spacing=volumes.spacing_of(aff_c), notes=notes)
 
 
 def write_volume(path: str, array: np.ndarray, affine: np.ndarray) -> None:

@@ -277,9 +277,11 @@ def kfold_split(patient_ids: Iterable[str], folds: int, seed: int = 0) -> dict[s
 
 
 @dataclasses.dataclass
-class Volume:
-    """A patient's canonical volume: `hu` (slice, row, col) int16, `labels` same shape (label
-    values as integers), `affine` the canonical voxel->LPS affine, `spacing` (row, col, slice) mm."""
+class LabelledVolume:
+    """A patient's canonical volume and its labels, to prepare: `hu` (slice, row, col) int16,
+    `labels` same shape (label values as integers), `affine` the canonical voxel->LPS affine,
+    `spacing` (row, col, slice) mm. (An input of ``python -m lsnet_tf.predict``, without labels,
+    is a ``predict.Volume``.)"""
 
     hu: np.ndarray
     labels: np.ndarray
@@ -296,14 +298,14 @@ class Volume:
 
 @dataclasses.dataclass
 class PatientSource:
-    """One patient to prepare: its id, a loader returning its `Volume`, and its input paths."""
+    """One patient to prepare: its id, a loader returning its `LabelledVolume`, and its input paths."""
 
     patient_id: str
-    load: Callable[[], Volume]
+    load: Callable[[], LabelledVolume]
     sources: dict = dataclasses.field(default_factory=dict)
 
 
-def volume_records(volume: Volume, patient_id: str, fold: int, label_values=None):
+def volume_records(volume: LabelledVolume, patient_id: str, fold: int, label_values=None):
     """Yield one `records.SliceRecord` per axial slice, slice_index in z order (0 = lowest z)."""
     mask = target_mask(volume.labels, label_values)
     for k in range(volume.hu.shape[0]):
