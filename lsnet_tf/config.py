@@ -105,7 +105,8 @@ FAMILIES = ("unet", "attention_unet", "fcn")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    # "lsnet": L-Net + RR + S-Net (the paper's model). Baselines (lsnet_tf.models.baselines):
+    # "lsnet": L-Net + RR + S-Net (the paper's model). Baselines (lsnet_tf.models.one_stage and
+    # lsnet_tf.models.cascades):
     # "unet", "attention_unet", "fcn": one-stage S-Net on the whole image (family must match);
     # "coarse_to_fine": a coarse segmentation network, a hard crop of its mask's box, S-Net;
     # "lnet_crop": L-Net as the first stage with a hard crop instead of RR (Tables 2 and 3).
@@ -122,6 +123,9 @@ class ModelConfig:
     num_classes: int = 1
     # RR border margin m in input pixels (Eq. 3); also the crop border of the crop baselines.
     margin: float = 15.0
+    # Inference threshold of the first stage (Sec. 2.5): L-Net's heatmap cells above it are
+    # keypoints; for the coarse-to-fine and one-stage models, mask pixels above it give boxes.
+    threshold: float = 0.5
     # keras-hub preset (name or local folder) for ImageNet weights of the first-stage and the
     # second-stage (or one-stage) backbone; "" = random initialisation.
     lnet_preset: str = ""
@@ -152,6 +156,7 @@ class ModelConfig:
         _check(self.width >= 4, "model.width must be >= 4", self.width)
         _check(self.num_classes >= 1, "model.num_classes must be >= 1", self.num_classes)
         _check(self.margin >= 0, "model.margin must be >= 0", self.margin)
+        _check(0 <= self.threshold < 1, "model.threshold must lie in [0, 1)", self.threshold)
         _check(self.train_crop in ("truth", "predicted"),
                "model.train_crop must be truth or predicted", self.train_crop)
         _check(self.crop_mode in ("union", "components"),

@@ -8,8 +8,9 @@ from scipy import ndimage
 
 from lsnet_tf.config import ConfigError, load_config
 from lsnet_tf.data.records import boxes_from_mask
-from lsnet_tf.models.baselines import (CoarseToFine, LNetCrop, OneStageSegmenter, crop_boxes,
-                                       hard_crop, mask_boxes)
+from lsnet_tf.models.cascades import CoarseToFine, LNetCrop
+from lsnet_tf.models.one_stage import OneStageSegmenter
+from lsnet_tf.ops.crops import crop_boxes, hard_crop, mask_boxes
 from lsnet_tf.models.build import (build_model, checkpoint_objects, compile_model, count_flops,
                                    count_params, count_trainable_params, model_networks,
                                    parameter_counts)

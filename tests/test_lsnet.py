@@ -40,7 +40,7 @@ def make_batch(n=2, size=64, with_target=(True, False)):
 
 def compiled(cfg):
     model = build_model(cfg)
-    model.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3))
+    model.compile(lnet_optimizer=keras.optimizers.Adam(1e-3), snet_optimizer=keras.optimizers.Adam(1e-3))
     return model
 
 
@@ -153,8 +153,12 @@ def test_invalid_arguments_raise():
     m = build_model(cfg)
     with pytest.raises(ValueError, match="gamma must be >= 0"):
         LSNet(m.lnet, m.snet, gamma=-1)
-    with pytest.raises(ValueError, match="top_k and max_rois"):
+    with pytest.raises(ValueError, match="top_k must be a positive int, received 0"):
         LSNet(m.lnet, m.snet, top_k=0)
+    with pytest.raises(ValueError, match="max_rois must be a positive int, received 0"):
+        LSNet(m.lnet, m.snet, max_rois=0)
+    with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\), received 1.5"):
+        LSNet(m.lnet, m.snet, threshold=1.5)
 
 
 @pytest.mark.slow

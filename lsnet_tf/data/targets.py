@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from lsnet_tf.ops import boxes as box_ops
+
 
 def gaussian_radius(height, width, min_overlap=0.7):
     """CenterNet's Gaussian radius for a box of (height, width) feature cells (element-wise).
@@ -80,8 +82,6 @@ def encode_targets(boxes, height: int, width: int, stride: int = 4, sigma: float
     owner = tf.minimum(owner, tf.maximum(n - 1, 0))
     padded = tf.concat([boxes, tf.zeros([1, 4])], 0)
     b = tf.gather(padded, owner)  # (hf, wf, 4)
-    qx = (jj + 0.5) * stride
-    qy = (ii + 0.5) * stride
-    ltrb = tf.stack([qx - b[..., 0], qy - b[..., 1], b[..., 2] - qx, b[..., 3] - qy], -1)
+    ltrb = box_ops.xyxy_to_ltrb(box_ops.cell_centres(tf.stack([jj, ii], -1), stride), b)
     ltrb = ltrb * tf.cast(n > 0, tf.float32)
     return heat[..., None], ltrb

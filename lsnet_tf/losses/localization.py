@@ -22,7 +22,7 @@ def cell_points(height: int, width: int, stride: int = 4):
     """(height, width, 2) input-pixel points (x, y) of a stride grid of height x width cells."""
     ii, jj = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32),
                          indexing="ij")
-    return tf.stack([(jj + 0.5) * stride, (ii + 0.5) * stride], -1)
+    return box_ops.cell_centres(tf.stack([jj, ii], -1), stride)
 
 
 def global_sum(x):

@@ -6,10 +6,10 @@
 architecture        class                                 networks (checkpoint keys)
 ==================  ====================================  =========================================
 lsnet               ``lsnet.LSNet``                       lnet (lnet_depth), snet (snet_depth)
-unet, fcn,          ``baselines.OneStageSegmenter``       snet (snet_depth, snet_preset)
+unet, fcn,          ``one_stage.OneStageSegmenter``       snet (snet_depth, snet_preset)
 attention_unet
-coarse_to_fine      ``baselines.CoarseToFine``            coarse (lnet_depth, lnet_preset), snet
-lnet_crop           ``baselines.LNetCrop``                lnet, snet
+coarse_to_fine      ``cascades.CoarseToFine``             coarse (lnet_depth, lnet_preset), snet
+lnet_crop           ``cascades.LNetCrop``                 lnet, snet
 ==================  ====================================  =========================================
 
 Every network of a model uses ``model.family``'s decoder (for a one-stage model, family equals
@@ -42,15 +42,17 @@ def build_model(cfg: Config):
 
 
 def _build_model(cfg: Config):
-    from lsnet_tf.models import baselines
+    from lsnet_tf.models.cascades import CoarseToFine, LNetCrop
     from lsnet_tf.models.lnet import build_lnet
     from lsnet_tf.models.lsnet import LSNet
+    from lsnet_tf.models.one_stage import OneStageSegmenter
     from lsnet_tf.models.snet import build_snet
 
     m = cfg.model
     shape = (cfg.data.image_size, cfg.data.image_size, 1)
     dec = m.decoder_width or None
-    common = dict(max_rois=cfg.data.max_boxes, loss_config=cfg.loss, seed=cfg.train.seed)
+    common = dict(max_rois=cfg.data.max_boxes, threshold=m.threshold, loss_config=cfg.loss,
+                  seed=cfg.train.seed)
 
     def snet(depth, preset, family, name):
         return build_snet(input_shape=shape, family=family, depth=depth, width=m.width,
@@ -62,39 +64,30 @@ def _build_model(cfg: Config):
 
     if m.architecture == "lsnet":
         return LSNet(lnet(), snet(m.snet_depth, m.snet_preset, m.family, "snet"), margin=m.margin,
-                     gamma=cfg.train.gamma, top_k=cfg.train.top_k, max_rois=cfg.data.max_boxes,
-                     threshold=cfg.loss.tau, loss_config=cfg.loss,
-                     gt_box_epochs=cfg.train.gt_box_epochs, seed=cfg.train.seed, name="lsnet")
+                     gamma=cfg.train.gamma, top_k=cfg.train.top_k, name="lsnet", **common)
     if m.one_stage:
-        return baselines.OneStageSegmenter(
+        return OneStageSegmenter(
             snet(m.snet_depth, m.snet_preset, m.architecture, m.architecture),
             name=m.architecture, **common)
     second = snet(m.snet_depth, m.snet_preset, m.family, "snet")
     if m.architecture == "coarse_to_fine":
-        return baselines.CoarseToFine(
+        return CoarseToFine(
             snet(m.lnet_depth, m.lnet_preset, m.family, "coarse"), second, margin=m.margin,
             train_crop=m.train_crop, crop_mode=m.crop_mode, name="coarse_to_fine", **common)
     if m.architecture == "lnet_crop":
-        return baselines.LNetCrop(lnet(), second, margin=m.margin, train_crop=m.train_crop,
-                                  top_k=cfg.train.top_k, threshold=cfg.loss.tau,
-                                  name="lnet_crop", **common)
+        return LNetCrop(lnet(), second, margin=m.margin, train_crop=m.train_crop,
+                        top_k=cfg.train.top_k, name="lnet_crop", **common)
     raise ValueError(f"model.architecture={m.architecture!r} is not buildable")
 
 
 def model_networks(model) -> dict:
     """Name -> network of any model of ``build_model`` (``{"lnet", "snet"}`` for L-SNet)."""
-    networks = getattr(model, "networks", None)
-    if isinstance(networks, dict):
-        return dict(networks)
-    return {"lnet": model.lnet, "snet": model.snet}
+    return dict(model.networks)
 
 
 def model_optimizers(model) -> dict:
     """Name -> optimizer of each network of a compiled model (keys of ``model_networks``)."""
-    optimizers = getattr(model, "optimizers", None)
-    if isinstance(optimizers, dict):
-        return dict(optimizers)
-    return {"lnet": model.optimizer, "snet": model.snet_optimizer}
+    return dict(model.optimizers)
 
 
 def lr_schedule(cfg, steps_per_epoch: int):
@@ -124,11 +117,8 @@ def compile_model(model, cfg: Config, steps_per_epoch: int) -> None:
     def adam():
         return keras.optimizers.Adam(lr_schedule(cfg, steps_per_epoch))
 
-    options = dict(jit_compile=cfg.train.jit_compile, auto_scale_loss=False)
-    if isinstance(getattr(model, "networks", None), dict):
-        model.compile(optimizers={name: adam() for name in model.networks}, **options)
-    else:
-        model.compile(lnet_optimizer=adam(), snet_optimizer=adam(), **options)
+    model.compile(optimizers={name: adam() for name in model.networks},
+                  jit_compile=cfg.train.jit_compile, auto_scale_loss=False)
 
 
 def checkpoint_objects(model, optimizers: bool = True) -> dict:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["ltrb_to_xyxy", "xyxy_to_ltrb", "box_iou", "diou_loss", "roi_theta", "box_theta"]
+__all__ = ["ltrb_to_xyxy", "xyxy_to_ltrb", "box_iou", "diou_loss", "roi_theta", "box_theta",
+           "cell_centres"]
 
 
 def _check_last(tensor: tf.Tensor, size: int, name: str, layout: str) -> None:
@@ -28,6 +29,15 @@ def _float(value) -> tf.Tensor:
     if not tensor.dtype.is_floating:
         tensor = tf.cast(tensor, tf.float32)
     return tensor
+
+
+def cell_centres(cells, stride) -> tf.Tensor:
+    """``(..., 2)`` feature-grid cells ``(x, y)`` = (column j, row i) -> ``(..., 2)`` input points.
+
+    "Centre-aligned sampling" (Sec. 2.1 of the paper): cell ``(i, j)`` of a stride-`stride` grid
+    stands for the input point ``((j + 0.5) * stride, (i + 0.5) * stride)``.
+    """
+    return (_float(cells) + 0.5) * stride
 
 
 def ltrb_to_xyxy(points, ltrb) -> tf.Tensor:
