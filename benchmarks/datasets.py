@@ -65,9 +65,9 @@ def config(path: str, image_size: int, dataset_dir: str, *overrides: str):
 
 def first_batch(cfg) -> dict:
     """One training batch of `cfg`'s pipeline (shuffled, augmented, targets encoded)."""
-    from lsnet_tf.data import pipeline
+    from lsnet_tf.data import pipeline, records
 
-    train_folds, _ = pipeline.split_folds(cfg.data.dataset, cfg.data.val_fold)
+    train_folds = records.split_folds(cfg.data.dataset, cfg.data.val_fold, "train")
     ds = pipeline.make_dataset(cfg.data, cfg.data.dataset, train_folds, training=True)
     return next(iter(ds))
 

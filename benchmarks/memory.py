@@ -29,12 +29,12 @@ def child(args) -> dict:
     """Train `args.steps` steps and return the peak RSS (run in a fresh process)."""
     import resource
 
-    from lsnet_tf.data import pipeline
+    from lsnet_tf.data import pipeline, records
     from lsnet_tf.models.build import build_model, compile_model
 
     cfg = datasets.config(datasets.repo_path(CONFIG), args.image, args.dataset,
                           f"data.batch_size={args.batch}", *args.set)
-    train_folds, _ = pipeline.split_folds(args.dataset, cfg.data.val_fold)
+    train_folds = records.split_folds(args.dataset, cfg.data.val_fold, "train")
     ds = pipeline.make_dataset(cfg.data, args.dataset, train_folds, training=True)
     model = build_model(cfg)
     compile_model(model, cfg, args.steps)

@@ -23,13 +23,13 @@ TARGET = 5.0
 
 
 def run(quick: bool = False) -> dict:
-    from lsnet_tf.data import pipeline
+    from lsnet_tf.data import pipeline, records
 
     size = QUICK if quick else FULL
     image, batch, per_round = size["image"], size["batch"], size["batches_per_round"]
     dataset = datasets.synthetic_dataset(image, patients=2, slices=4 if quick else 8)
     cfg, model = build(CONFIG, image, batch, dataset, size["overrides"])
-    train_folds, _ = pipeline.split_folds(dataset, cfg.data.val_fold)
+    train_folds = records.split_folds(dataset, cfg.data.val_fold, "train")
     ds = pipeline.make_dataset(cfg.data, dataset, train_folds, training=True)
     step = train_step(model, next(iter(ds)))
     step()  # traced

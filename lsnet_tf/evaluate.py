@@ -52,11 +52,11 @@ import sys
 
 import numpy as np
 
+from lsnet_tf.data import records
 from lsnet_tf.files import write_json, write_text
 from lsnet_tf.metrics import segmentation as seg
 
 EMPTY_SLICE_MODES = ("exclude", "include")
-SPLITS = ("val", "train", "all")
 SIZE_BUCKETS = ("small", "medium", "large")
 # The per-slice counts an evaluation file keeps (``slices``).
 SLICE_KEYS = ("patient_id", "slice_index", "tp", "n_true", "n_pred", "pixels")
@@ -101,22 +101,6 @@ def eval_dataset(data_cfg, dataset_dir: str, folds, batch_size: int | None = Non
 
     ds = tf.data.TFRecordDataset(files).map(records.parse).map(prep)
     return ds.padded_batch(batch_size or data_cfg.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def split_folds(dataset_dir: str, val_fold: int, split: str) -> list[int]:
-    """Folds of `split`: ``val`` = [val_fold], ``train`` = the others, ``all`` = every fold."""
-    from lsnet_tf.data import records
-
-    if split not in SPLITS:
-        raise EvaluationError(f"split must be one of {', '.join(SPLITS)}, received {split!r}")
-    folds = int(records.read_info(dataset_dir)["folds"])
-    if not 0 <= val_fold < folds:
-        raise EvaluationError(f"data.val_fold={val_fold} but {dataset_dir} has folds 0..{folds - 1}")
-    if split == "val":
-        return [val_fold]
-    if split == "train":
-        return [k for k in range(folds) if k != val_fold]
-    return list(range(folds))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -284,7 +268,10 @@ def evaluate_run(run_dir: str, dataset: str | None = None, split: str = "val",
                               f"received {empty_slices!r}")
     cfg, model, checkpoint = load_run(run_dir)
     dataset_dir = dataset or pipeline.resolve_dataset(cfg.data)
-    folds = split_folds(dataset_dir, cfg.data.val_fold, split)
+    try:
+        folds = records.split_folds(dataset_dir, cfg.data.val_fold, split)
+    except records.FoldError as e:
+        raise EvaluationError(str(e)) from None
     log(f"evaluating {checkpoint} ({cfg.model.architecture}) on {dataset_dir} {split} "
         f"folds {folds}")
     rows = predict_rows(model, eval_dataset(cfg.data, dataset_dir, folds, batch_size))
@@ -353,7 +340,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder (config.yaml + checkpoints/)")
     parser.add_argument("--dataset", help="prepared dataset folder (default: the run's data)")
-    parser.add_argument("--split", default="val", choices=SPLITS)
+    parser.add_argument("--split", default="val", choices=records.SPLITS)
     parser.add_argument("--empty-slices", default="exclude", choices=EMPTY_SLICE_MODES,
                         help="how slices without a target count in the per-slice averages")
     parser.add_argument("--batch-size", type=int, default=None)

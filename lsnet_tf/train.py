@@ -24,6 +24,7 @@ import os
 import sys
 import time
 
+from lsnet_tf.data import records
 from lsnet_tf.files import write_json
 
 
@@ -141,7 +142,7 @@ def run(cfg, log=print) -> dict:
 
         summary = evaluation.evaluate_model(
             model, eval_dataset(cfg.data, dataset_dir,
-                                pipeline.split_folds(dataset_dir, cfg.data.val_fold)[1]))
+                                records.split_folds(dataset_dir, cfg.data.val_fold, "val")))
     except tf.errors.DataLossError as e:
         raise pipeline.explain_data_loss(dataset_dir, e) from e
     summary.update({"parameters": counts, "train_seconds": round(train_s, 1),
@@ -187,13 +188,12 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from lsnet_tf.data.records import CorruptShardError
     from lsnet_tf.training.callbacks import CheckpointError
     from lsnet_tf.training.nonfinite import NonFiniteLossError
 
     try:
         run(cfg)
-    except (NonFiniteLossError, CorruptShardError, CheckpointError) as e:
+    except (NonFiniteLossError, records.CorruptShardError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -82,7 +82,9 @@ JSD_FEATURES = ("hu_mean", "hu_std", "foreground_area")
 OUT_DIR = "validation"
 SCHEMA_FILE = "schema.pbtxt"
 SCHEMA_INFO_FILE = "schema_info.json"
+# The commands' splits: records.split_folds's "train" and "val" (called "eval" here).
 SPLITS = ("train", "eval")
+_RECORDS_SPLIT = {"train": "train", "eval": "val"}
 _BATCH = 128  # records decoded at once; each holds its image bytes until the scalars are taken
 
 
@@ -115,15 +117,16 @@ def available_folds(dataset_dir: str) -> list[int]:
     return sorted(folds)
 
 
-def split_folds(dataset_dir: str, split: str, val_fold: int = 0) -> list[int]:
-    """Folds of `split`: ``"train"`` = every fold but `val_fold`, ``"eval"`` = ``[val_fold]``."""
+def folds_of(dataset_dir: str, split: str, val_fold: int = 0) -> list[int]:
+    """Folds of `split` among the `available_folds`: ``"train"`` = every fold but `val_fold`,
+    ``"eval"`` = ``[val_fold]`` (``records.split_folds``)."""
     if split not in SPLITS:
         raise ValidationError(f"split must be one of {SPLITS}, got {split!r}")
-    folds = available_folds(dataset_dir)
-    if val_fold not in folds:
-        raise ValidationError(
-            f"val fold {val_fold} is not a fold of {dataset_dir} (folds: {folds})")
-    return [val_fold] if split == "eval" else [k for k in folds if k != val_fold]
+    try:
+        return records.split_folds(dataset_dir, val_fold, _RECORDS_SPLIT[split],
+                                   folds=available_folds(dataset_dir))
+    except records.FoldError as err:
+        raise ValidationError(str(err)) from None
 
 
 def parse_folds(text: str) -> list[int]:
@@ -456,7 +459,7 @@ def run_stats(dataset_dir: str, folds: Sequence[int] | None = None, split: str |
     """Statistics of `folds` (or of `split`); writes ``<tag>_stats.pb`` and ``<tag>_report.html``."""
     if folds is None:
         split = split or "train"
-        folds = split_folds(dataset_dir, split, val_fold)
+        folds = folds_of(dataset_dir, split, val_fold)
         tag = split
     else:
         available_folds(dataset_dir)
@@ -476,7 +479,7 @@ def run_infer_schema(dataset_dir: str, split: str = "train", val_fold: int = 0,
                      jsd_threshold: float = 0.0) -> int:
     """Infer the schema from `split`, save it with the split's statistics and report, and
     validate the split itself against it (its own out-of-domain values are anomalies)."""
-    folds = split_folds(dataset_dir, split, val_fold)
+    folds = folds_of(dataset_dir, split, val_fold)
     import tensorflow_data_validation as tfdv  # after the dataset checks: errors come quickly
 
     batches = read_feature_batches(dataset_dir, folds)
@@ -510,7 +513,7 @@ def run_check(dataset_dir: str, split: str = "eval", val_fold: int = 0, out: str
               drift: bool = True) -> int:
     """Validate `split` against the saved schema (and, with `drift`, against the training
     statistics saved beside it); print the anomalies; 1 if there are any, else 0."""
-    folds = split_folds(dataset_dir, split, val_fold)
+    folds = folds_of(dataset_dir, split, val_fold)
     out_dir = _out_dir(dataset_dir, out)
     schema_path = schema_path or os.path.join(out_dir, SCHEMA_FILE)
     if not os.path.isfile(schema_path):

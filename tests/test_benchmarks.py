@@ -25,7 +25,7 @@ TINY = ("data.synthetic.num_patients=2", "data.synthetic.slices_per_patient=2",
 @pytest.fixture(scope="module")
 def tiny_batch(tmp_path_factory):
     """A config maker on a 64 x 64 synthetic dataset, and one training batch of it."""
-    from lsnet_tf.data import pipeline
+    from lsnet_tf.data import pipeline, records
 
     cache = tmp_path_factory.mktemp("cache")
 
@@ -34,7 +34,7 @@ def tiny_batch(tmp_path_factory):
 
     cfg = config()
     dataset = pipeline.resolve_dataset(cfg.data)
-    train_folds, _ = pipeline.split_folds(dataset, cfg.data.val_fold)
+    train_folds = records.split_folds(dataset, cfg.data.val_fold, "train")
     batch = next(iter(pipeline.make_dataset(cfg.data, dataset, train_folds, training=True)))
     return config, batch
 

@@ -175,15 +175,23 @@ def test_eval_dataset_keeps_identities_and_all_boxes(dataset_dir):
     # Slice a/1 keeps its three boxes although data.max_boxes is 2; boxes scale by 32 / 40.
     assert int(first["num_boxes"][1]) == 3
     np.testing.assert_allclose(first["boxes"][1, 0].numpy(), np.array([2, 2, 6, 6]) * 0.8)
-    assert ev.split_folds(dataset_dir, 0, "val") == [0]
-    assert ev.split_folds(dataset_dir, 0, "train") == [1]
-    assert ev.split_folds(dataset_dir, 1, "all") == [0, 1]
-    with pytest.raises(ev.EvaluationError, match="split must be one of val, train, all"):
-        ev.split_folds(dataset_dir, 0, "test")
-    with pytest.raises(ev.EvaluationError, match="val_fold=2 but .* has folds 0..1"):
-        ev.split_folds(dataset_dir, 2, "val")
     with pytest.raises(ev.EvaluationError, match=r"no shards for folds \[5\]"):
         ev.eval_dataset(cfg.data, dataset_dir, [5])
+
+
+def test_split_folds(dataset_dir):
+    assert records.split_folds(dataset_dir, 0, "val") == [0]
+    assert records.split_folds(dataset_dir, 0, "train") == [1]
+    assert records.split_folds(dataset_dir, 1, "all") == [0, 1]
+    with pytest.raises(records.FoldError, match="split must be one of val, train, all"):
+        records.split_folds(dataset_dir, 0, "test")
+    with pytest.raises(records.FoldError, match="val_fold=2 but .* has folds 0..1"):
+        records.split_folds(dataset_dir, 2, "val")
+    # Folds found otherwise (python -m lsnet_tf.validate also counts fold-K folders).
+    assert records.split_folds(dataset_dir, 3, "train", folds=[5, 3, 1]) == [1, 5]
+    assert records.split_folds(dataset_dir, 3, "all", folds=[5, 3, 1]) == [1, 3, 5]
+    with pytest.raises(records.FoldError, match=r"val fold 2 is not a fold of .* \(folds: \[1, 3\]\)"):
+        records.split_folds(dataset_dir, 2, "val", folds=[3, 1])
 
 
 def make_run(run_dir, cfg):
@@ -211,6 +219,8 @@ def test_load_and_evaluate_a_run(tmp_path, dataset_dir):
     assert checkpoint.endswith("ckpt-1") and cfg.model.architecture == "fcn"
     assert float(model.snet.get_layer("decoder_score_p3").bias.numpy()[0]) == 3.0
     result = ev.evaluate_run(run, split="all", log=lambda *a: None)
+    with pytest.raises(ev.EvaluationError, match="split must be one of val, train, all"):
+        ev.evaluate_run(run, split="test")
     assert result["n_slices"] == 5 and result["folds"] == [0, 1]
     # The kept per-slice counts give back the summary (box IoUs aside).
     assert len(result["slices"]) == 5 and set(result["slices"][0]) == set(ev.SLICE_KEYS)

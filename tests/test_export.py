@@ -411,10 +411,10 @@ def trained_run(tmp_path_factory):
 
 
 def validation_slices(cfg, n=64):
-    from lsnet_tf.data import pipeline
+    from lsnet_tf.data import pipeline, records
 
     dataset_dir = pipeline.resolve_dataset(cfg.data)
-    _, val = pipeline.split_folds(dataset_dir, cfg.data.val_fold)
+    val = records.split_folds(dataset_dir, cfg.data.val_fold, "val")
     ds = pipeline.make_dataset(cfg.data, dataset_dir, val, training=False, batch_size=8)
     images = np.concatenate([b["image"].numpy() for b in ds], 0)[:n]
     low = cfg.data.window_center - cfg.data.window_width / 2.0
@@ -481,7 +481,7 @@ def test_cli_saved_model_from_a_trained_run(trained_run, tmp_path, capsys):
 
 
 def test_calibration_and_engine_build_inputs_are_training_slices_in_hu(tmp_path):
-    from lsnet_tf.data import pipeline
+    from lsnet_tf.data import pipeline, records
 
     cfg = load_config(None, TINY + [
         "data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=2",
@@ -490,7 +490,7 @@ def test_calibration_and_engine_build_inputs_are_training_slices_in_hu(tmp_path)
     slices = tflite.representative_hu(cfg, 3)
     assert len(slices) == 3 and all(s.shape == (1, SIZE, SIZE) for s in slices)
     dataset_dir = pipeline.resolve_dataset(cfg.data)
-    train_folds, _ = pipeline.split_folds(dataset_dir, cfg.data.val_fold)
+    train_folds = records.split_folds(dataset_dir, cfg.data.val_fold, "train")
     images = next(iter(pipeline.make_dataset(cfg.data, dataset_dir, train_folds, training=False,
                                              batch_size=3)))["image"].numpy()[..., 0]
     # windowing the calibration HU gives back exactly the pipeline's training images

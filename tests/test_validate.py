@@ -282,7 +282,7 @@ def test_argument_errors():
     with pytest.raises(V.ValidationError, match="non-negative"):
         V.parse_folds("-1")
     with pytest.raises(V.ValidationError, match="split must be one of"):
-        V.split_folds("/nonexistent", "test")
+        V.folds_of("/nonexistent", "test")
     with pytest.raises(V.ValidationError, match=r"low < high, got \(5.0, 5.0\)"):
         V.infer_dataset_schema(None, hu_range=(5.0, 5.0))
     with pytest.raises(SystemExit):

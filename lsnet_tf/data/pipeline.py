@@ -55,14 +55,6 @@ def resolve_dataset(cfg: DataConfig) -> str:
     return synthetic.ensure_dataset(cfg.synthetic, cfg.cache_dir)
 
 
-def split_folds(dataset_dir: str, val_fold: int) -> tuple[list[int], list[int]]:
-    info = records.read_info(dataset_dir)
-    folds = int(info["folds"])
-    if not 0 <= val_fold < folds:
-        raise ValueError(f"data.val_fold={val_fold} but {dataset_dir} has folds 0..{folds - 1}")
-    return [k for k in range(folds) if k != val_fold], [val_fold]
-
-
 def _resize(ex, size: int):
     h = tf.cast(tf.shape(ex["image_hu"])[0], tf.float32)
     w = tf.cast(tf.shape(ex["image_hu"])[1], tf.float32)
@@ -178,7 +170,8 @@ def datasets_for(cfg: Config, seed: int | None = None):
     ``train.deterministic`` turns ``data.deterministic`` on.
     """
     dataset_dir = resolve_dataset(cfg.data)
-    train_folds, val_folds = split_folds(dataset_dir, cfg.data.val_fold)
+    train_folds = records.split_folds(dataset_dir, cfg.data.val_fold, "train")
+    val_folds = records.split_folds(dataset_dir, cfg.data.val_fold, "val")
     seed = cfg.train.seed if seed is None else seed
     data = cfg.data
     if cfg.train.deterministic and not data.deterministic:
@@ -198,7 +191,8 @@ def check_training_shards(cfg: DataConfig, dataset_dir: str) -> list[records.Sha
     corruption on are skipped); raises `records.CorruptShardError` when a validation shard is corrupt, since the evaluation
     needs every slice of its fold.
     """
-    train_folds, val_folds = split_folds(dataset_dir, cfg.val_fold)
+    train_folds = records.split_folds(dataset_dir, cfg.val_fold, "train")
+    val_folds = records.split_folds(dataset_dir, cfg.val_fold, "val")
     bad_val = [c for c in records.check_shards(records.list_shards(dataset_dir, val_folds))
                if not c.ok]
     if bad_val:

@@ -256,6 +256,44 @@ def list_shards(dataset_dir: str, folds: Iterable[int]) -> list[str]:
     return paths
 
 
+# The splits of a dataset's folds: the validation fold, the training folds (every other fold), all.
+SPLITS = ("val", "train", "all")
+
+
+class FoldError(ValueError):
+    """A split that is not one of `SPLITS`, or a validation fold that the dataset does not have."""
+
+
+def split_folds(dataset_dir: str, val_fold: int, split: str,
+                folds: Iterable[int] | None = None) -> list[int]:
+    """The folds of `split` of the dataset `dataset_dir` whose validation fold is `val_fold`.
+
+    ``"val"`` is ``[val_fold]``, ``"train"`` every other fold, ``"all"`` every fold, in order.
+    `folds` are the dataset's folds; by default ``0 .. folds - 1`` of its ``dataset.json``.
+
+    Raises:
+      FoldError: `split` is not one of `SPLITS`, or `val_fold` is not one of the folds.
+      FileNotFoundError, ValueError: no ``dataset.json`` (`read_info`), when `folds` is not given.
+    """
+    if split not in SPLITS:
+        raise FoldError(f"split must be one of {', '.join(SPLITS)}, received {split!r}")
+    if folds is None:
+        count = int(read_info(dataset_dir)["folds"])
+        if not 0 <= val_fold < count:
+            raise FoldError(f"data.val_fold={val_fold} but {dataset_dir} has folds "
+                            f"0..{count - 1}")
+        folds = range(count)
+    else:
+        folds = sorted(folds)
+        if val_fold not in folds:  # the folds need not be 0 .. n - 1: name them
+            raise FoldError(f"val fold {val_fold} is not a fold of {dataset_dir} (folds: {folds})")
+    if split == "val":
+        return [val_fold]
+    if split == "train":
+        return [k for k in folds if k != val_fold]
+    return list(folds)
+
+
 class CorruptShardError(ValueError):
     """A shard that cannot be read to its end (CRC mismatch, truncation); the message names it."""
 

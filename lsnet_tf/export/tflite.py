@@ -58,6 +58,7 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
+from lsnet_tf.data import pipeline, records
 from lsnet_tf.data.pipeline import window
 from lsnet_tf.export.saved_model import MASK_THRESHOLD, OUTPUT_NAMES
 from lsnet_tf.files import write_bytes
@@ -111,12 +112,10 @@ def representative_hu(cfg, num_slices: int = 64) -> list[np.ndarray]:
     windowed images; they are mapped back through the window, which is exact for what the model
     sees: HU clipped by the window come back at the window's edge and window to the same value.
     """
-    from lsnet_tf.data import pipeline
-
     if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
         raise ValueError(f"num_slices must be a positive integer, received {num_slices!r}")
     dataset_dir = pipeline.resolve_dataset(cfg.data)
-    train_folds, _ = pipeline.split_folds(dataset_dir, cfg.data.val_fold)
+    train_folds = records.split_folds(dataset_dir, cfg.data.val_fold, "train")
     ds = pipeline.make_dataset(cfg.data, dataset_dir, train_folds, training=False, batch_size=1)
     low = cfg.data.window_center - cfg.data.window_width / 2.0
     out = [(batch["image"][..., 0].numpy() * cfg.data.window_width + low).astype(np.float32)
