@@ -1,8 +1,8 @@
 """L-Net training targets: the keypoint heatmap (Eq. 1) and the l,t,r,b distances, in TF.
 
-Conventions (READING-NOTES.md): L-Net's output stride is s = 4; feature position (i, j) maps to
-the input point q = ((j + 0.5)·s, (i + 0.5)·s) ("centre-aligned sampling"). Boxes are xyxy in
-input pixels (pixel-edge coordinates).
+Conventions (Sec. 2.1 of the paper): L-Net's output stride is s = 4; feature position (i, j) maps
+to the input point q = ((j + 0.5)·s, (i + 0.5)·s) ("centre-aligned sampling",
+``ops.boxes.cell_centres``). Boxes are xyxy in input pixels (pixel-edge coordinates).
 
 For a box with centre c, its keypoint cell is the cell holding c: p = (floor(c_x / s),
 floor(c_y / s)). The heatmap is Y_ij = max over boxes of exp(-((j - p_x)² + (i - p_y)²) / (2σ²)),
