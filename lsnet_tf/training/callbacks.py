@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from lsnet_tf.drawing import draw_boxes, overlay
+from lsnet_tf.models import two_stage
 
 
 class CheckpointError(RuntimeError):
@@ -184,7 +185,8 @@ class ImageLogger(keras.callbacks.Callback):
     def _log_rois(self, images, heatmap, epoch):
         """The RoI of each image's best keypoint, as S-Net sees it."""
         with self.writer.as_default():
-            points, dist = self.model._select_rois(heatmap, self.model.lnet(images)["ltrb"],
-                                                   False, tf.constant([0, 0], tf.int64))
+            points, dist = two_stage.select_train_rois(
+                heatmap, self.model.lnet(images)["ltrb"], self.model.top_k, False,
+                tf.constant([0, 0], tf.int64))
             rois, _ = self.model.rr([images, points, dist])
             tf.summary.image("roi", rois, step=epoch, max_outputs=self.max_images)
