@@ -263,5 +263,7 @@ def per_sample_loss_from_logits(loss_cfg, y_true, logits, focal_normalizer: str 
 
 
 def _bce_with_logits(y_true, z):
-    # max(z, 0) - z * y + log(1 + exp(-|z|)): the stable form of sigmoid cross-entropy.
-    return ops.relu(z) - z * y_true + ops.log1p(ops.exp(-ops.abs(z)))
+    # softplus(-z) + (1 - y) * z = -y log sigmoid(z) - (1 - y) log sigmoid(-z), stable for any z,
+    # and its gradient is sigmoid(z) - y everywhere (the max(z, 0) + log(1 + exp(-|z|)) form has
+    # gradient -y at z = 0, where relu and abs have a zero subgradient).
+    return ops.softplus(-z) + (1.0 - y_true) * z

@@ -125,9 +125,13 @@ class SegmentationModel(keras.Model):
         return data[0] if isinstance(data, tuple) else data
 
     def _seg_loss(self, mask, logits, weight, global_batch=None):
-        """Weighted per-sample loss, divided by the global weight sum (or the global batch)."""
-        prob = tf.sigmoid(tf.cast(logits, tf.float32))
-        per = segmentation.per_sample_loss(self.loss_config, mask, prob)
+        """The segmentation loss ℓ of Eq. (6) of every model and stage, from logits.
+
+        Per sample ``segmentation.per_sample_loss_from_logits`` (focal + 0.2 Dice, or BCE:
+        log-sigmoids, nothing clipped), times `weight` ``(B,)``, summed and divided by the
+        weights' sum over replicas, or by `global_batch` when given.
+        """
+        per = segmentation.per_sample_loss_from_logits(self.loss_config, mask, logits)
         if global_batch is None:
             n = localization.global_sum(tf.reduce_sum(weight))
         else:

@@ -36,7 +36,7 @@ import keras
 import tensorflow as tf
 
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration
-from lsnet_tf.losses import localization, segmentation
+from lsnet_tf.losses import localization
 from lsnet_tf.models import two_stage
 from lsnet_tf.models.base import SegmentationModel
 from lsnet_tf.ops.crops import check_positive_int
@@ -78,12 +78,6 @@ class LSNet(SegmentationModel):
         return {"lnet": self.lnet, "snet": self.snet}
 
     # ----------------------------------------------------------------------------- training
-    def _seg_loss(self, mask_true, logits, weight, global_batch=None):
-        """Eq. (6): ℓ over the images with a target, normalised by their global count."""
-        per = segmentation.per_sample_loss_from_logits(self.loss_config, mask_true, logits)
-        n = localization.global_sum(tf.reduce_sum(weight))
-        return tf.reduce_sum(per * weight) / tf.maximum(n, 1.0)
-
     def _forward(self, data, training):
         """Both losses of one replica's batch, recorded on the two tapes.
 
