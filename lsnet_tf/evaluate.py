@@ -50,14 +50,12 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 from lsnet_tf.data import records
 from lsnet_tf.files import write_json, write_text
-from lsnet_tf.metrics import segmentation as seg
+from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES, predict_rows, summarize
+from lsnet_tf.models.build import count_flops, model_networks, parameter_counts
+from lsnet_tf.training.runs import RunError, load_run as _load_run
 
-EMPTY_SLICE_MODES = ("exclude", "include")
-SIZE_BUCKETS = ("small", "medium", "large")
 # The per-slice counts an evaluation file keeps (``slices``).
 SLICE_KEYS = ("patient_id", "slice_index", "tp", "n_true", "n_pred", "pixels")
 
@@ -66,178 +64,13 @@ class EvaluationError(RuntimeError):
     """A run folder cannot be evaluated (no config, no checkpoint, bad option)."""
 
 
-# ----------------------------------------------------------------------------- data
-
-def eval_dataset(data_cfg, dataset_dir: str, folds, batch_size: int | None = None):
-    """Evaluation batches with slice identities, in shard order (patient by patient).
-
-    Slices are resized and windowed exactly as the training pipeline's evaluation batches
-    (``lsnet_tf.data.pipeline``, no augmentation). Each batch is a dict: ``image`` (B, S, S, 1)
-    float32 in [0, 1], ``mask`` (B, S, S, 1) float32 in {0, 1}, ``boxes`` (B, N, 4) xyxy input
-    pixels zero-padded to the batch's largest count (all boxes of a slice, not cut at
-    ``data.max_boxes``), ``num_boxes`` (B,) int32, ``patient_id`` (B,) string and
-    ``slice_index`` (B,) int64.
-    """
-    import tensorflow as tf
-
-    from lsnet_tf.data import pipeline, records
-
-    files = records.list_shards(dataset_dir, folds)
-    if not files:
-        raise EvaluationError(f"no shards for folds {list(folds)} under {dataset_dir}")
-    size = data_cfg.image_size
-
-    def prep(ex):
-        # The training pipeline's resize (bilinear image, nearest mask, scaled boxes).
-        img, mask, boxes = pipeline._resize(ex, size)
-        return {
-            "image": pipeline.window(img, data_cfg.window_center, data_cfg.window_width),
-            "mask": tf.cast(mask > 0.5, tf.float32),
-            "boxes": boxes,
-            "num_boxes": tf.shape(boxes)[0],
-            "patient_id": ex["patient_id"],
-            "slice_index": ex["slice_index"],
-        }
-
-    ds = tf.data.TFRecordDataset(files).map(records.parse).map(prep)
-    return ds.padded_batch(batch_size or data_cfg.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-def slice_rows(patient_ids, slice_indices, truth, pred, true_boxes, num_boxes, pred_boxes,
-               pred_valid) -> list[dict]:
-    """Per-slice counts of a batch (numpy), the input of ``summarize``.
-
-    Args:
-      patient_ids: (B,) str or bytes; slice_indices: (B,) ints.
-      truth, pred: (B, H, W) binary target and mask probabilities (foreground ``> 0.5``).
-      true_boxes: (B, N, 4) xyxy with ``num_boxes`` (B,) valid rows.
-      pred_boxes: (B, K, 4) xyxy with ``pred_valid`` (B, K) bool.
-
-    Returns:
-      one dict per slice: ``patient_id``, ``slice_index``, ``tp``, ``n_true``, ``n_pred``,
-      ``pixels``, ``box_ious`` (best IoU per true box) and ``union_iou`` (None without a target).
-    """
-    truth = np.asarray(truth) > 0.5
-    pred = np.asarray(pred) > 0.5
-    if truth.shape != pred.shape or truth.ndim != 3:
-        raise ValueError(f"truth and pred must both be (B, H, W), received {truth.shape} and "
-                         f"{pred.shape}")
-    rows = []
-    for i in range(truth.shape[0]):
-        pid = patient_ids[i]
-        pid = pid.decode("utf-8") if isinstance(pid, bytes) else str(pid)
-        nb = int(num_boxes[i])
-        tb = np.asarray(true_boxes[i][:nb], np.float64).reshape(-1, 4)
-        pb = np.asarray(pred_boxes[i], np.float64)[np.asarray(pred_valid[i], bool)].reshape(-1, 4)
-        n_true = int(truth[i].sum())
-        union_iou = None
-        if n_true:
-            union_iou = float(seg.box_iou_matrix(_enclosing(tb), _enclosing(pb))[0, 0]) if len(pb) else 0.0
-        rows.append({
-            "patient_id": pid,
-            "slice_index": int(slice_indices[i]),
-            "tp": int(np.logical_and(truth[i], pred[i]).sum()),
-            "n_true": n_true,
-            "n_pred": int(pred[i].sum()),
-            "pixels": int(truth[i].size),
-            "box_ious": [float(v) for v in seg.best_box_iou(tb, pb)] if n_true else [],
-            "union_iou": union_iou,
-        })
-    return rows
-
-
-def _enclosing(boxes: np.ndarray) -> np.ndarray:
-    return np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])[None]
-
-
-def _stats(values) -> dict:
-    v = np.asarray(values, np.float64)
-    if v.size == 0:
-        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
-            "min": float(v.min()), "max": float(v.max())}
-
-
-def summarize(rows, empty_slices: str = "exclude") -> dict:
-    """The metrics of the module docstring from ``slice_rows`` output.
-
-    Returns a dict with ``empty_slices``, ``n_slices``, ``n_target_slices``, ``n_empty_slices``,
-    ``fp_empty_slices``, ``dsc``/``precision``/``recall`` (each ``{"n", "mean", "std", "min",
-    "max"}`` over the slices chosen by `empty_slices`), ``box_miou``, ``box_miou_union``,
-    ``dsc_by_size`` ({bucket: {"n", "dsc"}}) and ``per_case`` (``{"n", "mean", "std", "min",
-    "max", "cases": {patient_id: dsc}}``).
-    """
-    if empty_slices not in EMPTY_SLICE_MODES:
-        raise ValueError(f"empty_slices must be one of {', '.join(EMPTY_SLICE_MODES)}, "
-                         f"received {empty_slices!r}")
-    rows = list(rows)
-    target = [r for r in rows if r["n_true"] > 0]
-    empty = [r for r in rows if r["n_true"] == 0]
-    counted = target if empty_slices == "exclude" else rows
-    scores = [seg.scores_from_counts(r["tp"], r["n_true"], r["n_pred"]) for r in counted]
-    out = {
-        "empty_slices": empty_slices,
-        "n_slices": len(rows),
-        "n_target_slices": len(target),
-        "n_empty_slices": len(empty),
-        "fp_empty_slices": sum(r["n_pred"] > 0 for r in empty),
-    }
-    for key in ("dsc", "precision", "recall"):
-        out[key] = _stats([s[key] for s in scores])
-    ious = [v for r in target for v in r["box_ious"]]
-    out["box_miou"] = float(np.mean(ious)) if ious else None
-    unions = [r["union_iou"] for r in target]
-    out["box_miou_union"] = float(np.mean(unions)) if unions else None
-    by_size = {b: [] for b in SIZE_BUCKETS}
-    for r in target:
-        by_size[seg.size_bucket(r["n_true"], r["pixels"])].append(
-            seg.scores_from_counts(r["tp"], r["n_true"], r["n_pred"])["dsc"])
-    out["dsc_by_size"] = {b: {"n": len(v), "dsc": float(np.mean(v)) if v else None}
-                          for b, v in by_size.items()}
-    cases: dict = {}
-    for r in rows:
-        c = cases.setdefault(r["patient_id"], [0, 0, 0])
-        c[0] += r["tp"]
-        c[1] += r["n_true"]
-        c[2] += r["n_pred"]
-    case_dsc = {pid: (2 * tp / (nt + np_) if nt + np_ > 0 else 1.0)
-                for pid, (tp, nt, np_) in sorted(cases.items())}
-    out["per_case"] = {**_stats(list(case_dsc.values())), "cases": case_dsc}
-    return out
-
-
-def predict_rows(model, dataset) -> list[dict]:
-    """``slice_rows`` of every batch of an ``eval_dataset`` (or of the training pipeline, whose
-    batches carry no slice identities) through ``model.predict_masks``
-    (traced once as a ``tf.function``; the last, smaller batch traces it again)."""
-    import tensorflow as tf
-
-    predict = tf.function(model.predict_masks)
-    rows = []
-    for batch in dataset:
-        pred = predict(batch["image"])
-        n = int(batch["image"].shape[0])
-        # Batches without slice identities (e.g. hand-made ones) count as one unnamed case.
-        ids = batch["patient_id"].numpy() if "patient_id" in batch else [""] * n
-        index = batch["slice_index"].numpy() if "slice_index" in batch else np.arange(n)
-        rows += slice_rows(ids, index,
-                           batch["mask"].numpy()[..., 0], pred["mask"].numpy()[..., 0],
-                           batch["boxes"].numpy(), batch["num_boxes"].numpy(),
-                           pred["boxes"].numpy(), pred["valid"].numpy())
-    return rows
-
-
 # ----------------------------------------------------------------------------- models
 
 def load_run(run_dir: str):
     """``(cfg, model, checkpoint)`` of a run folder (``lsnet_tf.training.runs.load_run``: the
     networks of its latest checkpoint, not the optimizers' state)."""
-    from lsnet_tf.training.runs import RunError, load_run as _load
-
     try:
-        model, cfg, path = _load(run_dir)
+        model, cfg, path = _load_run(run_dir)
     except RunError as e:
         raise EvaluationError(str(e)) from None
     return cfg, model, path
@@ -245,8 +78,6 @@ def load_run(run_dir: str):
 
 def complexity(model, image_size: int, flops: bool = True) -> dict:
     """Trainable parameters and (optionally) FLOPs per network, and totals (module docstring)."""
-    from lsnet_tf.models.build import count_flops, model_networks, parameter_counts
-
     params = parameter_counts(model, trainable=True)
     out = {"params": params}
     if flops:
@@ -261,7 +92,7 @@ def evaluate_run(run_dir: str, dataset: str | None = None, split: str = "val",
                  empty_slices: str = "exclude", batch_size: int | None = None,
                  flops: bool = True, log=print) -> dict:
     """Evaluate a run folder; returns the JSON-ready result (see the module docstring)."""
-    from lsnet_tf.data import pipeline
+    from lsnet_tf.data import pipeline  # imports TensorFlow: not for --help or a usage error
 
     if empty_slices not in EMPTY_SLICE_MODES:
         raise EvaluationError(f"empty_slices must be one of {', '.join(EMPTY_SLICE_MODES)}, "
@@ -274,7 +105,11 @@ def evaluate_run(run_dir: str, dataset: str | None = None, split: str = "val",
         raise EvaluationError(str(e)) from None
     log(f"evaluating {checkpoint} ({cfg.model.architecture}) on {dataset_dir} {split} "
         f"folds {folds}")
-    rows = predict_rows(model, eval_dataset(cfg.data, dataset_dir, folds, batch_size))
+    try:
+        batches = pipeline.eval_dataset(cfg.data, dataset_dir, folds, batch_size)
+    except FileNotFoundError as e:  # no shards for the folds
+        raise EvaluationError(str(e)) from None
+    rows = predict_rows(model, batches)
     result = {
         "run": os.path.abspath(run_dir),
         "checkpoint": os.path.abspath(checkpoint),

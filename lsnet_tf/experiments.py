@@ -49,6 +49,7 @@ import numpy as np
 
 from lsnet_tf import evaluate as ev
 from lsnet_tf.files import atomic_write, write_json, write_text
+from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES, SIZE_BUCKETS
 
 
 class ExperimentError(RuntimeError):
@@ -247,13 +248,13 @@ def table_markdown(table: Table, dataset: str, rows, results: dict,
 
 
 def size_markdown(rows, evaluations: dict) -> str:
-    """DSC by target size per row: ``DSC (slices)`` in each bucket of ``evaluate``."""
-    lines = ["| Method | " + " | ".join(f"{b} DSC(%) (slices)" for b in ev.SIZE_BUCKETS) + " |",
-             "|---|" + "---|" * len(ev.SIZE_BUCKETS)]
+    """DSC by target size per row: ``DSC (slices)`` in each bucket of ``metrics.evaluation``."""
+    lines = ["| Method | " + " | ".join(f"{b} DSC(%) (slices)" for b in SIZE_BUCKETS) + " |",
+             "|---|" + "---|" * len(SIZE_BUCKETS)]
     for row in rows:
         by_size = evaluations[row.config]["val"]["dsc_by_size"]
         cells = [row.label]
-        for b in ev.SIZE_BUCKETS:
+        for b in SIZE_BUCKETS:
             v = by_size[b]
             cells.append("–" if v["dsc"] is None else f"{100 * v['dsc']:.2f} ({v['n']})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -387,8 +388,8 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
         table = TABLES[table]
     if dataset not in DATASETS:
         raise ExperimentError(f"dataset must be one of {', '.join(DATASETS)}, received {dataset!r}")
-    if empty_slices not in ev.EMPTY_SLICE_MODES:
-        raise ExperimentError(f"empty_slices must be one of {', '.join(ev.EMPTY_SLICE_MODES)}, "
+    if empty_slices not in EMPTY_SLICE_MODES:
+        raise ExperimentError(f"empty_slices must be one of {', '.join(EMPTY_SLICE_MODES)}, "
                               f"received {empty_slices!r}")
     chosen = list(table.rows)
     if rows:
@@ -458,7 +459,7 @@ def main(argv=None) -> int:
     run.add_argument("--runs-dir", default="runs/experiments")
     run.add_argument("--out", default="docs/results", help="folder of the written tables")
     run.add_argument("--configs-dir", default=None, help="default: the repository's configs/")
-    run.add_argument("--empty-slices", default="exclude", choices=ev.EMPTY_SLICE_MODES)
+    run.add_argument("--empty-slices", default="exclude", choices=EMPTY_SLICE_MODES)
     run.add_argument("--no-flops", action="store_true")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value of every row (repeatable)")

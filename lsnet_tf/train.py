@@ -26,6 +26,7 @@ import time
 
 from lsnet_tf.data import records
 from lsnet_tf.files import write_json
+from lsnet_tf.metrics.evaluation import evaluate_model
 
 
 def make_strategy(name: str):
@@ -59,7 +60,6 @@ def run(cfg, log=print) -> dict:
 
     from lsnet_tf.data import pipeline
     from lsnet_tf.models.build import build_model, compile_model, parameter_counts
-    from lsnet_tf import evaluation
     from lsnet_tf.training import callbacks as cb, multi_worker
     from lsnet_tf.training.nonfinite import NonFiniteCallback, NonFiniteGuard
 
@@ -138,11 +138,8 @@ def run(cfg, log=print) -> dict:
             return {"worker": worker, "checkpoint": ckpt.manager.latest_checkpoint,
                     "skipped_batches": nonfinite.skipped}
 
-        from lsnet_tf.evaluate import eval_dataset
-
-        summary = evaluation.evaluate_model(
-            model, eval_dataset(cfg.data, dataset_dir,
-                                records.split_folds(dataset_dir, cfg.data.val_fold, "val")))
+        summary = evaluate_model(model, pipeline.eval_dataset(
+            cfg.data, dataset_dir, records.split_folds(dataset_dir, cfg.data.val_fold, "val")))
     except tf.errors.DataLossError as e:
         raise pipeline.explain_data_loss(dataset_dir, e) from e
     summary.update({"parameters": counts, "train_seconds": round(train_s, 1),

@@ -1,5 +1,6 @@
-"""python -m lsnet_tf.evaluate: the metric math on hand-made predictions, the evaluation dataset
-with slice identities, loading a run folder and the command line."""
+"""python -m lsnet_tf.evaluate: the metric math (metrics.evaluation) on hand-made predictions, the
+evaluation dataset with slice identities (data.pipeline.eval_dataset), the folds of a split
+(data.records.split_folds), loading a run folder and the command line."""
 import json
 import os
 
@@ -9,7 +10,8 @@ import tensorflow as tf
 
 from lsnet_tf import evaluate as ev
 from lsnet_tf.config import load_config
-from lsnet_tf.data import records
+from lsnet_tf.data import pipeline, records
+from lsnet_tf.metrics import evaluation as mev
 from lsnet_tf.metrics.segmentation import slice_scores
 
 N = 20  # toy slices are 20 x 20 = 400 pixels: 2 px = 0.5 % (small), 10 px = 2.5 %, 20 px = 5 %
@@ -43,7 +45,7 @@ def toy_rows():
         pv_arr = np.zeros((1, 2), bool)
         pb_arr[0, :len(pb)] = np.reshape(pb, (-1, 4))
         pv_arr[0, :len(pv)] = pv
-        rows += ev.slice_rows([pid.encode()], [i], truth[None], pred[None], tb_arr, [len(tb)],
+        rows += mev.slice_rows([pid.encode()], [i], truth[None], pred[None], tb_arr, [len(tb)],
                               pb_arr, pv_arr)
     return rows
 
@@ -60,7 +62,7 @@ def test_slice_rows_counts():
 
 def test_per_slice_and_per_case_on_a_two_patient_toy():
     rows = toy_rows()
-    ex = ev.summarize(rows, "exclude")
+    ex = mev.summarize(rows, "exclude")
     assert (ex["n_slices"], ex["n_target_slices"], ex["n_empty_slices"], ex["fp_empty_slices"]) == (6, 3, 3, 1)
     assert ex["dsc"]["mean"] == pytest.approx((1 + 0 + 0.5) / 3)
     assert ex["precision"]["mean"] == pytest.approx((1 + 0 + 1 / 3) / 3)
@@ -81,7 +83,7 @@ def test_per_slice_and_per_case_on_a_two_patient_toy():
 
 def test_empty_slice_option_changes_the_average_as_documented():
     rows = toy_rows()
-    ex, inc = ev.summarize(rows, "exclude"), ev.summarize(rows, "include")
+    ex, inc = mev.summarize(rows, "exclude"), mev.summarize(rows, "include")
     # include: an empty slice scores DSC = precision = 1 without prediction, 0 with one; recall 1.
     assert inc["dsc"]["mean"] == pytest.approx((1 + 0 + 0.5 + 1 + 0 + 1) / 6)
     assert inc["precision"]["mean"] == pytest.approx((1 + 0 + 1 / 3 + 1 + 0 + 1) / 6)
@@ -92,7 +94,7 @@ def test_empty_slice_option_changes_the_average_as_documented():
         assert inc[key] == ex[key]
     with pytest.raises(ValueError, match="empty_slices must be one of exclude, include, "
                                          "received 'skip'"):
-        ev.summarize(rows, "skip")
+        mev.summarize(rows, "skip")
 
 
 def test_slice_scores_known_answers_and_dice_is_f1():
@@ -117,16 +119,16 @@ def test_slice_scores_known_answers_and_dice_is_f1():
 def test_box_miou_per_box_and_union():
     true = np.array([[[0, 0, 2, 2], [4, 4, 6, 6]]], "float32")
     truth = _mask((slice(0, 2), slice(0, 2)), (slice(4, 6), slice(4, 6)))[None]
-    both = ev.slice_rows(["a"], [0], truth, truth, true, [2], true, [[True, True]])[0]
+    both = mev.slice_rows(["a"], [0], truth, truth, true, [2], true, [[True, True]])[0]
     assert both["box_ious"] == [1.0, 1.0] and both["union_iou"] == 1.0
-    one = ev.slice_rows(["a"], [0], truth, truth, true, [2], true, [[True, False]])[0]
+    one = mev.slice_rows(["a"], [0], truth, truth, true, [2], true, [[True, False]])[0]
     assert one["box_ious"] == [1.0, 0.0]
     assert one["union_iou"] == pytest.approx(4 / 36)  # [0,0,2,2] against the box [0,0,6,6]
-    summary = ev.summarize([both, one])
+    summary = mev.summarize([both, one])
     assert summary["box_miou"] == pytest.approx(3 / 4)
     assert summary["box_miou_union"] == pytest.approx((1 + 4 / 36) / 2)
     with pytest.raises(ValueError, match=r"truth and pred must both be \(B, H, W\)"):
-        ev.slice_rows(["a"], [0], truth, truth[0], true, [2], true, [[True, True]])
+        mev.slice_rows(["a"], [0], truth, truth[0], true, [2], true, [[True, True]])
 
 
 # ----------------------------------------------------------------------------- data and runs
@@ -163,7 +165,7 @@ def tiny_cfg(dataset_dir, *extra):
 
 def test_eval_dataset_keeps_identities_and_all_boxes(dataset_dir):
     cfg = tiny_cfg(dataset_dir)
-    batches = list(ev.eval_dataset(cfg.data, dataset_dir, [0, 1]))
+    batches = list(pipeline.eval_dataset(cfg.data, dataset_dir, [0, 1]))
     ids = [p.decode() for b in batches for p in b["patient_id"].numpy()]
     idx = [int(i) for b in batches for i in b["slice_index"].numpy()]
     assert list(zip(ids, idx)) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1)]
@@ -175,8 +177,8 @@ def test_eval_dataset_keeps_identities_and_all_boxes(dataset_dir):
     # Slice a/1 keeps its three boxes although data.max_boxes is 2; boxes scale by 32 / 40.
     assert int(first["num_boxes"][1]) == 3
     np.testing.assert_allclose(first["boxes"][1, 0].numpy(), np.array([2, 2, 6, 6]) * 0.8)
-    with pytest.raises(ev.EvaluationError, match=r"no shards for folds \[5\]"):
-        ev.eval_dataset(cfg.data, dataset_dir, [5])
+    with pytest.raises(FileNotFoundError, match=r"no shards for folds \[5\]"):
+        pipeline.eval_dataset(cfg.data, dataset_dir, [5])
 
 
 def test_split_folds(dataset_dir):
@@ -221,10 +223,14 @@ def test_load_and_evaluate_a_run(tmp_path, dataset_dir):
     result = ev.evaluate_run(run, split="all", log=lambda *a: None)
     with pytest.raises(ev.EvaluationError, match="split must be one of val, train, all"):
         ev.evaluate_run(run, split="test")
+    empty = str(tmp_path / "empty")
+    records.write_info(empty, {"folds": 2, "num_slices": {"0": 0, "1": 0}})
+    with pytest.raises(ev.EvaluationError, match=r"no shards for folds \[0\]"):
+        ev.evaluate_run(run, dataset=empty, log=lambda *a: None)
     assert result["n_slices"] == 5 and result["folds"] == [0, 1]
     # The kept per-slice counts give back the summary (box IoUs aside).
     assert len(result["slices"]) == 5 and set(result["slices"][0]) == set(ev.SLICE_KEYS)
-    again = ev.summarize([{**r, "box_ious": [], "union_iou": 0.0} for r in result["slices"]])
+    again = mev.summarize([{**r, "box_ious": [], "union_iou": 0.0} for r in result["slices"]])
     for key in ("dsc", "precision", "recall", "dsc_by_size", "per_case"):
         assert again[key] == result[key], key
     assert sorted(result["per_case"]["cases"]) == ["a", "b"]

@@ -159,6 +159,38 @@ def make_dataset(cfg: DataConfig, dataset_dir: str, folds, training: bool, seed:
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
+def eval_dataset(data_cfg: DataConfig, dataset_dir: str, folds, batch_size: int | None = None):
+    """Evaluation batches with slice identities, in shard order (patient by patient): what
+    ``python -m lsnet_tf.evaluate`` and the trainer's ``eval.json`` evaluate.
+
+    Slices are resized and windowed exactly as `make_dataset`'s evaluation batches (no
+    augmentation). Each batch is a dict: ``image`` (B, S, S, 1) float32 in [0, 1], ``mask``
+    (B, S, S, 1) float32 in {0, 1}, ``boxes`` (B, N, 4) xyxy input pixels zero-padded to the
+    batch's largest count (all boxes of a slice, not cut at ``data.max_boxes``), ``num_boxes``
+    (B,) int32, ``patient_id`` (B,) string and ``slice_index`` (B,) int64. Raises
+    FileNotFoundError when `folds` have no shards.
+    """
+    files = records.list_shards(dataset_dir, folds)
+    if not files:
+        raise FileNotFoundError(f"no shards for folds {list(folds)} under {dataset_dir}")
+    size = data_cfg.image_size
+
+    def prep(ex):
+        # The training pipeline's resize (bilinear image, nearest mask, scaled boxes).
+        img, mask, boxes = _resize(ex, size)
+        return {
+            "image": window(img, data_cfg.window_center, data_cfg.window_width),
+            "mask": tf.cast(mask > 0.5, tf.float32),
+            "boxes": boxes,
+            "num_boxes": tf.shape(boxes)[0],
+            "patient_id": ex["patient_id"],
+            "slice_index": ex["slice_index"],
+        }
+
+    ds = tf.data.TFRecordDataset(files).map(records.parse).map(prep)
+    return ds.padded_batch(batch_size or data_cfg.batch_size).prefetch(AUTOTUNE)
+
+
 def count_slices(dataset_dir: str, folds) -> int:
     info = records.read_info(dataset_dir)
     return int(sum(int(info["num_slices"][str(k)]) for k in folds))
