@@ -416,7 +416,7 @@ def test_count_flops_known_answers():
 @pytest.mark.parametrize("architecture", ["fcn", "coarse_to_fine"])
 def test_fit_evaluate_and_export_like_the_trainer(architecture, tmp_path):
     """The trainer's path: compile_model, fit with validation, evaluate_model, SavedModel."""
-    from lsnet_tf.evaluation import evaluate_model
+    from lsnet_tf.metrics.evaluation import evaluate_model
     from lsnet_tf.export import saved_model
 
     cfg = tiny_cfg(architecture)
