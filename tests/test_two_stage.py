@@ -371,7 +371,7 @@ def gradient_model():
 def with_gamma(model, cfg, gamma):
     """An L-SNet of the same networks and settings with another γ, compiled like `model`."""
     other = LSNet(model.lnet, model.snet, margin=cfg.model.margin, gamma=gamma,
-                  top_k=cfg.train.top_k, max_rois=cfg.data.max_boxes, threshold=cfg.loss.tau,
+                  top_k=cfg.train.top_k, max_rois=cfg.data.max_boxes,
                   loss_config=cfg.loss, seed=cfg.train.seed)
     other.compile(lnet_optimizer=keras.optimizers.Adam(), snet_optimizer=keras.optimizers.Adam())
     other.optimizer.iterations.assign(model.optimizer.iterations)
