@@ -6,6 +6,8 @@ name       what it measures (module)
 sampler    RR's affine grid + bilinear sampler against ``tf.image.crop_and_resize`` (`sampler`)
 training   training step and inference latency of L-SNet, coarse-to-fine and one-stage U-Nets,
            with parameters and FLOPs (`training`)
+profile    where the default training run's wall time goes: start-up phases, steps, validation,
+           each callback, and the epoch against its steps timed alone (`profile`)
 pipeline   tf.data throughput against the training step (`pipeline`)
 memory     peak RSS of training, and its change when the dataset grows 10x (`memory`)
 export     per-slice latency of the SavedModel and TFLite float32 / fp16 / int8 (`export`)

@@ -10,7 +10,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-NAMES = ("sampler", "training", "pipeline", "memory", "export", "precision")
+NAMES = ("sampler", "training", "profile", "pipeline", "memory", "export", "precision")
 
 
 def parse_args(argv=None):

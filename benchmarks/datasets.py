@@ -67,8 +67,9 @@ def first_batch(cfg) -> dict:
     """One training batch of `cfg`'s pipeline (shuffled, augmented, targets encoded)."""
     from lsnet_tf.data import pipeline, records
 
-    train_folds = records.split_folds(cfg.data.dataset, cfg.data.val_fold, "train")
-    ds = pipeline.make_dataset(cfg.data, cfg.data.dataset, train_folds, training=True)
+    dataset_dir = pipeline.resolve_dataset(cfg.data)
+    train_folds = records.split_folds(dataset_dir, cfg.data.val_fold, "train")
+    ds = pipeline.make_dataset(cfg.data, dataset_dir, train_folds, training=True)
     return next(iter(ds))
 
 

@@ -24,9 +24,11 @@ import os
 import sys
 import time
 
+from lsnet_tf.config import ConfigError, load_config
 from lsnet_tf.data import records
 from lsnet_tf.files import write_json
 from lsnet_tf.metrics.evaluation import evaluate_model
+from lsnet_tf.models.build import build_model, compile_model, parameter_counts
 
 
 def make_strategy(name: str):
@@ -41,8 +43,11 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def run(cfg, log=print) -> dict:
+def run(cfg, log=print, timeline=None) -> dict:
     """Train, evaluate and export as `cfg` says; returns the evaluation summary.
+
+    `timeline` (a ``lsnet_tf.training.timing.Timeline``) records where the time goes: the
+    start-up phases, every step, validation pass and callback (``python -m benchmarks profile``).
 
     Raises `NonFiniteLossError` (a non-finite loss with ``train.on_nonfinite: stop``, or weights
     that are not finite at the end of an epoch), `CorruptShardError` (a corrupt shard) and
@@ -55,11 +60,14 @@ def run(cfg, log=print) -> dict:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.train.seed)
     strategy = make_strategy(cfg.train.strategy)
+    mark = timeline.mark if timeline is not None else (lambda name: None)
+    mark("strategy")
     if cfg.train.deterministic:
         log("deterministic: op determinism and data.deterministic on")
 
+    # These import TensorFlow or Keras: here, so that --help and config errors answer at once.
     from lsnet_tf.data import pipeline
-    from lsnet_tf.models.build import build_model, compile_model, parameter_counts
+    from lsnet_tf.export import saved_model
     from lsnet_tf.training import callbacks as cb, multi_worker
     from lsnet_tf.training.nonfinite import NonFiniteCallback, NonFiniteGuard
 
@@ -79,6 +87,7 @@ def run(cfg, log=print) -> dict:
     log(f"dataset {dataset_dir}: {n_train} training slices, {n_val} validation slices "
         f"(fold {cfg.data.val_fold}); {steps} steps per epoch; {replicas} replica(s)"
         + (f"; worker {worker}" if worker else ""))
+    mark("datasets")
     corrupt = []
     if cfg.data.on_corrupt == "skip":
         checks = pipeline.check_training_shards(cfg.data, dataset_dir)
@@ -95,10 +104,12 @@ def run(cfg, log=print) -> dict:
         compile_model(model, cfg, steps)
         counts = parameter_counts(model)
         log("parameters: " + "  ".join(f"{k} {v:,}" for k, v in counts.items()))
+        mark("model")
         ckpt = cb.CheckpointCallback(ckpt_dir, model, max_to_keep=1 if worker else 3,
                                      restore_dir=os.path.join(out, "checkpoints"), log=log)
         initial_epoch = ckpt.restore()
         guard = NonFiniteGuard(model, cfg.train.on_nonfinite)
+        mark("restore")
     if multi_worker.is_multi_worker(strategy):
         if not multi_worker.epochs_agree(strategy, initial_epoch):
             raise cb.CheckpointError(
@@ -122,6 +133,9 @@ def run(cfg, log=print) -> dict:
             cb.LearningRateLogger(os.path.join(out, "logs")),
         ]
     callbacks.append(ckpt)  # last: an epoch's logs are written before its checkpoint
+    mark("callbacks")
+    if timeline is not None:
+        callbacks = timeline.instrument(callbacks)
     t0 = time.time()
     try:
         if initial_epoch < cfg.train.epochs:
@@ -156,8 +170,6 @@ def run(cfg, log=print) -> dict:
         f"false positives {s['fp_empty_slices']}/{s['n_empty_slices']}; box mIoU {_fmt(s['box_miou'])}")
 
     if cfg.export.dir:
-        from lsnet_tf.export import saved_model
-
         path = saved_model.export(model, cfg, os.path.join(cfg.export.dir, cfg.export.name,
                                                            str(cfg.export.version)))
         log(f"SavedModel written to {path}")
@@ -172,8 +184,6 @@ def _fmt(value) -> str:
 
 
 def main(argv=None) -> int:
-    from lsnet_tf.config import ConfigError, load_config
-
     parser = argparse.ArgumentParser(prog="python -m lsnet_tf.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML experiment config (default: built-in defaults)")
@@ -185,7 +195,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from lsnet_tf.training.callbacks import CheckpointError
+    from lsnet_tf.training.callbacks import CheckpointError  # Keras: after the config is read
     from lsnet_tf.training.nonfinite import NonFiniteLossError
 
     try:
