@@ -48,8 +48,11 @@ import sys
 import numpy as np
 
 from lsnet_tf import evaluate as ev
+from lsnet_tf import train
+from lsnet_tf.config import ConfigError, load_config
 from lsnet_tf.files import atomic_write, write_json, write_text
 from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES, SIZE_BUCKETS
+from lsnet_tf.metrics.segmentation import scores_from_counts
 
 
 class ExperimentError(RuntimeError):
@@ -154,8 +157,6 @@ def default_configs_dir() -> str:
 
 def row_config(path: str, run_dir: str, overrides=(), budget_epochs: int | None = None):
     """The config of a row: `path`, then `overrides`, the budget, the run folder, no export."""
-    from lsnet_tf.config import load_config
-
     overrides = list(overrides)
     if budget_epochs is not None:
         if budget_epochs < 1:
@@ -173,8 +174,6 @@ _NO_EFFECT = ("train.verbose", "train.image_log_epochs")
 def _check_same_config(run_dir: str, cfg) -> None:
     """Refuse to resume `run_dir` when its saved config differs from `cfg` in anything but
     logging and export settings."""
-    from lsnet_tf.config import load_config
-
     saved_path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(saved_path):
         return
@@ -192,8 +191,6 @@ def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/exper
             configs_dir: str | None = None, overrides=(), budget_epochs: int | None = None,
             empty_slices: str = "exclude", flops: bool = True, log=print) -> dict:
     """Train (unless trained) and evaluate (unless evaluated) one row; {split: result}."""
-    from lsnet_tf import train
-
     path = os.path.join(configs_dir or default_configs_dir(), dataset, row.config + ".yaml")
     if not os.path.isfile(path):
         raise ExperimentError(f"no config for row {row.config!r}: {path}")
@@ -275,8 +272,6 @@ def size_curve(slices, edges) -> dict:
       ``{"n": (bins,), "mean": (bins,), "sem": (bins,)}``: slices, mean DSC and its standard
       error per bin (NaN where a bin is empty; ``sem`` 0 with one slice).
     """
-    from lsnet_tf.metrics.segmentation import scores_from_counts
-
     edges = np.asarray(edges, np.float64)
     share, dsc = [], []
     for r in slices:
@@ -346,8 +341,6 @@ def size_plot(path: str, curves: dict, title: str, bins: int = 8) -> None:
 
 def provenance(command: str, runs: str, chosen) -> dict:
     """How a table was made: the command, each row's seed, the machine and the versions."""
-    from lsnet_tf.config import load_config
-
     seeds = {}
     for row in chosen:
         saved = os.path.join(runs, row.config, "config.yaml")
@@ -468,8 +461,6 @@ def main(argv=None) -> int:
         for name in [args.table] if args.table else sorted(TABLES):
             print(describe(TABLES[name]))
         return 0
-    from lsnet_tf.config import ConfigError
-
     try:
         doc = run_table(args.table, args.dataset, args.budget_epochs, args.runs_dir, args.out,
                         args.rows.split(",") if args.rows else None, args.overrides,

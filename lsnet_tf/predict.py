@@ -63,7 +63,7 @@ from typing import Callable
 
 import numpy as np
 
-from lsnet_tf.data import volumes
+from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.files import write_json
 
@@ -115,15 +115,11 @@ def _canonical_affine(spacing) -> np.ndarray:
 
 def _write_canonical(affine):
     def write(mask, path):
-        from lsnet_tf.data import nifti
-
         nifti.write_volume(path, mask.astype(np.uint8), affine)
     return write
 
 
 def _read_dicom(folder: str) -> Volume:
-    from lsnet_tf.data import dicom
-
     vol = dicom.read_series(folder)
     # Files map to canonical slices only for an axial series (a re-cut one has none per slice).
     axial = int(np.argmax(np.abs(dicom.slice_normal(vol.source_orientation)))) == 2
@@ -136,8 +132,6 @@ def _read_dicom(folder: str) -> Volume:
 
 def _read_nifti(path: str) -> Volume:
     import nibabel as nib
-
-    from lsnet_tf.data import nifti
 
     img = nifti.load(path)
     data = nifti.read_image_array(img, path)
@@ -349,7 +343,7 @@ class TFLitePredictor:
     format = "tflite"
 
     def __init__(self, path: str, batch_size: int = 8, num_threads: int | None = None):
-        from lsnet_tf.export.tflite import TFLiteModel
+        from lsnet_tf.export.tflite import TFLiteModel  # TensorFlow: once a model is loaded
 
         self.path = path
         self.batch_size = int(batch_size)

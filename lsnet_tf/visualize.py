@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from lsnet_tf.training.runs import load_run
+
 
 def dataflow_figure(model, batch, out_path: str, n: int = 3):
     import matplotlib
@@ -81,9 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--slices", type=int, default=3)
     p.add_argument("--skip", type=int, default=0, help="validation batches to skip before drawing")
     args = p.parse_args(argv)
-    from lsnet_tf.data import pipeline
-
-    from lsnet_tf.training.runs import load_run
+    from lsnet_tf.data import pipeline  # imports TensorFlow: not for --help
 
     model, cfg, _ = load_run(args.run)
     _, val, *_ = pipeline.datasets_for(cfg)

@@ -29,7 +29,7 @@ import os
 import tensorflow as tf
 
 from lsnet_tf.config import Config, DataConfig
-from lsnet_tf.data import records, targets
+from lsnet_tf.data import records, synthetic, targets
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -50,8 +50,6 @@ def resolve_dataset(cfg: DataConfig) -> str:
             warnings.warn(f"{cfg.dataset}: `prepare` reported failed patients ({info.get('failed')}); "
                           "training uses the patients that were prepared", stacklevel=2)
         return cfg.dataset
-    from lsnet_tf.data import synthetic
-
     return synthetic.ensure_dataset(cfg.synthetic, cfg.cache_dir)
 
 

@@ -27,6 +27,7 @@ import os
 import sys
 import time
 
+from lsnet_tf.config import ConfigError
 from lsnet_tf.training.runs import RunError, load_run  # noqa: F401  (part of this module's API)
 
 FORMATS = ("saved_model", "tflite", "tftrt")
@@ -68,19 +69,17 @@ def parse_args(argv=None):
 
 def run(args, log=print) -> str:
     """Export as `args` say (see `parse_args`); returns the written path."""
-    from lsnet_tf.export import saved_model
+    # The exporters import TensorFlow: not at module level, so that --help and argument errors
+    # answer at once.
+    from lsnet_tf.export import saved_model, tflite, tftrt
 
     if args.format == "tftrt":  # fail before the minutes of loading and tracing
-        from lsnet_tf.export import tftrt
-
         tftrt.check_available()
     t0 = time.time()
     model, cfg, checkpoint = load_run(args.run, args.checkpoint)
     log(f"loaded {checkpoint} ({cfg.model.architecture}, {cfg.model.family} family, width "
         f"{cfg.model.width}, input {cfg.data.image_size} x {cfg.data.image_size})")
     if args.format == "tflite":
-        from lsnet_tf.export import tflite
-
         path = tflite.export(model, cfg, args.out, quantize=args.quantize,
                              calibration_slices=args.calibration_slices,
                              allow_select_tf_ops=args.allow_select_tf_ops)
@@ -92,8 +91,6 @@ def run(args, log=print) -> str:
     if args.format == "saved_model":
         path = saved_model.export(model, cfg, target)
     else:
-        from lsnet_tf.export import tftrt
-
         path = tftrt.export(model, cfg, target,
                             precision="FP16" if args.quantize == "fp16" else "FP32")
     log(f"{args.format} written to {path} in {time.time() - t0:.0f} s")
@@ -102,8 +99,7 @@ def run(args, log=print) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from lsnet_tf.config import ConfigError
-    from lsnet_tf.export.tflite import TFLiteConversionError
+    from lsnet_tf.export.tflite import TFLiteConversionError  # TensorFlow: after parse_args
     from lsnet_tf.export.tftrt import TensorRTUnavailableError
 
     try:

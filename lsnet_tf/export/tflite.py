@@ -62,6 +62,7 @@ from lsnet_tf.data import pipeline, records
 from lsnet_tf.data.pipeline import window
 from lsnet_tf.export.saved_model import MASK_THRESHOLD, OUTPUT_NAMES
 from lsnet_tf.files import write_bytes
+from lsnet_tf.models.build import model_networks
 
 __all__ = ["QUANTIZE_MODES", "METADATA_NAME", "TFLiteConversionError", "convert", "export",
            "representative_hu", "head_layers", "read_metadata", "TFLiteModel"]
@@ -230,8 +231,6 @@ def convert(model, cfg, quantize: str = "none",
         converter.target_spec.supported_types = [tf.float16]
     try:
         if quantize == "int8":
-            from lsnet_tf.models.build import model_networks
-
             content = _convert_int8(converter, representative,
                                     list(model_networks(model).values()))
         else:

@@ -21,6 +21,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from lsnet_tf.export import saved_model, tflite
+
 __all__ = ["PRECISIONS", "TensorRTUnavailableError", "missing_requirements", "check_available",
            "export"]
 
@@ -71,9 +73,7 @@ def check_available() -> None:
 
 def _build_inputs(cfg, num_batches: int, batch_size: int) -> list[np.ndarray]:
     """Representative raw HU batches ``(batch_size, S, S)`` (see ``tflite.representative_hu``)."""
-    from lsnet_tf.export.tflite import representative_hu
-
-    slices = representative_hu(cfg, num_batches * batch_size)
+    slices = tflite.representative_hu(cfg, num_batches * batch_size)
     stacked = np.concatenate(slices, 0)
     return [stacked[i:i + batch_size] for i in range(0, len(stacked), batch_size)
             if len(stacked[i:i + batch_size]) == batch_size] or [stacked]
@@ -81,8 +81,6 @@ def _build_inputs(cfg, num_batches: int, batch_size: int) -> list[np.ndarray]:
 
 def _write_source(model, cfg, path: str) -> str:
     """The serving graph as a SavedModel with a rank-3 float32 signature (shapes TF-TRT reads)."""
-    from lsnet_tf.export import saved_model
-
     module = saved_model.serving_module(model, cfg)
     serve = tf.function(module.run, input_signature=[
         tf.TensorSpec([None, None, None], tf.float32, name="hu")]).get_concrete_function()
@@ -128,6 +126,4 @@ def export(model, cfg, path: str, precision: str = "FP32", build_batches: int = 
                 yield (tf.constant(hu),)
 
         converter.build(input_fn=input_fn)
-        from lsnet_tf.export.saved_model import write_atomically
-
-        return write_atomically(path, cfg, converter.save)
+        return saved_model.write_atomically(path, cfg, converter.save)

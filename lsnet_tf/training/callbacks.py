@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.models import two_stage
+from lsnet_tf.models.build import checkpoint_objects
+from lsnet_tf.training.nonfinite import NonFiniteLossError, check_finite
 
 
 class CheckpointError(RuntimeError):
@@ -33,8 +35,6 @@ class CheckpointCallback(keras.callbacks.Callback):
                  log=None):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        from lsnet_tf.models.build import checkpoint_objects
-
         self.objects = checkpoint_objects(model)
         self.checkpoint = tf.train.Checkpoint(**self.objects, epoch=self.epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
@@ -89,8 +89,6 @@ class CheckpointCallback(keras.callbacks.Callback):
             warnings.warn(message, stacklevel=3)
 
     def on_epoch_end(self, epoch, logs=None):
-        from lsnet_tf.training.nonfinite import NonFiniteLossError, check_finite
-
         strategy = getattr(self.model, "distribute_strategy", None) if self.model else None
         if strategy is not None and strategy.num_replicas_in_sync > 1:
             average_replicas(strategy, [v for name, obj in self.objects.items()

@@ -24,6 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lsnet_tf.models.build import model_networks, model_optimizers
+
 POLICIES = ("stop", "skip")
 
 
@@ -45,8 +47,6 @@ class NonFiniteGuard:
     """
 
     def __init__(self, model, policy: str = "stop"):
-        from lsnet_tf.models.build import model_networks, model_optimizers
-
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, received {policy!r}")
         self.model = model

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 
+from lsnet_tf.config import load_config
+from lsnet_tf.models.build import build_model, checkpoint_objects
+
 
 class RunError(ValueError):
     """A run folder that cannot be loaded (no config, no checkpoint, weights that do not match)."""
@@ -16,10 +19,7 @@ def load_run(run_dir: str, checkpoint: str | None = None):
     through ``tf.train.Checkpoint(**checkpoint_objects(model, optimizers=False))`` (for L-SNet
     ``lnet=..., snet=...``); every weight of every network must be found.
     """
-    import tensorflow as tf
-
-    from lsnet_tf.config import load_config
-    from lsnet_tf.models.build import build_model, checkpoint_objects
+    import tensorflow as tf  # here only: export's and evaluate's --help import this module
 
     if not os.path.isdir(run_dir):
         raise RunError(f"{run_dir}: run folder not found")
