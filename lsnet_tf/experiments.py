@@ -4,35 +4,59 @@
 
     python -m lsnet_tf.experiments list [TABLE]
     python -m lsnet_tf.experiments run TABLE --dataset synthetic|pancreas [--budget-epochs N]
-        [--rows a,b] [--runs-dir runs/experiments] [--out docs/results]
-        [--empty-slices exclude|include] [--no-flops] [--set key=value ...]
+        [--seeds 0,1,2] [--seeds-for ROW,ROW=0,1,2,3,4 ...] [--rows a,b]
+        [--runs-dir runs/experiments] [--out docs/results] [--empty-slices exclude|include]
+        [--no-flops] [--set key=value ...]
 
 TABLE is ``table1`` (main comparison), ``table2`` (ablation), ``table3`` (detection vs
 segmentation as the first stage) or ``table4`` (the decay factor γ). Every row is a config file
 ``configs/<dataset>/<row>.yaml`` (``configs/pancreas`` holds the paper's settings,
 ``configs/synthetic`` the same rows sized for a 2-core CPU); rows shared by several tables (e.g.
-``lsnet_unet``) are trained once.
+``lsnet_unet``) are trained once per seed.
 
-For each row: train with ``lsnet_tf.train.run`` into ``<runs-dir>/<dataset>[-e<N>]/<row>/``
-(``-e<N>`` with ``--budget-epochs N``), then evaluate the latest checkpoint with
-``lsnet_tf.evaluate`` (validation fold; also the training folds for Table 4's training mIoU) into
-``evaluation-<split>-<empty-slices>.json`` beside it. Resumable: a row whose run has its
-``eval.json`` (written by the trainer when training is complete) is not trained again, an
+Seeds: ``--seeds 0,1,2`` runs every row at each seed (overriding ``train.seed``);
+``--seeds-for lsnet_unet,unet,c2f_unet=0,1,2,3,4`` gives the rows named other seeds (repeatable;
+names of rows of other tables are ignored, so one plan serves every table). Without either, each
+row runs once, at its config's ``train.seed``. The runs go seed by seed, the rows one after the
+other.
+
+For each (row, seed): train with ``lsnet_tf.train.run`` into
+``<runs-dir>/<dataset>[-e<N>]/<row>/seed<k>/`` (``-e<N>`` with ``--budget-epochs N``), then
+evaluate the latest checkpoint with ``lsnet_tf.evaluate`` (validation fold; also the training
+folds for Table 4's training mIoU) into ``evaluation-<split>-<empty-slices>.json`` beside it; the
+process CPU time of the training goes to ``train-cpu.json``. Resumable: a run whose folder has
+its ``eval.json`` (written by the trainer when training is complete) is not trained again, an
 evaluation file that exists is not recomputed, and an interrupted training resumes from its
-latest checkpoint. A run folder whose saved config differs from the row's is an error (choose
-another ``--runs-dir``), so numbers of different settings never mix.
+latest checkpoint. A run folder whose saved config differs from the row's (in anything but
+logging, export and the folder's own path) is an error, found before anything trains (choose
+another ``--runs-dir``), so numbers of different settings never mix. A run of the layout before
+seed folders (``<row>/eval.json``) is not read; moving its files into ``<row>/seed<k>/`` (``k``
+its ``train.seed``) makes it that seed's run.
 
 ``--budget-epochs N`` trains N epochs instead of the config's and scales the learning-rate decay
 step with it (``lr_decay_epochs`` becomes ``max(1, round(N * lr_decay_epochs / epochs))``);
 ``--set`` overrides any config value of every row (e.g. ``--set data.dataset=/data/pancreas``).
 SavedModels are not exported (``export.dir`` is emptied).
 
-The table goes to ``<out>/<table>-<dataset>[-e<N>].md`` and ``.json``: our numbers beside the
-paper's, in percent, then DSC by target size (small / medium / large: the target's share of the
-slice below 1 %, below 5 %, from 5 %), and how the table was made (command, seeds, machine).
+The table goes to ``<out>/<table>-<dataset>[-e<N>].md`` and ``.json``:
+
+- every cell is the mean ± sample standard deviation over the row's seeds (its n in a column)
+  beside the paper's number, in percent; the JSON keeps each seed's values (``per_seed``);
+- DSC by target size (small / medium / large: the target's share of the slice below 1 %,
+  below 5 %, from 5 %), mean ± sd over seeds;
+- "Claims": each claim of the paper that the table tests (``Table.claims``, e.g. L-SNet (U-Net)
+  above U-Net in DSC and in DSC on small targets) as the paired difference over the seeds both
+  rows have, its mean, a 95 % percentile bootstrap interval (10,000 resamples of the seed pairs,
+  RNG seed 0; ``metrics.statistics``) and a verdict: holds (interval above 0), does not hold
+  (below 0), undecided (contains 0), undecided (n < 2); then the count of each in plain words;
+- how the table was made: the commit (and whether the tree had uncommitted changes), the
+  command, the seeds of each row, the machine, and the training time (the sum of the runs'
+  ``train_seconds`` from their ``eval.json``, and the process CPU time where recorded).
+
 When the table has any of the U-Net-family rows of ``SIZE_PLOT_ROWS``, a plot of per-slice DSC
-against the target's area goes beside it (``...-dsc-vs-size.png``). ``--rows`` restricts a run
-to some rows (the written table then has only those).
+against the target's area goes beside it (``...-dsc-vs-size.png``): per bin, the mean over seeds
+of each seed's mean, with bars of ± 1 standard deviation across seeds. ``--rows`` restricts a run
+to some rows (the written table then has only those, and only the claims between them).
 """
 from __future__ import annotations
 
@@ -43,7 +67,9 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -52,6 +78,7 @@ from lsnet_tf import train
 from lsnet_tf.config import ConfigError, load_config
 from lsnet_tf.files import atomic_write, write_json, write_text
 from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES, SIZE_BUCKETS
+from lsnet_tf.metrics import statistics
 from lsnet_tf.metrics.segmentation import scores_from_counts
 
 
@@ -70,14 +97,26 @@ class Row:
 
 
 @dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim of the paper: row `better` scores above row `than` on `metric` (a key of
+    ``CLAIM_METRICS``), tested on the paired difference ``better - than`` over seeds."""
+
+    better: str
+    than: str
+    metric: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Table:
-    """A table: fixed head columns, then one column per metric key of ``METRICS``."""
+    """A table: fixed head columns, then one column per metric key of ``METRICS``; `claims`
+    are the paper's claims that the table tests (``Claim``)."""
 
     name: str
     title: str
     head: tuple
     columns: tuple
     rows: tuple
+    claims: tuple = ()
 
     @property
     def splits(self) -> tuple:
@@ -96,6 +135,24 @@ METRICS = {
     "case_dsc": ("DSC per case(%)", lambda r: _pct(r["val"]["per_case"]["mean"])),
 }
 
+
+def _bucket_pct(result, bucket):
+    return _pct(result["val"]["dsc_by_size"][bucket]["dsc"])
+
+
+# Metric key of a claim -> (its name, how to read it from {split: evaluation result}), in %.
+CLAIM_METRICS = {
+    "dsc": ("DSC", METRICS["dsc"][1]),
+    "small": ("DSC, small targets", lambda r: _bucket_pct(r, "small")),
+    "miou": ("box mIoU", METRICS["miou"][1]),
+}
+
+
+def _claims(better: str, than, metrics) -> tuple:
+    """``Claim(better, t, m)`` for each row `t` of `than`, each metric `m` of `metrics`."""
+    return tuple(Claim(better, t, m) for t in than for m in metrics)
+
+
 TICK = "✓"
 TABLES = {
     "table1": Table(
@@ -110,7 +167,10 @@ TABLES = {
             Row("fcn", "FCN", {"dsc": 84.28, "precision": 88.68, "recall": 86.85}),
             Row("c2f_fcn", "Coarse-to-fine FCN", {"dsc": 86.16, "precision": 91.78, "recall": 87.84}),
             Row("lsnet_fcn", "L-SNet (FCN)", {"dsc": 87.20, "precision": 92.60, "recall": 89.07}),
-        )),
+        ),
+        # L-SNet above every other model of its family, overall and on small targets.
+        _claims("lsnet_unet", ("unet", "attention_unet", "c2f_unet"), ("dsc", "small"))
+        + _claims("lsnet_fcn", ("fcn", "c2f_fcn"), ("dsc", "small"))),
     "table2": Table(
         "table2", "Table 2: ablation (U-Net family)",
         ("S-Net", "Loss", "L-Net", "RR"), ("dsc", "case_dsc"), (
@@ -118,13 +178,18 @@ TABLES = {
             Row("unet", "S-Net, our loss", {"dsc": 86.51}, (TICK, TICK, "", "")),
             Row("lnet_crop", "+ L-Net, crop", {"dsc": 87.86}, (TICK, TICK, TICK, "")),
             Row("lsnet_unet", "+ RR (L-SNet)", {"dsc": 88.20}, (TICK, TICK, TICK, TICK)),
-        )),
+        ),
+        # Each step of the ablation improves on the row before it.
+        (Claim("unet", "snet_bce", "dsc"), Claim("lnet_crop", "unet", "dsc"),
+         Claim("lsnet_unet", "lnet_crop", "dsc"))),
     "table3": Table(
         "table3", "Table 3: detection vs segmentation at the first stage (crop to S-Net)",
         ("First stage",), ("miou", "dsc", "first_params", "case_dsc"), (
             Row("c2f_unet", "U-Net", {"miou": 83.83, "dsc": 87.41, "first_params": 14.33}),
             Row("lnet_crop", "L-Net", {"miou": 86.58, "dsc": 87.86, "first_params": 14.50}),
-        )),
+        ),
+        # L-Net is the better first stage: better boxes and a better final mask.
+        _claims("lnet_crop", ("c2f_unet",), ("miou", "dsc"))),
     "table4": Table(
         "table4", "Table 4: the decay factor γ of S-Net's gradient into L-Net (U-Net family)",
         ("γ",), ("miou_train", "miou_val", "dsc", "case_dsc"), (
@@ -133,7 +198,10 @@ TABLES = {
                 {"miou_train": 88.09, "miou_val": 84.88, "dsc": 88.05}),
             Row("lsnet_unet", "0.1", {"miou_train": 88.24, "miou_val": 84.98, "dsc": 88.20}),
             Row("lsnet_unet_gamma1", "1", {"miou_train": 86.84, "miou_val": 84.68, "dsc": 87.21}),
-        )),
+        ),
+        # γ = 0.1 (the paper's choice) above each other γ.
+        _claims("lsnet_unet", ("lsnet_unet_gamma0", "lsnet_unet_gamma0p01", "lsnet_unet_gamma1"),
+                ("dsc",))),
 }
 DATASETS = ("synthetic", "pancreas")
 # Rows drawn in the DSC-against-size plot when a table has them.
@@ -167,13 +235,14 @@ def row_config(path: str, run_dir: str, overrides=(), budget_epochs: int | None 
     return load_config(path, overrides + [f"train.output_dir={run_dir}", "export.dir="])
 
 
-# Settings that do not change a run's numbers: a run folder may be resumed with other values.
-_NO_EFFECT = ("train.verbose", "train.image_log_epochs")
+# Settings that do not change a run's numbers: a run folder may be resumed with other values
+# (``train.output_dir``: a run folder may be moved, e.g. into ``<row>/seed<k>/``).
+_NO_EFFECT = ("train.verbose", "train.image_log_epochs", "train.output_dir")
 
 
 def _check_same_config(run_dir: str, cfg) -> None:
     """Refuse to resume `run_dir` when its saved config differs from `cfg` in anything but
-    logging and export settings."""
+    logging, export settings and the run folder's path."""
     saved_path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(saved_path):
         return
@@ -187,21 +256,90 @@ def _check_same_config(run_dir: str, cfg) -> None:
                               f"{', '.join(diff)}); use another --runs-dir or remove the folder")
 
 
-def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/experiments",
-            configs_dir: str | None = None, overrides=(), budget_epochs: int | None = None,
-            empty_slices: str = "exclude", flops: bool = True, log=print) -> dict:
-    """Train (unless trained) and evaluate (unless evaluated) one row; {split: result}."""
+def parse_seeds(text: str, flag: str = "--seeds") -> tuple:
+    """``"0,1,2"`` -> ``(0, 1, 2)``: distinct non-negative integers, in the order given."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts):  # refuses "", "1,", "-1", "a"
+        raise ExperimentError(f"{flag} takes comma-separated non-negative integers such as "
+                              f"0,1,2, received {text!r}")
+    seeds = tuple(int(p) for p in parts)
+    if len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"{flag} names a seed twice: {text!r}")
+    return seeds
+
+
+def parse_seeds_for(specs) -> dict:
+    """``["unet,c2f_unet=0,1,2,3,4", ...]`` -> ``{"unet": (0, ..., 4), "c2f_unet": (0, ..., 4)}``
+    (``--seeds-for``): the named rows' seeds instead of ``--seeds``; a row named twice takes the
+    last. Every name must be a row of some table of ``TABLES``."""
+    known = {r.config for t in TABLES.values() for r in t.rows}
+    out = {}
+    for spec in specs or ():
+        rows, sep, seeds = str(spec).partition("=")
+        names = [n.strip() for n in rows.split(",") if n.strip()]
+        if not sep or not names:
+            raise ExperimentError(f"--seeds-for takes ROWS=SEEDS such as unet,c2f_unet=0,1,2,3,4, "
+                                  f"received {spec!r}")
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ExperimentError(f"--seeds-for names rows that no table has: {unknown}")
+        for name in names:
+            out[name] = parse_seeds(seeds, f"--seeds-for {rows}=")
+    return out
+
+
+def run_folder(runs: str, row: str, seed: int) -> str:
+    """The run folder of `row` at `seed`: ``<runs>/<row>/seed<seed>``."""
+    return os.path.join(runs, row, f"seed{seed}")
+
+
+def _row_config_path(row: Row, dataset: str, configs_dir: str | None) -> str:
     path = os.path.join(configs_dir or default_configs_dir(), dataset, row.config + ".yaml")
     if not os.path.isfile(path):
         raise ExperimentError(f"no config for row {row.config!r}: {path}")
-    run_dir = os.path.join(runs_dir, row.config)
+    return path
+
+
+CPU_FILE = "train-cpu.json"  # beside a run's eval.json: process CPU time of its training
+
+
+def _add_cpu_seconds(run_dir: str, seconds: float) -> None:
+    """Add one training session's process CPU time to ``<run_dir>/train-cpu.json``."""
+    path = os.path.join(run_dir, CPU_FILE)
+    total = {"cpu_seconds": 0.0, "sessions": 0}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            total = json.load(f)
+    total = {"cpu_seconds": round(total["cpu_seconds"] + seconds, 1),
+             "sessions": total["sessions"] + 1}
+    if os.path.isdir(run_dir):
+        write_json(path, total)
+
+
+def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/experiments",
+            configs_dir: str | None = None, overrides=(), budget_epochs: int | None = None,
+            empty_slices: str = "exclude", flops: bool = True, log=print,
+            seed: int | None = None) -> dict:
+    """Train (unless trained) and evaluate (unless evaluated) one row at `seed` (None: the
+    config's ``train.seed``) in ``run_folder(runs_dir, row, seed)``; {split: result}."""
+    path = _row_config_path(row, dataset, configs_dir)
+    overrides = list(overrides)
+    if seed is None:
+        seed = load_config(path, overrides).train.seed
+    overrides.append(f"train.seed={seed}")
+    run_dir = run_folder(runs_dir, row.config, seed)
+    name = f"{row.config} seed {seed}"
     cfg = row_config(path, run_dir, overrides, budget_epochs)
     _check_same_config(run_dir, cfg)
     if os.path.isfile(os.path.join(run_dir, "eval.json")):
-        log(f"[{row.config}] already trained ({run_dir})")
+        log(f"[{name}] already trained ({run_dir})")
     else:
-        log(f"[{row.config}] training {cfg.model.architecture} from {path} into {run_dir}")
-        train.run(cfg, log=log)
+        log(f"[{name}] training {cfg.model.architecture} from {path} into {run_dir}")
+        start = time.process_time()
+        try:
+            train.run(cfg, log=log)
+        finally:  # an interrupted session's CPU time counts too
+            _add_cpu_seconds(run_dir, time.process_time() - start)
     results = {}
     for split in splits:
         out = os.path.join(run_dir, f"evaluation-{split}-{empty_slices}.json")
@@ -209,54 +347,185 @@ def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/exper
             with open(out, encoding="utf-8") as f:
                 cached = json.load(f)
             if "slices" in cached:
-                log(f"[{row.config}] already evaluated on {split} ({out})")
+                log(f"[{name}] already evaluated on {split} ({out})")
                 results[split] = cached
                 continue
-            log(f"[{row.config}] {out} has no per-slice counts: evaluating again")
+            log(f"[{name}] {out} has no per-slice counts: evaluating again")
         results[split] = ev.evaluate_run(run_dir, split=split, empty_slices=empty_slices,
                                          flops=flops, log=log)
         write_json(out, results[split])
     return results
 
 
-def table_markdown(table: Table, dataset: str, rows, results: dict,
+BOOTSTRAP = {"resamples": 10_000, "seed": 0, "level": 0.95}  # of every claim's interval
+
+
+def _mean_sd_text(v: dict, n_row: int | None = None) -> str:
+    """``mean ± sd`` (``mean`` alone from one value, ``–`` from none), `` (n=k)`` when ``k``
+    differs from the row's number of seeds `n_row`."""
+    if v["mean"] is None:
+        return "–"
+    text = f"{v['mean']:.2f}" if v["sd"] is None else f"{v['mean']:.2f} ± {v['sd']:.2f}"
+    return text if n_row is None or v["n"] == n_row else f"{text} (n={v['n']})"
+
+
+def table_markdown(table: Table, dataset: str, rows, summary: dict,
                    empty_slices: str = "exclude", note: str = "") -> str:
-    """Our numbers beside the paper's: each metric cell reads ``ours / paper``."""
+    """Our numbers beside the paper's: each metric cell reads ``mean ± sd / paper``.
+
+    Args:
+      summary: ``{row config: {"seeds": [...], "ours": {metric key: mean_sd(...)}}}``; a cell
+        whose number of values differs from the row's number of seeds (a metric some runs do not
+        have) says its ``(n=k)``.
+    """
     titles = [METRICS[c][0] for c in table.columns]
     lines = [f"### {table.title} — {dataset}", ""]
     if note:
         lines += [note, ""]
-    lines += ["| " + " | ".join(table.head + tuple(titles)) + " |",
-              "|" + "---|" * (len(table.head) + len(titles))]
+    lines += ["| " + " | ".join(table.head + ("n",) + tuple(titles)) + " |",
+              "|" + "---|" * (len(table.head) + 1 + len(titles))]
     for row in rows:
-        cells = list(row.cells) if row.cells else [row.label]
+        n = len(summary[row.config]["seeds"])
+        cells = (list(row.cells) if row.cells else [row.label]) + [str(n)]
         for c in table.columns:
-            ours = results[row.config][c]
+            text = _mean_sd_text(summary[row.config]["ours"][c], n)
             paper = row.paper.get(c)
-            text = "–" if ours is None else f"{ours:.2f}"
             if paper is not None:
                 text += f" / {paper:.2f}"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     over = "the slices with a target" if empty_slices == "exclude" else "all slices"
-    lines += ["", f"Cells read `ours / paper`, in %. Per-slice scores are averaged over {over}; "
-              "the per-case (3-D) DSC is ours only (the paper reports per-slice scores)."]
+    lines += ["", "Cells read `ours / paper`, in %; ours is the mean ± sample standard deviation "
+              "over the row's n seeds (one seed: the value alone). Per-slice scores are averaged "
+              f"over {over}; the per-case (3-D) DSC is ours only (the paper reports per-slice "
+              "scores)."]
     return "\n".join(lines) + "\n"
 
 
-def size_markdown(rows, evaluations: dict) -> str:
-    """DSC by target size per row: ``DSC (slices)`` in each bucket of ``metrics.evaluation``."""
-    lines = ["| Method | " + " | ".join(f"{b} DSC(%) (slices)" for b in SIZE_BUCKETS) + " |",
-             "|---|" + "---|" * len(SIZE_BUCKETS)]
+def size_markdown(rows, summary: dict) -> str:
+    """DSC by target size per row: ``mean ± sd (slices)`` over seeds in each bucket of
+    ``metrics.evaluation`` (`summary`: ``{row: {"seeds", "dsc_by_size": {bucket: {"mean", "sd",
+    "n", "slices"}}}}``)."""
+    lines = ["| Method | n | " + " | ".join(f"{b} DSC(%) (slices)" for b in SIZE_BUCKETS) + " |",
+             "|---|---|" + "---|" * len(SIZE_BUCKETS)]
     for row in rows:
-        by_size = evaluations[row.config]["val"]["dsc_by_size"]
-        cells = [row.label]
+        n = len(summary[row.config]["seeds"])
+        cells = [row.label, str(n)]
         for b in SIZE_BUCKETS:
-            v = by_size[b]
-            cells.append("–" if v["dsc"] is None else f"{100 * v['dsc']:.2f} ({v['n']})")
+            v = summary[row.config]["dsc_by_size"][b]
+            text = _mean_sd_text(v, n)
+            cells.append(text if v["mean"] is None else f"{text} ({v['slices']})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Buckets: the target's share of the slice below 1 % (small), below 5 % "
-              "(medium), from 5 % (large); validation fold, slices with a target."]
+              "(medium), from 5 % (large); validation fold, slices with a target; mean ± sample "
+              "standard deviation over the row's n seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def summarize_row(table: Table, evaluations: dict) -> dict:
+    """One row's cells over seeds, from ``{seed: {split: evaluation result}}``.
+
+    Returns:
+      ``{"seeds": [...], "values": {seed: {metric key: value (%)}}, "ours": {metric key:
+      mean_sd}, "dsc_by_size": {bucket: {"mean", "sd", "n", "slices"}}}`` (percent; ``slices``
+      the bucket's slices, one number when every seed has the same, else ``"lo–hi"``).
+    """
+    seeds = list(evaluations)
+    values = {s: {c: METRICS[c][1](evaluations[s]) for c in table.columns} for s in seeds}
+    by_size = {}
+    for b in SIZE_BUCKETS:
+        buckets = [evaluations[s]["val"]["dsc_by_size"][b] for s in seeds]
+        slices = sorted({v["n"] for v in buckets})
+        by_size[b] = dict(statistics.mean_sd([_pct(v["dsc"]) for v in buckets]),
+                          slices=(slices[0] if len(slices) == 1
+                                  else f"{slices[0]}–{slices[-1]}") if slices else 0)
+    return {"seeds": seeds, "values": values,
+            "ours": {c: statistics.mean_sd([values[s][c] for s in seeds]) for c in table.columns},
+            "dsc_by_size": by_size}
+
+
+def evaluate_claims(claims, values: dict, resamples: int = BOOTSTRAP["resamples"],
+                seed: int = BOOTSTRAP["seed"], level: float = BOOTSTRAP["level"]) -> list:
+    """Each claim whose two rows are in `values` (``{row: {seed: {claim metric key: value}}}``)
+    on the seeds both rows have: ``paired_bootstrap`` of ``better - than`` and its ``verdict``.
+
+    Returns:
+      one dict per claim: ``better``, ``than``, ``metric``, ``seeds`` (the paired ones),
+      ``differences`` (per paired seed, points), ``mean``, ``low``, ``high``, ``n``, ``verdict``.
+    """
+    out = []
+    for claim in claims:
+        if claim.better not in values or claim.than not in values:
+            continue
+        seeds = sorted(set(values[claim.better]) & set(values[claim.than]))
+        a = [values[claim.better][s][claim.metric] for s in seeds]
+        b = [values[claim.than][s][claim.metric] for s in seeds]
+        boot = statistics.paired_bootstrap(a, b, resamples, seed, level)
+        out.append({"better": claim.better, "than": claim.than, "metric": claim.metric,
+                    "seeds": seeds,
+                    "differences": [None if x is None or y is None else round(x - y, 4)
+                                    for x, y in zip(a, b)],
+                    **boot, "verdict": statistics.verdict(boot["low"], boot["high"], boot["n"])})
+    return out
+
+
+def _row_name(table: Table, row: Row) -> str:
+    """A row's name in a claim: its label, ``γ = 0.1`` when the label is the head's value."""
+    try:
+        float(row.label)
+    except ValueError:
+        return row.label
+    return f"{table.head[0]} = {row.label}"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def claims_summary(results: list) -> str:
+    """The claims' verdicts in one plain sentence."""
+    if not results:
+        return "No claim of the paper could be tested: its rows were not run."
+    verdicts = [r["verdict"] for r in results]
+    hold, fail = verdicts.count(statistics.HOLDS), verdicts.count(statistics.DOES_NOT_HOLD)
+    few = verdicts.count(statistics.TOO_FEW)
+    open_ = len(verdicts) - hold - fail
+    text = (f"Of {_count(len(results), 'claim', 'claims')} tested, "
+            f"{_count(hold, 'holds', 'hold')}, {_count(fail, 'does not hold', 'do not hold')} "
+            f"and {_count(open_, 'is undecided', 'are undecided')}")
+    if few:
+        text += f" ({few} of them with fewer than 2 paired seeds)"
+    return text + "."
+
+
+def claims_markdown(table: Table, rows, results: list, bootstrap: dict = BOOTSTRAP) -> str:
+    """The "Claims" section: claim, metric, n pairs, mean difference, CI and verdict per claim
+    (`results` of ``evaluate_claims``), the bootstrap's settings and a plain-words summary."""
+    by_config = {r.config: r for r in rows}
+    level = round(100 * bootstrap["level"])
+    lines = ["| Claim | Metric | n pairs | Mean difference (points) | "
+             f"{level} % CI | Verdict |", "|---|---|---|---|---|---|"]
+    for r in results:
+        claim = (f"{_row_name(table, by_config[r['better']])} > "
+                 f"{_row_name(table, by_config[r['than']])}")
+        mean = "–" if r["mean"] is None else f"{r['mean']:+.2f}"
+        ci = "–" if r["low"] is None else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
+        lines.append(f"| {claim} | {CLAIM_METRICS[r['metric']][0]} | {r['n']} | {mean} | {ci} "
+                     f"| {r['verdict']} |")
+    tested = {(r["better"], r["than"], r["metric"]) for r in results}
+    untested = [c for c in table.claims if (c.better, c.than, c.metric) not in tested]
+    lines += ["", f"Difference: the claim's first row minus its second, in percentage points, "
+              "paired by seed (the seeds both rows have); "
+              f"{level} % percentile bootstrap interval of the mean difference from "
+              f"{bootstrap['resamples']:,} resamples of the seed pairs (RNG seed "
+              f"{bootstrap['seed']}). Verdict: holds (interval above 0), does not hold (below 0), "
+              "undecided (contains 0; or fewer than 2 pairs). With few pairs the interval never "
+              "leaves the range of the differences: with 3 pairs, \"holds\" says that all 3 "
+              "differences were positive, which two equal methods would give 1 time in 8."]
+    if untested:
+        lines += ["", "Not tested (a row not run): " + "; ".join(
+            f"{c.better} > {c.than} ({CLAIM_METRICS[c.metric][0]})" for c in untested) + "."]
+    lines += ["", "**In plain words.** " + claims_summary(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -292,12 +561,40 @@ def size_curve(slices, edges) -> dict:
     return {"n": n, "mean": mean, "sem": sem}
 
 
+def seed_curve(slices_per_seed, edges) -> dict:
+    """``size_curve`` over seeds: per bin, the mean over seeds of each seed's bin mean and the
+    sample standard deviation of those means across seeds.
+
+    Args:
+      slices_per_seed: one evaluation's ``slices`` per seed (the same validation slices).
+      edges: as ``size_curve``'s.
+
+    Returns:
+      ``{"n": (bins,), "mean": (bins,), "sd": (bins,), "seeds": (bins,)}``: the first seed's
+      slices per bin, the mean and standard deviation across seeds (NaN where no seed has a
+      slice in the bin; ``sd`` NaN with one seed) and the seeds that have a slice in the bin.
+    """
+    curves = [size_curve(slices, edges) for slices in slices_per_seed]
+    means = np.stack([c["mean"] for c in curves])  # (seeds, bins)
+    present = ~np.isnan(means)
+    seeds = present.sum(axis=0)
+    total = np.where(present, means, 0.0).sum(axis=0)
+    mean = np.where(seeds > 0, total / np.maximum(seeds, 1), np.nan)
+    sd = np.full(mean.shape, np.nan)
+    for i in np.flatnonzero(seeds > 1):
+        sd[i] = means[present[:, i], i].std(ddof=1)
+    return {"n": curves[0]["n"], "mean": mean, "sd": sd, "seeds": seeds}
+
+
 def size_plot(path: str, curves: dict, title: str, bins: int = 8) -> None:
-    """Plot mean per-slice DSC (± standard error) against the target's share of the slice.
+    """Plot per-slice DSC against the target's share of the slice, with error bars over seeds.
+
+    Each point is the mean over seeds of the seed's mean per-slice DSC in the bin; its bar is
+    ± 1 sample standard deviation of those means across seeds (none for a row run at one seed).
 
     Args:
       path: the PNG to write.
-      curves: ``{label: slices}`` (an evaluation's ``slices`` per method).
+      curves: ``{label: [slices, ...]}``: an evaluation's ``slices`` per seed, per method.
       title: the figure's title.
       bins: log-spaced bins between the smallest and the largest target of all curves.
     """
@@ -306,8 +603,8 @@ def size_plot(path: str, curves: dict, title: str, bins: int = 8) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shares = [100.0 * r["n_true"] / r["pixels"] for s in curves.values() for r in s
-              if r["n_true"] > 0]
+    shares = [100.0 * r["n_true"] / r["pixels"] for runs in curves.values() for s in runs
+              for r in s if r["n_true"] > 0]
     if not shares:
         raise ExperimentError("no slice with a target to plot")
     edges = np.geomspace(min(shares), max(shares) * (1 + 1e-9), bins + 1)
@@ -315,18 +612,19 @@ def size_plot(path: str, curves: dict, title: str, bins: int = 8) -> None:
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 1]})
     step = np.log(edges[1] / edges[0])
-    for k, (label, slices) in enumerate(curves.items()):
-        c = size_curve(slices, edges)
+    for k, (label, runs) in enumerate(curves.items()):
+        c = seed_curve(runs, edges)
         offset = np.exp(step * 0.08 * (k - (len(curves) - 1) / 2))  # keep error bars apart
-        ax.errorbar(centres * offset, 100 * c["mean"], yerr=100 * c["sem"], marker="o",
-                    capsize=3, label=label)
+        ax.errorbar(centres * offset, 100 * c["mean"], yerr=100 * np.nan_to_num(c["sd"]),
+                    marker="o", capsize=3,
+                    label=f"{label} ({_count(len(runs), 'seed', 'seeds')})")
         if k == 0:
             hist.bar(centres, c["n"], width=np.diff(edges) * 0.9, color="0.6")
     for a in (ax, hist):
         for edge in (1.0, 5.0):  # the small / medium / large buckets
             a.axvline(edge, color="0.5", linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_ylabel("per-slice DSC (%), mean ± s.e.")
+    ax.set_ylabel("per-slice DSC (%): mean over seeds,\nbars ± 1 s.d. across seeds")
     ax.set_title(title)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
@@ -339,42 +637,126 @@ def size_plot(path: str, curves: dict, title: str, bins: int = 8) -> None:
     plt.close(fig)
 
 
-def provenance(command: str, runs: str, chosen) -> dict:
-    """How a table was made: the command, each row's seed, the machine and the versions."""
-    seeds = {}
-    for row in chosen:
-        saved = os.path.join(runs, row.config, "config.yaml")
-        seeds[row.config] = load_config(saved).train.seed if os.path.isfile(saved) else None
+def _git_commit() -> dict | None:
+    """``{"sha", "dirty"}`` of the repository the package runs from (None outside git)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", root, "status", "--porcelain"], capture_output=True,
+                                text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"sha": sha, "dirty": bool(status.strip())}
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def provenance(command: str, seeds: dict, runs: list) -> dict:
+    """How a table was made: the commit, the command, each row's seeds, the machine, the
+    versions and the time its runs took.
+
+    Args:
+      command: the command line.
+      seeds: ``{row: [seed, ...]}``.
+      runs: every (row, seed) run's ``{"train_seconds", "cpu_seconds"}`` (None where unknown).
+    """
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
+    cpu = [r["cpu_seconds"] for r in runs if r["cpu_seconds"] is not None]
     return {
+        "commit": _git_commit(),
         "command": command,
-        "seeds": seeds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        "seeds": {row: list(s) for row, s in seeds.items()},
+        "machine": f"{platform.machine()}, {_cpu_model() or 'CPU'}, {os.cpu_count()} CPU cores, "
                    f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''}, {platform.system()}",
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": len(runs),
+        # The trainer's wall-clock seconds of each run's last training session (eval.json).
+        "train_seconds": round(sum(r["train_seconds"] or 0.0 for r in runs), 1),
+        # Process CPU seconds of the training sessions this command started (train-cpu.json).
+        "cpu_seconds": round(sum(cpu), 1) if cpu else None,
+        "cpu_seconds_runs": len(cpu),
     }
 
 
 def _provenance_note(p: dict) -> str:
-    seeds = sorted({s for s in p["seeds"].values() if s is not None})
-    seed = (f"seed {seeds[0]} for every row" if len(seeds) == 1
-            else "seeds " + ", ".join(f"{k} {v}" for k, v in p["seeds"].items()))
-    return (f"Made by `{p['command']}`; {seed}; {p['machine']}; Python {p['python']}, "
-            f"TensorFlow {p['tensorflow']}; written {p['written']}.")
+    lists = {tuple(s) for s in p["seeds"].values()}
+    if len(lists) == 1:
+        seeds = ", ".join(map(str, next(iter(lists))))
+        seed = f"seed{'s' if len(next(iter(lists))) != 1 else ''} {seeds} for every row"
+    else:
+        seed = "seeds " + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in p["seeds"].items())
+    commit = p["commit"]
+    at = ("commit unknown" if commit is None
+          else f"commit {commit['sha'][:12]}{' (with uncommitted changes)' if commit['dirty'] else ''}")
+    cpu = ("" if p["cpu_seconds"] is None
+           else f"; process CPU time {p['cpu_seconds'] / 60:.1f} min, recorded for "
+                f"{p['cpu_seconds_runs']} of them")
+    return (f"Made by `{p['command']}` at {at}; {seed}; {p['machine']}; Python {p['python']}, "
+            f"TensorFlow {p['tensorflow']}; written {p['written']}. Training "
+            f"({_count(p['runs'], 'run', 'runs')}): {p['train_seconds'] / 60:.1f} min of "
+            f"wall-clock time (each run's last session, its eval.json){cpu}.")
+
+
+def _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for) -> dict:
+    """``{row: (seed, ...)}``: `seeds_for`'s seeds for the rows it names, else `seeds`, else
+    the row config's ``train.seed``."""
+    out = {}
+    for row in chosen:
+        path = _row_config_path(row, dataset, configs_dir)
+        if row.config in (seeds_for or {}):
+            out[row.config] = tuple(seeds_for[row.config])
+        elif seeds:
+            out[row.config] = tuple(seeds)
+        else:
+            out[row.config] = (load_config(path, list(overrides)).train.seed,)
+    return out
+
+
+def _run_times(run_dir: str) -> dict:
+    """``{"train_seconds", "cpu_seconds"}`` of a finished run (None where not recorded)."""
+    times = {"train_seconds": None, "cpu_seconds": None}
+    for name, key in (("eval.json", "train_seconds"), (CPU_FILE, "cpu_seconds")):
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                times[key] = json.load(f).get(key)
+    return times
 
 
 def run_table(table, dataset: str, budget_epochs: int | None = None,
               runs_dir: str = "runs/experiments", out_dir: str = "docs/results",
               rows=None, overrides=(), empty_slices: str = "exclude", flops: bool = True,
-              configs_dir: str | None = None, log=print, command: str | None = None) -> dict:
-    """Train and evaluate every row of `table` (a ``Table`` or a key of ``TABLES``) and write
-    the table, its size breakdown and (see ``SIZE_PLOT_ROWS``) its DSC-against-size plot;
-    returns its JSON (title, dataset, rows with ours, paper, DSC by size and the run folders,
-    provenance, the plot's path). `command` is the command line recorded in the table."""
+              configs_dir: str | None = None, log=print, command: str | None = None,
+              seeds=None, seeds_for=None) -> dict:
+    """Train and evaluate every row of `table` (a ``Table`` or a key of ``TABLES``) at each of
+    its seeds and write the table (mean ± sd over seeds), its size breakdown, its claims
+    (``evaluate_claims``) and (see ``SIZE_PLOT_ROWS``) its DSC-against-size plot.
+
+    Args:
+      seeds: the seeds of every row (None: each row config's ``train.seed``).
+      seeds_for: ``{row: seeds}`` instead of `seeds` for the rows named (``parse_seeds_for``;
+        rows not in the table are ignored).
+      command: the command line recorded in the table.
+
+    Returns:
+      the table's JSON: title, dataset, rows (each with its seeds, ours as ``mean_sd`` per
+      metric, paper, DSC by size over seeds, and ``per_seed``: each seed's run folder, cells,
+      DSC by size and training time), claims, the bootstrap's settings, provenance, the plot.
+    """
     if isinstance(table, str):
         if table not in TABLES:
             raise ExperimentError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
@@ -393,38 +775,75 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
         chosen = [r for r in table.rows if r.config in rows]
     suffix = f"-e{budget_epochs}" if budget_epochs else ""
     runs = os.path.join(runs_dir, dataset + suffix)
-    results, evaluations = {}, {}
+    row_seeds = _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for)
+    # Every run folder is checked before anything trains.
     for row in chosen:
-        evaluations[row.config] = run_row(
-            row, dataset, table.splits, runs, configs_dir, overrides, budget_epochs,
-            empty_slices, flops, log)
-        results[row.config] = {c: METRICS[c][1](evaluations[row.config]) for c in table.columns}
+        path = _row_config_path(row, dataset, configs_dir)
+        for seed in row_seeds[row.config]:
+            run_dir = run_folder(runs, row.config, seed)
+            _check_same_config(run_dir, row_config(
+                path, run_dir, list(overrides) + [f"train.seed={seed}"], budget_epochs))
+        if os.path.isfile(os.path.join(runs, row.config, "eval.json")):
+            log(f"[{row.config}] {os.path.join(runs, row.config)} is a run of the layout before "
+                "seed folders: not used (move its files into seed<k>/ to use it)")
+    # Seed by seed, the rows one after the other: an early stop leaves whole seeds.
+    evaluations = {row.config: {} for row in chosen}
+    for seed in sorted({s for v in row_seeds.values() for s in v}):
+        for row in chosen:
+            if seed in row_seeds[row.config]:
+                evaluations[row.config][seed] = run_row(
+                    row, dataset, table.splits, runs, configs_dir, overrides, budget_epochs,
+                    empty_slices, flops, log, seed=seed)
+    for row in chosen:  # each row's seeds in the order given
+        evaluations[row.config] = {s: evaluations[row.config][s] for s in row_seeds[row.config]}
+    summary = {row.config: summarize_row(table, evaluations[row.config]) for row in chosen}
+    claim_values = {row.config: {s: {m: get(e) for m, (_, get) in CLAIM_METRICS.items()}
+                                 for s, e in evaluations[row.config].items()} for row in chosen}
+    claims = evaluate_claims(table.claims, claim_values)
+    times = {row.config: {s: _run_times(run_folder(runs, row.config, s))
+                          for s in row_seeds[row.config]} for row in chosen}
     if command is None:
         command = "lsnet_tf.experiments.run_table(" + repr(table.name) + ", " + repr(dataset) + ")"
-    prov = provenance(command, runs, chosen)
+    prov = provenance(command, row_seeds, [t for row in times.values() for t in row.values()])
     note = (f"{'Budget: ' + str(budget_epochs) + ' epochs per row. ' if budget_epochs else ''}"
-            f"Runs under `{runs}`. {_provenance_note(prov)}")
+            f"Runs under `{runs}/<row>/seed<k>`. {_provenance_note(prov)}")
     base = os.path.join(out_dir, f"{table.name}-{dataset}{suffix}")
     plotted = [r for r in chosen if r.config in SIZE_PLOT_ROWS]
     plot = None
     if plotted:
         plot = base + "-dsc-vs-size.png"
-        size_plot(plot, {r.label: evaluations[r.config]["val"]["slices"] for r in plotted},
+        size_plot(plot, {r.label: [e["val"]["slices"] for e in evaluations[r.config].values()]
+                         for r in plotted},
                   f"{table.name}, {dataset}: per-slice DSC against target size (validation)")
     doc = {
         "table": table.name, "title": table.title, "dataset": dataset,
         "budget_epochs": budget_epochs, "empty_slices": empty_slices, "runs": os.path.abspath(runs),
         "provenance": prov,
         "plot": None if plot is None else os.path.basename(plot),
+        "plot_error_bars": "± 1 sample standard deviation across seeds of the per-bin mean",
         "rows": [{"config": r.config, "label": r.label, "cells": list(r.cells),
-                  "ours": results[r.config], "paper": r.paper,
-                  "dsc_by_size": evaluations[r.config]["val"]["dsc_by_size"],
-                  "run": os.path.abspath(os.path.join(runs, r.config))} for r in chosen],
+                  "seeds": list(row_seeds[r.config]),
+                  "ours": summary[r.config]["ours"], "paper": r.paper,
+                  "dsc_by_size": summary[r.config]["dsc_by_size"],
+                  "run": os.path.abspath(os.path.join(runs, r.config)),
+                  "per_seed": [{"seed": s,
+                                "run": os.path.abspath(run_folder(runs, r.config, s)),
+                                "ours": summary[r.config]["values"][s],
+                                "dsc_by_size": evaluations[r.config][s]["val"]["dsc_by_size"],
+                                **times[r.config][s]}
+                               for s in row_seeds[r.config]]} for r in chosen],
+        "bootstrap": dict(BOOTSTRAP),
+        "claims": claims,
+        "claims_summary": claims_summary(claims),
     }
-    text = table_markdown(table, dataset, chosen, results, empty_slices, note)
-    text += "\n#### DSC by target size\n\n" + size_markdown(chosen, evaluations)
+    text = table_markdown(table, dataset, chosen, summary, empty_slices, note)
+    text += "\n#### DSC by target size\n\n" + size_markdown(chosen, summary)
     if plot:
-        text += f"\n![DSC against target size]({os.path.basename(plot)})\n"
+        text += (f"\n![DSC against target size]({os.path.basename(plot)})\n\n"
+                 "Plot: per bin, the mean over seeds of each seed's mean per-slice DSC; bars "
+                 "± 1 sample standard deviation across seeds (none for a row run at one seed).\n")
+    if table.claims:
+        text += "\n#### Claims\n\n" + claims_markdown(table, chosen, claims)
     write_json(base + ".json", doc)
     write_text(base + ".md", text)
     log(f"wrote {base}.md and {base}.json" + (f" and {plot}" if plot else ""))
@@ -456,21 +875,33 @@ def main(argv=None) -> int:
     run.add_argument("--no-flops", action="store_true")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value of every row (repeatable)")
+    run.add_argument("--seeds", default=None, metavar="S,S,...",
+                     help="run every row at each of these seeds (train.seed), e.g. 0,1,2; "
+                          "default: each row config's train.seed")
+    run.add_argument("--seeds-for", dest="seeds_for", action="append", default=[],
+                     metavar="ROW,ROW=S,S,...",
+                     help="these seeds instead of --seeds for the rows named, e.g. "
+                          "lsnet_unet,unet,c2f_unet=0,1,2,3,4 (repeatable; rows of other tables "
+                          "are ignored)")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name in [args.table] if args.table else sorted(TABLES):
             print(describe(TABLES[name]))
         return 0
     try:
+        seeds = None if args.seeds is None else parse_seeds(args.seeds)
+        seeds_for = parse_seeds_for(args.seeds_for)
         doc = run_table(args.table, args.dataset, args.budget_epochs, args.runs_dir, args.out,
                         args.rows.split(",") if args.rows else None, args.overrides,
                         args.empty_slices, not args.no_flops, args.configs_dir,
                         command="python -m lsnet_tf.experiments " + shlex.join(
-                            sys.argv[1:] if argv is None else argv))
+                            sys.argv[1:] if argv is None else argv),
+                        seeds=seeds, seeds_for=seeds_for)
     except (ExperimentError, ConfigError, ev.EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(doc["rows"], indent=2))
+    print(doc["claims_summary"])
     return 0
 
 

@@ -93,14 +93,22 @@ def test_a_run_trained_with_another_config_is_refused(tmp_path):
 
 def test_table_markdown_puts_ours_beside_the_paper():
     table = ex.TABLES["table2"]
-    results = {r.config: {"dsc": 80.0 + i, "case_dsc": None} for i, r in enumerate(table.rows)}
-    text = ex.table_markdown(table, "synthetic", table.rows, results, "include", "A note.")
+    summary = {r.config: {"seeds": [0, 1, 2], "ours": {
+        "dsc": {"mean": 80.0 + i, "sd": 1.5, "n": 3},
+        "case_dsc": {"mean": None, "sd": None, "n": 0}}} for i, r in enumerate(table.rows)}
+    summary["snet_bce"]["seeds"] = [0]
+    summary["snet_bce"]["ours"]["dsc"] = {"mean": 80.0, "sd": None, "n": 1}
+    summary["lsnet_unet"]["ours"]["case_dsc"] = {"mean": 70.25, "sd": 0.5, "n": 2}
+    text = ex.table_markdown(table, "synthetic", table.rows, summary, "include", "A note.")
     lines = text.splitlines()
     assert lines[0] == "### Table 2: ablation (U-Net family) — synthetic"
-    assert "| S-Net | Loss | L-Net | RR | DSC(%) | DSC per case(%) |" in lines
-    assert "| ✓ |  |  |  | 80.00 / 84.69 | – |" in lines
-    assert "| ✓ | ✓ | ✓ | ✓ | 83.00 / 88.20 | – |" in lines
+    assert "| S-Net | Loss | L-Net | RR | n | DSC(%) | DSC per case(%) |" in lines
+    assert "| ✓ |  |  |  | 1 | 80.00 / 84.69 | – |" in lines  # one seed: the value alone
+    assert "| ✓ | ✓ |  |  | 3 | 81.00 ± 1.50 / 86.51 | – |" in lines
+    # A cell with fewer values than the row has seeds says its n.
+    assert "| ✓ | ✓ | ✓ | ✓ | 3 | 83.00 ± 1.50 / 88.20 | 70.25 ± 0.50 (n=2) |" in lines
     assert "A note." in lines and "averaged over all slices" in text
+    assert "mean ± sample standard deviation over the row's n seeds" in text
 
 
 def test_size_curve_bins_per_slice_dsc():
@@ -118,7 +126,26 @@ def test_size_curve_bins_per_slice_dsc():
     # The last bin includes its top edge.
     assert ex.size_curve(slices[2:3], [1.0, 30.0])["n"].tolist() == [1]
     with pytest.raises(ex.ExperimentError, match="no slice with a target"):
-        ex.size_plot("/nonexistent/x.png", {"A": slices[3:4]}, "t")
+        ex.size_plot("/nonexistent/x.png", {"A": [slices[3:4]]}, "t")
+
+
+def test_seed_curve_averages_the_seeds_bin_means():
+    edges = [1.0, 10.0, 50.0, 60.0]
+    seed0 = [dict(tp=2, n_true=2, n_pred=2, pixels=100),      # 2 %: DSC 1
+             dict(tp=0, n_true=3, n_pred=0, pixels=100),      # 3 %: DSC 0  -> bin 0 mean 0.5
+             dict(tp=10, n_true=30, n_pred=10, pixels=100)]   # 30 %: DSC 0.5
+    seed1 = [dict(tp=2, n_true=2, n_pred=2, pixels=100),      # bin 0: 1 and 1 -> 1.0
+             dict(tp=3, n_true=3, n_pred=3, pixels=100),
+             dict(tp=0, n_true=30, n_pred=0, pixels=100)]     # 30 %: DSC 0
+    c = ex.seed_curve([seed0, seed1], edges)
+    assert c["n"].tolist() == [2, 1, 0] and c["seeds"].tolist() == [2, 2, 0]
+    np.testing.assert_allclose(c["mean"][:2], [0.75, 0.25])
+    np.testing.assert_allclose(c["sd"][:2], [np.std([0.5, 1.0], ddof=1),
+                                             np.std([0.5, 0.0], ddof=1)])
+    assert np.isnan(c["mean"][2]) and np.isnan(c["sd"][2])
+    one = ex.seed_curve([seed0], edges)  # one seed: its means, no spread
+    np.testing.assert_allclose(one["mean"][:2], [0.5, 0.5])
+    assert np.isnan(one["sd"]).all() and one["seeds"].tolist() == [1, 1, 0]
 
 
 def test_errors_name_what_is_wrong(tmp_path):
@@ -142,6 +169,132 @@ def test_list_prints_every_table(capsys):
     assert "configs/synthetic/lnet_crop.yaml" in out
 
 
+
+def test_seeds_flags_parse():
+    assert ex.parse_seeds("0,1,2") == (0, 1, 2) and ex.parse_seeds("4") == (4,)
+    assert ex.parse_seeds_for(["lsnet_unet,unet,c2f_unet=0,1,2,3,4", "fcn=7"]) == {
+        "lsnet_unet": (0, 1, 2, 3, 4), "unet": (0, 1, 2, 3, 4), "c2f_unet": (0, 1, 2, 3, 4),
+        "fcn": (7,)}
+    for bad in ("", "0,", "a", "-1", "1.5", "0;1"):
+        with pytest.raises(ex.ExperimentError, match="--seeds takes comma-separated non-negative "
+                                                     "integers such as 0,1,2, received "):
+            ex.parse_seeds(bad)
+    with pytest.raises(ex.ExperimentError, match="--seeds names a seed twice: '1,2,1'"):
+        ex.parse_seeds("1,2,1")
+    with pytest.raises(ex.ExperimentError, match="--seeds-for takes ROWS=SEEDS"):
+        ex.parse_seeds_for(["unet"])
+    with pytest.raises(ex.ExperimentError, match=r"--seeds-for names rows that no table has: "
+                                                 r"\['unte'\]"):
+        ex.parse_seeds_for(["unte,unet=0,1"])
+    with pytest.raises(ex.ExperimentError, match=r"--seeds-for unet= takes comma-separated"):
+        ex.parse_seeds_for(["unet=0,x"])
+    # Which seeds each row gets: --seeds-for, else --seeds, else the config's train.seed.
+    rows = ex.TABLES["table3"].rows
+    assert ex._seeds_of_rows(rows, "synthetic", None, [], (0, 1, 2), {"c2f_unet": (3, 4)}) == {
+        "c2f_unet": (3, 4), "lnet_crop": (0, 1, 2)}
+    assert ex._seeds_of_rows(rows, "synthetic", None, ["train.seed=5"], None, {}) == {
+        "c2f_unet": (5,), "lnet_crop": (5,)}
+
+
+def test_a_malformed_seeds_value_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    from lsnet_tf import train
+
+    monkeypatch.setattr(train, "run", lambda *a, **k: pytest.fail("nothing may train"))
+    common = ["run", "table3", "--dataset", "synthetic", "--runs-dir", str(tmp_path)]
+    assert ex.main(common + ["--seeds", "0,one"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --seeds takes comma-separated non-negative integers such as 0,1,2, "
+        "received '0,one'")
+    assert ex.main(common + ["--seeds-for", "lnet_crop:0,1"]) == 2
+    assert "error: --seeds-for takes ROWS=SEEDS" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_claims_are_the_papers():
+    def rows(table):
+        return {r.config for r in ex.TABLES[table].rows}
+
+    claims = {name: [(c.better, c.than, c.metric) for c in t.claims]
+              for name, t in ex.TABLES.items()}
+    assert claims["table1"] == [
+        ("lsnet_unet", "unet", "dsc"), ("lsnet_unet", "unet", "small"),
+        ("lsnet_unet", "attention_unet", "dsc"), ("lsnet_unet", "attention_unet", "small"),
+        ("lsnet_unet", "c2f_unet", "dsc"), ("lsnet_unet", "c2f_unet", "small"),
+        ("lsnet_fcn", "fcn", "dsc"), ("lsnet_fcn", "fcn", "small"),
+        ("lsnet_fcn", "c2f_fcn", "dsc"), ("lsnet_fcn", "c2f_fcn", "small")]
+    assert claims["table2"] == [("unet", "snet_bce", "dsc"), ("lnet_crop", "unet", "dsc"),
+                                ("lsnet_unet", "lnet_crop", "dsc")]
+    assert claims["table3"] == [("lnet_crop", "c2f_unet", "miou"), ("lnet_crop", "c2f_unet", "dsc")]
+    assert claims["table4"] == [("lsnet_unet", "lsnet_unet_gamma0", "dsc"),
+                                ("lsnet_unet", "lsnet_unet_gamma0p01", "dsc"),
+                                ("lsnet_unet", "lsnet_unet_gamma1", "dsc")]
+    for name, table in ex.TABLES.items():  # every claim is between rows of its table
+        assert all({c.better, c.than} <= rows(name) and c.metric in ex.CLAIM_METRICS
+                   for c in table.claims)
+    # In a claim, Table 4's rows are values of γ.
+    t4 = ex.TABLES["table4"]
+    assert [ex._row_name(t4, r) for r in t4.rows] == ["γ = 0", "γ = 0.01", "γ = 0.1", "γ = 1"]
+
+
+def _evaluation(dsc, small, miou=None):
+    """The parts of an evaluation result that a table reads (fractions)."""
+    by_size = {"small": {"n": 4, "dsc": small}, "medium": {"n": 3, "dsc": dsc},
+               "large": {"n": 2, "dsc": None}}
+    return {"val": {"dsc": {"mean": dsc}, "box_miou": miou, "per_case": {"mean": dsc},
+                    "dsc_by_size": by_size}}
+
+
+def test_cells_over_seeds_and_claims_paired_by_seed():
+    table = ex.Table("t", "T", ("Method",), ("dsc", "miou"), (
+        ex.Row("unet", "U-Net", {"dsc": 86.56}), ex.Row("lsnet_unet", "L-SNet", {"dsc": 88.2}),
+        ex.Row("fcn", "FCN", {})),
+        (ex.Claim("lsnet_unet", "unet", "dsc"), ex.Claim("lsnet_unet", "unet", "small"),
+         ex.Claim("lsnet_unet", "fcn", "dsc"), ex.Claim("unet", "snet_bce", "dsc")))
+    unet = {0: _evaluation(0.80, 0.50), 1: _evaluation(0.70, 0.40),
+            2: _evaluation(0.90, None), 3: _evaluation(0.60, 0.30)}
+    lsnet = {0: _evaluation(0.85, 0.60, 0.7), 1: _evaluation(0.74, 0.45, 0.8),
+             2: _evaluation(0.93, 0.70, None)}
+    fcn = {5: _evaluation(0.5, 0.5)}
+    row = ex.summarize_row(table, lsnet)
+    dsc = [85.0, 74.0, 93.0]
+    assert row["seeds"] == [0, 1, 2] and row["values"][1] == {"dsc": 74.0, "miou": 80.0}
+    assert row["ours"]["dsc"]["n"] == 3
+    np.testing.assert_allclose([row["ours"]["dsc"]["mean"], row["ours"]["dsc"]["sd"]],
+                               [np.mean(dsc), np.std(dsc, ddof=1)])
+    assert row["ours"]["miou"]["n"] == 2  # seed 2 has no box mIoU
+    small = row["dsc_by_size"]["small"]
+    assert (small["n"], small["slices"]) == (3, 4)
+    np.testing.assert_allclose([small["mean"], small["sd"]],
+                               [np.mean([60, 45, 70]), np.std([60, 45, 70], ddof=1)])
+    assert row["dsc_by_size"]["large"] == {"mean": None, "sd": None, "n": 0, "slices": 2}
+
+    values = {name: {s: {m: get(e) for m, (_, get) in ex.CLAIM_METRICS.items()}
+                     for s, e in evs.items()}
+              for name, evs in (("unet", unet), ("lsnet_unet", lsnet), ("fcn", fcn))}
+    results = ex.evaluate_claims(table.claims, values)
+    # Pairs: the seeds both rows have (0, 1, 2; unet's seed 3 has no partner).
+    overall, on_small, no_pair = results
+    assert overall["seeds"] == [0, 1, 2] and overall["differences"] == [5.0, 4.0, 3.0]
+    assert overall["mean"] == pytest.approx(4.0) and overall["n"] == 3
+    assert 3.0 <= overall["low"] <= overall["high"] <= 5.0 and overall["verdict"] == "holds"
+    assert on_small["differences"] == [10.0, 5.0, None] and on_small["n"] == 2
+    assert on_small["verdict"] == "holds"  # both differences positive
+    assert no_pair["seeds"] == [] and no_pair["verdict"] == "undecided (n < 2)"
+    assert len(results) == 3  # snet_bce was not run: its claim is left out
+    text = ex.claims_markdown(table, table.rows, results)
+    lines = text.splitlines()
+    assert lines[0] == "| Claim | Metric | n pairs | Mean difference (points) | 95 % CI | Verdict |"
+    low, high = overall["low"], overall["high"]
+    assert f"| L-SNet > U-Net | DSC | 3 | +4.00 | [{low:+.2f}, {high:+.2f}] | holds |" in lines
+    assert "| L-SNet > FCN | DSC | 0 | – | – | undecided (n < 2) |" in lines
+    assert "10,000 resamples of the seed pairs (RNG seed 0)" in text
+    assert "Not tested (a row not run): unet > snet_bce (DSC)." in lines
+    assert lines[-1] == ("**In plain words.** Of 3 claims tested, 2 hold, 0 do not hold and 1 "
+                         "is undecided (1 of them with fewer than 2 paired seeds).")
+    # The same numbers give the same intervals.
+    assert ex.evaluate_claims(table.claims, values) == results
+
+
 TINY = ["data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=2",
         "data.synthetic.folds=2", "data.synthetic.image_size=64",
         "data.synthetic.max_target_size=24", "data.image_size=64", "model.width=4",
@@ -153,60 +306,129 @@ TINY = ["data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=2",
 
 
 @pytest.mark.slow
-def test_tiny_table_end_to_end_and_resumable(tmp_path, monkeypatch):
+def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, capsys):
+    """Two one-stage rows, 1 epoch of 1 step on 64 x 64 slices: U-Net at seeds 0 and 1 and FCN
+    at seed 0, then FCN's seed 1 added, then FCN's seed 1 interrupted and resumed, then nothing
+    to do. 4 trainings in all."""
+    import subprocess
+
     from lsnet_tf import evaluate, train
 
     table = ex.Table("tiny", "A tiny table", ("Model",), ("dsc", "miou", "case_dsc"), (
-        ex.Row("lsnet_unet", "L-SNet", {"dsc": 88.20}),
-        ex.Row("lnet_crop", "L-Net + crop", {"dsc": 87.86, "miou": 86.58}),
-    ))
-    kwargs = dict(budget_epochs=1, runs_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "docs"),
-                  overrides=TINY + [f"data.cache_dir={tmp_path / 'cache'}"], flops=False,
-                  log=lambda *a: None)
-    doc = ex.run_table(table, "synthetic", **kwargs)
+        ex.Row("unet", "U-Net", {"dsc": 86.56}), ex.Row("fcn", "FCN", {"dsc": 84.28})),
+        ex._claims("unet", ("fcn",), ("dsc", "small")))
+    monkeypatch.setitem(ex.TABLES, "tiny", table)
+    out = tmp_path / "docs"
+    argv = ["run", "tiny", "--dataset", "synthetic", "--budget-epochs", "1", "--no-flops",
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--seeds", "0,1"]
+    for item in TINY + [f"data.cache_dir={tmp_path / 'cache'}"]:
+        argv += ["--set", item]
     runs = tmp_path / "runs" / "synthetic-e1"
-    for row in ("lsnet_unet", "lnet_crop"):
-        assert (runs / row / "eval.json").is_file()
-        assert (runs / row / "evaluation-val-exclude.json").is_file()
-        assert load_config(str(runs / row / "config.yaml")).train.epochs == 1
-    assert [r["config"] for r in doc["rows"]] == ["lsnet_unet", "lnet_crop"]
-    assert all(set(r["ours"]) == {"dsc", "miou", "case_dsc"} for r in doc["rows"])
-    md = (tmp_path / "docs" / "tiny-synthetic-e1.md").read_text()
-    assert "| L-SNet | " in md and " / 88.20 |" in md and " / 86.58 |" in md
-    with open(tmp_path / "docs" / "tiny-synthetic-e1.json") as f:
-        assert json.load(f)["rows"] == doc["rows"]
-    # Size breakdown: each row's buckets, as in its evaluation file.
-    with open(runs / "lsnet_unet" / "evaluation-val-exclude.json") as f:
-        by_size = json.load(f)["dsc_by_size"]
-    assert doc["rows"][0]["dsc_by_size"] == by_size
-    assert "| Method | small DSC(%) (slices) | medium DSC(%) (slices) | large DSC(%) (slices) |" in md
-    cells = [("–" if v["dsc"] is None else f"{100 * v['dsc']:.2f} ({v['n']})")
-             for v in by_size.values()]
-    assert "| L-SNet | " + " | ".join(cells) + " |" in md
-    # Provenance and the plot of both rows (both are in SIZE_PLOT_ROWS).
-    assert doc["provenance"]["seeds"] == {"lsnet_unet": 0, "lnet_crop": 0}
-    assert "seed 0 for every row" in md and "CPU cores" in md
-    plot = tmp_path / "docs" / "tiny-synthetic-e1-dsc-vs-size.png"
+
+    def table_files():
+        with open(out / "tiny-synthetic-e1.json") as f:
+            return json.load(f), (out / "tiny-synthetic-e1.md").read_text()
+
+    # 1. FCN at seed 0 only (--seeds-for): three runs, each in its seed folder.
+    assert ex.main(argv + ["--seeds-for", "fcn=0"]) == 0
+    for row, seed in (("unet", 0), ("unet", 1), ("fcn", 0)):
+        run = runs / row / f"seed{seed}"
+        for name in ("eval.json", "evaluation-val-exclude.json", "train-cpu.json"):
+            assert (run / name).is_file(), run / name
+        saved = load_config(str(run / "config.yaml"))
+        assert (saved.train.seed, saved.train.epochs) == (seed, 1)
+    assert not (runs / "fcn" / "seed1").exists()
+    doc, md = table_files()
+    assert [r["seeds"] for r in doc["rows"]] == [[0, 1], [0]]
+    assert "| FCN | 1 | " in md and "| U-Net > FCN | DSC | 1 | " in md
+    assert "| undecided (n < 2) |" in md
+    stamps = {p: os.path.getmtime(p) for p in runs.glob("*/seed*/eval.json")}
+    assert len(stamps) == 3
+
+    # 2. Every row at seeds 0 and 1: only FCN's seed 1 trains.
+    trained = []
+    real_run = train.run
+    monkeypatch.setattr(train, "run", lambda cfg, **kw: trained.append(cfg.train.output_dir)
+                        or real_run(cfg, **kw))
+    assert ex.main(argv) == 0
+    assert trained == [str(runs / "fcn" / "seed1")]
+    assert {p: os.path.getmtime(p) for p in stamps} == stamps
+    doc, md = table_files()
+    per_seed = {r["config"]: r["per_seed"] for r in doc["rows"]}
+    for row in ("unet", "fcn"):
+        assert [p["seed"] for p in per_seed[row]] == [0, 1]
+        dsc = []
+        for p in per_seed[row]:
+            with open(os.path.join(p["run"], "evaluation-val-exclude.json")) as f:
+                result = json.load(f)
+            assert p["run"] == str(runs / row / f"seed{p['seed']}")
+            assert p["ours"]["dsc"] == round(100 * result["dsc"]["mean"], 2)
+            assert p["dsc_by_size"] == result["dsc_by_size"]
+            dsc.append(p["ours"]["dsc"])
+        ours = next(r for r in doc["rows"] if r["config"] == row)["ours"]["dsc"]
+        assert ours["n"] == 2 and ours["mean"] == pytest.approx(np.mean(dsc))
+        assert ours["sd"] == pytest.approx(np.std(dsc, ddof=1))
+        spec = next(r for r in table.rows if r.config == row)
+        cell = f"{ours['mean']:.2f} ± {ours['sd']:.2f} / {spec.paper['dsc']:.2f}"
+        assert f"| {spec.label} | 2 | {cell} |" in md
+    dsc_claim = doc["claims"][0]
+    assert (dsc_claim["better"], dsc_claim["than"], dsc_claim["metric"]) == ("unet", "fcn", "dsc")
+    assert dsc_claim["seeds"] == [0, 1] and dsc_claim["n"] == 2
+    assert dsc_claim["differences"] == [
+        round(u["ours"]["dsc"] - f["ours"]["dsc"], 4) for u, f in zip(per_seed["unet"], per_seed["fcn"])]
+    assert dsc_claim["verdict"] in ("holds", "does not hold", "undecided")
+    assert "#### Claims" in md and f"| U-Net > FCN | DSC | 2 | {dsc_claim['mean']:+.2f} | " in md
+    assert f"| {dsc_claim['verdict']} |" in md and "**In plain words.** Of 2 claims tested" in md
+    assert doc["bootstrap"] == {"resamples": 10_000, "seed": 0, "level": 0.95}
+    # Provenance: the commit, the command, the seeds, the machine and the training time.
+    prov = doc["provenance"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(CONFIGS),
+                          capture_output=True, text=True).stdout.strip()
+    assert prov["commit"]["sha"] == head and isinstance(prov["commit"]["dirty"], bool)
+    assert prov["seeds"] == {"unet": [0, 1], "fcn": [0, 1]} and prov["runs"] == 4
+    assert prov["command"].startswith("python -m lsnet_tf.experiments run tiny --dataset synthetic")
+    seconds = [json.loads((runs / r / f"seed{s}" / "eval.json").read_text())["train_seconds"]
+               for r in ("unet", "fcn") for s in (0, 1)]
+    assert prov["train_seconds"] == pytest.approx(sum(seconds), abs=0.11)
+    assert prov["cpu_seconds_runs"] == 4 and prov["cpu_seconds"] > 0
+    assert f"at commit {head[:12]}" in md and "seeds 0, 1 for every row" in md and "CPU cores" in md
+    plot = out / "tiny-synthetic-e1-dsc-vs-size.png"  # U-Net is a row of SIZE_PLOT_ROWS
     assert doc["plot"] == plot.name and f"]({plot.name})" in md
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "bars ± 1 sample standard deviation across seeds" in md
 
-    # Second call: nothing is trained or evaluated again, the same table is written.
+    # 3. An interrupted run (its epoch checkpointed, no eval.json yet) resumes: no epoch again.
+    fcn1 = runs / "fcn" / "seed1"
+    (fcn1 / "eval.json").unlink()
+    (fcn1 / "evaluation-val-exclude.json").unlink()
+    checkpoint = os.path.getmtime(fcn1 / "checkpoints" / "checkpoint")
+    trained.clear()
+    assert ex.main(argv) == 0
+    assert trained == [str(fcn1)] and (fcn1 / "eval.json").is_file()
+    assert os.path.getmtime(fcn1 / "checkpoints" / "checkpoint") == checkpoint
+    assert json.loads((fcn1 / ex.CPU_FILE).read_text())["sessions"] == 2
+
+    # 4. Nothing left to do: nothing trains or evaluates, the same table is written; a run of
+    # the layout before seed folders is named and left alone.
     def fail(*args, **kw):
-        raise AssertionError("a finished row was run again")
+        raise AssertionError("a finished run was run again")
 
+    doc, _ = table_files()
     monkeypatch.setattr(train, "run", fail)
     monkeypatch.setattr(evaluate, "evaluate_run", fail)
-    stamp = os.path.getmtime(runs / "lnet_crop" / "checkpoints" / "checkpoint")
-    again = ex.run_table(table, "synthetic", **kwargs)
-    assert again["rows"] == doc["rows"]
-    assert os.path.getmtime(runs / "lnet_crop" / "checkpoints" / "checkpoint") == stamp
+    (runs / "unet" / "eval.json").write_text("{}")
+    capsys.readouterr()
+    assert ex.main(argv) == 0
+    assert "is a run of the layout before seed folders: not used" in capsys.readouterr().out
+    again, _ = table_files()
+    assert again["rows"] == doc["rows"] and again["claims"] == doc["claims"]
 
     # An evaluation file without per-slice counts (written by an older version) is redone.
-    path = runs / "lnet_crop" / "evaluation-val-exclude.json"
+    path = runs / "unet" / "seed1" / "evaluation-val-exclude.json"
     old = json.loads(path.read_text())
     path.write_text(json.dumps({k: v for k, v in old.items() if k != "slices"}))
     redone = []
     monkeypatch.setattr(evaluate, "evaluate_run", lambda run, **kw: redone.append(run) or old)
-    ex.run_table(table, "synthetic", **kwargs)
-    assert redone == [str(runs / "lnet_crop")]
+    assert ex.main(argv) == 0
+    assert redone == [str(runs / "unet" / "seed1")]
     assert json.loads(path.read_text())["slices"] == old["slices"]
