@@ -834,7 +834,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
                                for s in row_seeds[r.config]]} for r in chosen],
         "bootstrap": dict(BOOTSTRAP),
         "claims": claims,
-        "claims_summary": claims_summary(claims),
+        "claims_summary": claims_summary(claims) if table.claims else None,
     }
     text = table_markdown(table, dataset, chosen, summary, empty_slices, note)
     text += "\n#### DSC by target size\n\n" + size_markdown(chosen, summary)
@@ -901,7 +901,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(doc["rows"], indent=2))
-    print(doc["claims_summary"])
+    if doc["claims_summary"]:
+        print(doc["claims_summary"])
     return 0
 
 
