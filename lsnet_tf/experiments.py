@@ -700,8 +700,9 @@ def _provenance_note(p: dict) -> str:
     else:
         seed = "seeds " + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in p["seeds"].items())
     commit = p["commit"]
-    at = ("commit unknown" if commit is None
-          else f"commit {commit['sha'][:12]}{' (with uncommitted changes)' if commit['dirty'] else ''}")
+    at = "commit unknown" if commit is None else f"commit {commit['sha'][:12]}"
+    if commit is not None and commit["dirty"]:
+        at += " (with uncommitted changes)"
     cpu = ("" if p["cpu_seconds"] is None
            else f"; process CPU time {p['cpu_seconds'] / 60:.1f} min, recorded for "
                 f"{p['cpu_seconds_runs']} of them")

@@ -374,8 +374,8 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     dsc_claim = doc["claims"][0]
     assert (dsc_claim["better"], dsc_claim["than"], dsc_claim["metric"]) == ("unet", "fcn", "dsc")
     assert dsc_claim["seeds"] == [0, 1] and dsc_claim["n"] == 2
-    assert dsc_claim["differences"] == [
-        round(u["ours"]["dsc"] - f["ours"]["dsc"], 4) for u, f in zip(per_seed["unet"], per_seed["fcn"])]
+    assert dsc_claim["differences"] == [round(u["ours"]["dsc"] - f["ours"]["dsc"], 4)
+                                        for u, f in zip(per_seed["unet"], per_seed["fcn"])]
     assert dsc_claim["verdict"] in ("holds", "does not hold", "undecided")
     assert "#### Claims" in md and f"| U-Net > FCN | DSC | 2 | {dsc_claim['mean']:+.2f} | " in md
     assert f"| {dsc_claim['verdict']} |" in md and "**In plain words.** Of 2 claims tested" in md
