@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from lsnet_tf.files import write_text
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the source."""
@@ -203,12 +205,17 @@ class TrainConfig:
     top_k: int = 3
     # Epochs at the start during which ground-truth boxes stand in for predicted RoIs (0 = off).
     gt_box_epochs: int = 0
-    # "auto" (TF_CONFIG -> multi-worker, else mirrored), "mirrored", "multi_worker", "default".
+    # "auto": multi-worker when TF_CONFIG is set, mirrored over the GPUs when there are several,
+    # else the default (single-device) strategy; or "mirrored", "multi_worker", "default".
     strategy: str = "auto"
     seed: int = 0
     output_dir: str = "runs/default"
+    # The validation pass of fit (every loss term and the DSC of the validation fold, in the logs
+    # and TensorBoard) every N epochs and after the last epoch; eval.json evaluates the final
+    # model on the validation fold whatever N is.
+    eval_every: int = 5
     # TensorBoard images every N epochs (0 = never).
-    image_log_epochs: int = 1
+    image_log_epochs: int = 5
     verbose: int = 1
     # Keras "mixed_float16" policy for the networks (float16 compute, float32 weights; output
     # heads and losses stay float32); no loss scaling. Pays off on GPUs with float16 units only.
@@ -229,6 +236,9 @@ class TrainConfig:
         _check(self.lr_decay_epochs >= 1, "train.lr_decay_epochs must be >= 1", self.lr_decay_epochs)
         _check(self.gamma >= 0, "train.gamma must be >= 0", self.gamma)
         _check(self.top_k >= 1, "train.top_k must be >= 1", self.top_k)
+        _check(self.eval_every >= 1, "train.eval_every must be >= 1", self.eval_every)
+        _check(self.image_log_epochs >= 0, "train.image_log_epochs must be >= 0",
+               self.image_log_epochs)
         _check(self.strategy in ("auto", "mirrored", "multi_worker", "default"),
                "train.strategy must be auto, mirrored, multi_worker or default", self.strategy)
         _check(isinstance(self.mixed_precision, bool), "train.mixed_precision must be true or false",
@@ -275,10 +285,7 @@ class Config:
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.to_yaml())
-        os.replace(tmp, path)
+        write_text(path, self.to_yaml())
 
 
 def _check(ok: bool, message: str, received: Any) -> None:

@@ -32,10 +32,18 @@ from lsnet_tf.models.build import build_model, compile_model, parameter_counts
 
 
 def make_strategy(name: str):
+    """The ``tf.distribute`` strategy of ``train.strategy`` (see ``lsnet_tf.config``).
+
+    ``auto`` mirrors only over several GPUs: on one device, MirroredStrategy adds a multi-device
+    iterator and cross-device plumbing for nothing.
+    """
     import tensorflow as tf
 
     if name == "auto":
-        name = "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored"
+        if os.environ.get("TF_CONFIG"):
+            name = "multi_worker"
+        else:
+            name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
@@ -87,6 +95,10 @@ def run(cfg, log=print, timeline=None) -> dict:
     log(f"dataset {dataset_dir}: {n_train} training slices, {n_val} validation slices "
         f"(fold {cfg.data.val_fold}); {steps} steps per epoch; {replicas} replica(s)"
         + (f"; worker {worker}" if worker else ""))
+    if cfg.data.on_corrupt == "error" and not multi_worker.is_multi_worker(strategy):
+        # The validation pass's length, so that Keras knows where it ends instead of running
+        # into the end of the data (a warning, and an aborted iterator, every epoch).
+        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(-(-n_val // global_batch)))
     mark("datasets")
     corrupt = []
     if cfg.data.on_corrupt == "skip":
@@ -142,7 +154,8 @@ def run(cfg, log=print, timeline=None) -> dict:
             # Keras distributes the dataset itself (global batch data.batch_size).
             model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
                       steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
-                      verbose=cfg.train.verbose)
+                      validation_freq=validation_epochs(cfg.train), verbose=cfg.train.verbose,
+                      shuffle=False)  # the pipeline shuffles; fit cannot shuffle a tf.data input
         train_s = time.time() - t0
         if nonfinite.skipped:
             log(f"train.on_nonfinite=skip: {nonfinite.skipped} batch(es) with a non-finite loss "
@@ -177,6 +190,12 @@ def run(cfg, log=print, timeline=None) -> dict:
     if multi_worker.is_multi_worker(strategy):
         multi_worker.barrier(strategy)
     return summary
+
+
+def validation_epochs(train_cfg) -> list[int]:
+    """The 1-based epochs of fit's validation pass: every ``eval_every`` and the last."""
+    last = train_cfg.epochs
+    return [e for e in range(1, last + 1) if e % train_cfg.eval_every == 0 or e == last]
 
 
 def _fmt(value) -> str:

@@ -150,7 +150,11 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class ImageLogger(keras.callbacks.Callback):
-    """TensorBoard images of a fixed validation batch: boxes, heatmap, RoI, mask overlay."""
+    """TensorBoard images of a fixed validation batch: boxes, heatmap, RoI, mask overlay.
+
+    The model's inference path runs as one ``tf.function`` (traced at the first logged epoch),
+    not op by op.
+    """
 
     def __init__(self, logdir: str, val_ds, every: int = 1, max_images: int = 4):
         super().__init__()
@@ -158,33 +162,43 @@ class ImageLogger(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(logdir) if every else None
         self.batch = next(iter(val_ds.take(1))) if every else None
         self.max_images = max_images
+        self._predict = None
+
+    def _outputs(self, images):
+        """What the images show: the model's boxes, mask and heatmap and, for L-SNet, the RoI of
+        each image's best keypoint as S-Net sees it."""
+        if self._predict is None:
+            model = self.model
+
+            def predict(images):
+                pred = model.predict_masks(images)
+                out = {k: pred[k] for k in ("boxes", "valid", "mask", "heatmap") if k in pred}
+                if hasattr(model, "rr"):
+                    points, dist = two_stage.select_train_rois(
+                        pred["heatmap"], model.lnet(images, training=False)["ltrb"], model.top_k,
+                        False, tf.constant([0, 0], tf.int64))
+                    out["roi"] = model.rr([images, points, dist])[0]
+                return out
+
+            self._predict = tf.function(predict)
+        return {k: v.numpy() for k, v in self._predict(images).items()}
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.every or (epoch + 1) % self.every:
             return
-        b = {k: v[: self.max_images] for k, v in self.batch.items()}
-        pred = self.model.predict_masks(b["image"])
-        img = b["image"].numpy()[..., 0]
-        boxes = pred["boxes"].numpy()
-        valid = pred["valid"].numpy()
-        heat = pred["heatmap"].numpy() if "heatmap" in pred else None
-        mask = pred["mask"].numpy()[..., 0]
+        images = self.batch["image"][: self.max_images]
+        out = self._outputs(images)
+        img = images.numpy()[..., 0]
         with self.writer.as_default():
-            tf.summary.image("input_with_boxes", np.stack([draw_boxes(i, bx, v) for i, bx, v in zip(img, boxes, valid)]),
-                             step=epoch, max_outputs=self.max_images)
-            if heat is not None:
-                tf.summary.image("heatmap", heat, step=epoch, max_outputs=self.max_images)
-            tf.summary.image("mask_overlay", np.stack([overlay(i, m) for i, m in zip(img, mask)]),
-                             step=epoch, max_outputs=self.max_images)
-            if hasattr(self.model, "rr"):  # L-SNet: the RoI of each image's best keypoint
-                self._log_rois(b["image"], pred["heatmap"], epoch)
+            tf.summary.image("input_with_boxes", np.stack([
+                draw_boxes(i, bx, v) for i, bx, v in zip(img, out["boxes"], out["valid"])]),
+                step=epoch, max_outputs=self.max_images)
+            if "heatmap" in out:
+                tf.summary.image("heatmap", out["heatmap"], step=epoch,
+                                 max_outputs=self.max_images)
+            tf.summary.image("mask_overlay", np.stack([
+                overlay(i, m) for i, m in zip(img, out["mask"][..., 0])]),
+                step=epoch, max_outputs=self.max_images)
+            if "roi" in out:
+                tf.summary.image("roi", out["roi"], step=epoch, max_outputs=self.max_images)
         self.writer.flush()
-
-    def _log_rois(self, images, heatmap, epoch):
-        """The RoI of each image's best keypoint, as S-Net sees it."""
-        with self.writer.as_default():
-            points, dist = two_stage.select_train_rois(
-                heatmap, self.model.lnet(images)["ltrb"], self.model.top_k, False,
-                tf.constant([0, 0], tf.int64))
-            rois, _ = self.model.rr([images, points, dist])
-            tf.summary.image("roi", rois, step=epoch, max_outputs=self.max_images)
