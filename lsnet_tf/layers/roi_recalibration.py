@@ -1,7 +1,7 @@
 """RoI Recalibration (RR): the differentiable crop between L-Net and S-Net.
 
 The layer holds the settings (output size, margin) and calls the pure ops: ``roi_theta`` builds
-the affine transform of READING-NOTES Eq. (2)-(3) from a keypoint and its ``ltrb`` distances, and
+the affine transform of Eqs. (2)-(3) of the paper (Sec. 2.2) from a keypoint and its ``ltrb`` distances, and
 ``sample_axis_aligned`` resamples the RoI (the separable form of ``affine_grid`` +
 ``bilinear_sample`` for this scale-and-translate transform; conventions in
 ``lsnet_tf.ops.sampling``). Gradients flow from the RoI to ``theta`` and on to the keypoint and

@@ -114,7 +114,7 @@ def diou_loss(boxes_true, boxes_pred, eps: float = 1e-7) -> tf.Tensor:
 
 
 def box_theta(boxes_xyxy, height, width, margin: float = 15.0) -> tf.Tensor:
-    """RR transform of a box (READING-NOTES Eq. (3)): ``(..., 4)`` ``xyxy`` -> ``(..., 2, 3)``.
+    """RR transform of a box (Eq. (3) of the paper, Sec. 2.2): ``(..., 4)`` ``xyxy`` -> ``(..., 2, 3)``.
 
     The box is grown by `margin` input pixels on every side, giving ``(x1, y1, x2, y2)``; then
     ``s_x = (x2 - x1) / W``, ``s_y = (y2 - y1) / H``, ``t_x = (x1 + x2) / W - 1``,
@@ -139,7 +139,7 @@ def box_theta(boxes_xyxy, height, width, margin: float = 15.0) -> tf.Tensor:
 
 
 def roi_theta(keypoints, ltrb, height, width, margin: float = 15.0) -> tf.Tensor:
-    """RR transform from a keypoint and its regressed distances (READING-NOTES Eq. (2)-(3)).
+    """RR transform from a keypoint and its regressed distances (Eqs. (2)-(3) of the paper, Sec. 2.2).
 
     Args:
       keypoints: ``(..., 2)`` ``(x, y)`` in input pixels.

@@ -7,7 +7,8 @@ SavedModel and converts to TFLite with ``TFLITE_BUILTINS``; they also compile wi
 ``tf.function(jit_compile=True)`` when the input shape is static.
 
 Coordinates are feature-grid cells: ``x`` is the column ``j``, ``y`` the row ``i`` (a cell's
-input-space point is ``((j + 0.5) * stride, (i + 0.5) * stride)``, see READING-NOTES.md).
+input-space point is ``((j + 0.5) * stride, (i + 0.5) * stride)``, the centre-aligned sampling of
+Sec. 2.1 of the paper).
 Connectivity is 8-neighbour (3 x 3), as in ``scipy.ndimage.label(mask, np.ones((3, 3)))``.
 """
 from __future__ import annotations

@@ -299,7 +299,7 @@ def sample_axis_aligned(images, scale, offset, height, width) -> tf.Tensor:
 
 
 def invert_affine(theta, eps: float = 1e-6) -> tf.Tensor:
-    """Inverse of a scale-and-translate ``theta`` (READING-NOTES Eq. (4)).
+    """Inverse of a scale-and-translate ``theta`` (Eq. (4) of the paper, Sec. 2.4).
 
     Args:
       theta: ``(batch, 2, 3)`` float of the form ``[[s_x, 0, t_x], [0, s_y, t_y]]`` (the RR
