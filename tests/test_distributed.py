@@ -1,0 +1,264 @@
+"""L-SNet's training step under ``tf.distribute.MirroredStrategy`` on the two logical CPUs of
+``tests/conftest.py`` against one device, for the same global batch of 4.
+
+What holds and what does not (measured on this tiny model, SGD, one step):
+
+- The networks' BatchNormalization layers are not synchronized: in training mode each replica
+  normalises with its own half-batch statistics, so the 2-replica step is a different function
+  of the batch than the 1-device step. Its weight updates differ from the 1-device ones by 2 to
+  9 times the largest update of a tensor (the strict test, xfail).
+- With the BN layers in inference mode (``trainable = False``), everything else agrees to float
+  rounding (1e-6 of the largest entry): global-count normalisation of every loss term, the
+  gradient sum over replicas, both optimizers.
+- With BN in training mode, the 2-replica update equals the sum of per-replica references built by
+  hand (each half batch through the networks, each loss term divided by the global count), and
+  each replica's BN moving statistics are those of its half batch.
+- The random training RoI: every replica draws with the same step seed, so image b of every
+  replica gets the same rank among its top-3 cells, and the draw of a global batch depends on how
+  it is split (xfail; the tests that compare updates use top_k = 1, whose RoI is not random).
+- With ``synchronized = True`` on every BN layer the 2-replica update comes to within about 4% of
+  the largest entry of a tensor of the 1-device one. That is the float sensitivity of
+  training-mode BN here, not an error: on one device, BN's variance computed as E[x²] - E[x]²
+  instead of E[(x - E[x])²] alone changes the gradients by up to 1%, and scaling the input by
+  1 + 1e-7 by up to 0.08%. No test pins that comparison.
+
+The steps run eagerly (``run_eagerly=True``): tracing the two replicas' step takes minutes on two
+CPUs; the operations are the same.
+"""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import make_batch, tiny_cfg
+from lsnet_tf.losses.localization import localization_loss
+from lsnet_tf.losses.segmentation import per_sample_loss_from_logits
+from lsnet_tf.layers.roi_recalibration import RoIRecalibration
+from lsnet_tf.models.build import build_model
+from lsnet_tf.ops.sampling import affine_grid, bilinear_sample
+
+pytestmark = pytest.mark.slow
+
+STRIDE = 4
+LR = 0.5
+GLOBAL_BATCH = 4
+# Replica 0 gets images 0 and 1 (two targets), replica 1 images 2 and 3 (one): a loss divided by
+# a replica's own counts instead of the global ones weighs the halves differently.
+WITH_TARGET = (True, True, False, True)
+
+
+def select_rois(model, heatmap, ltrb, training, seed):
+    """L-SNet's training RoI choice (the one private reach of this file; see test_two_stage)."""
+    if hasattr(model, "_select_rois"):
+        return model._select_rois(heatmap, ltrb, training, seed)
+    from lsnet_tf.models import two_stage
+
+    return two_stage.select_train_rois(heatmap, ltrb, model.top_k, training, seed)
+
+
+def global_batch():
+    """The fixed batch: the pipeline's format, with noise on the images (no ties among the
+    heatmap's cells, so every RoI choice is well defined)."""
+    batch = make_batch(n=GLOBAL_BATCH, with_target=WITH_TARGET)
+    noise = np.random.default_rng(0).uniform(-0.2, 0.2, batch["image"].shape)
+    batch["image"] = batch["image"] + tf.constant(noise, tf.float32)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2, "tests/conftest.py configures two logical CPUs"
+    # Reduction through one device, not collective ops (see test_reliability: a second
+    # MirroredStrategy's collectives in one process collide with the first one's keys).
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def batch_norm_layers(model):
+    found = []
+
+    def walk(layer):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        for sub in getattr(layer, "layers", None) or []:
+            walk(sub)
+
+    walk(model.lnet)
+    walk(model.snet)
+    return found
+
+
+def initial_weights(cfg):
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    return {"lnet": model.lnet.get_weights(), "snet": model.snet.get_weights()}
+
+
+def model_with(cfg, weights, frozen_bn=False, strategy=None):
+    """``build_model(cfg)`` in `strategy`'s scope with `weights`, SGD(LR) for both networks."""
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = build_model(cfg)
+        model.lnet.set_weights(weights["lnet"])
+        model.snet.set_weights(weights["snet"])
+        if frozen_bn:  # Keras: a BN layer that is not trainable runs in inference mode
+            for layer in batch_norm_layers(model):
+                layer.trainable = False
+        model.compile(lnet_optimizer=keras.optimizers.SGD(LR),
+                      snet_optimizer=keras.optimizers.SGD(LR), run_eagerly=True)
+    return model
+
+
+def one_step(model, batch):
+    """One ``fit`` step on the global batch; the networks' weights after it: per network, per
+    variable, the values of every replica."""
+    ds = tf.data.Dataset.from_tensor_slices(batch).batch(GLOBAL_BATCH)
+    model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 1
+    return {name: [[np.array(c) for c in getattr(v.value, "values", [v.value])]
+                   for v in net.weights]
+            for name, net in (("lnet", model.lnet), ("snet", model.snet))}
+
+
+def max_update_error(after, expected, before):
+    """Worst, over tensors and replicas, of |after - expected| / max|expected - before|, less
+    two float32 spacings of the tensor's largest weight (rounding of w - lr·g, not of g)."""
+    worst = 0.0
+    for replicas, e, b in zip(after, expected, before):
+        update = np.abs(e - b).max()
+        rounding = 2 * np.spacing(np.float32(np.abs(e).max()))
+        for a in replicas:
+            err = max(np.abs(a - e).max() - rounding, 0.0)
+            worst = max(worst, err / max(update, 1e-12) if err else 0.0)
+    return worst
+
+
+def trainable_mask(model):
+    return {name: [v.trainable for v in net.weights]
+            for name, net in (("lnet", model.lnet), ("snet", model.snet))}
+
+
+def compare(after, expected, before, which, tolerance):
+    for name in ("lnet", "snet"):
+        sel = [k for k, t in enumerate(which[name]) if t]
+        err = max_update_error([after[name][k] for k in sel], [expected[name][k] for k in sel],
+                               [before[name][k] for k in sel])
+        assert err <= tolerance, (name, err)
+
+
+def single_and_mirrored(cfg, mirrored, frozen_bn):
+    weights = initial_weights(cfg)
+    batch = global_batch()
+    single = model_with(cfg, weights, frozen_bn)
+    expected = one_step(single, batch)
+    expected = {n: [r[0] for r in v] for n, v in expected.items()}
+    model = model_with(cfg, weights, frozen_bn, mirrored)
+    assert model.distribute_strategy.num_replicas_in_sync == 2
+    after = one_step(model, batch)
+    before = {n: [np.array(w) for w in ws] for n, ws in weights.items()}
+    return after, expected, before, trainable_mask(model)
+
+
+# ----------------------------------------------------------------------------- tests
+
+@pytest.mark.xfail(strict=True, reason="BatchNormalization is not synchronized across replicas: "
+                   "each normalises with its half batch's statistics in training mode")
+def test_mirrored_step_equals_one_device_step(mirrored):
+    after, expected, before, _ = single_and_mirrored(tiny_cfg("train.top_k=1"), mirrored, False)
+    every = {n: [True] * len(v) for n, v in before.items()}
+    compare(after, expected, before, every, 1e-4)
+
+
+def test_mirrored_step_equals_one_device_step_with_batch_norm_in_inference_mode(mirrored):
+    after, expected, before, trainable = single_and_mirrored(
+        tiny_cfg("train.top_k=1"), mirrored, True)
+    # Trainable weights to float rounding; the frozen BN statistics stay as they were.
+    compare(after, expected, before, trainable, 1e-4)
+    for name in ("lnet", "snet"):
+        for k, t in enumerate(trainable[name]):
+            if not t:
+                for c in after[name][k]:
+                    np.testing.assert_array_equal(c, before[name][k])
+
+
+@pytest.mark.xfail(strict=True, reason="every replica draws its training RoIs with the same step "
+                   "seed, so the draw of a global batch depends on its split over replicas")
+def test_mirrored_random_rois_equal_one_device_rois(mirrored):
+    # Seed 1, step 0: one device draws ranks (0, 1, 1, 2) for images 0..3; each replica draws
+    # (0, 1) for its two images. BN in inference mode: the RoIs are the only difference left.
+    after, expected, before, trainable = single_and_mirrored(
+        tiny_cfg("train.top_k=3", "train.seed=1", "train.gamma=1.0"), mirrored, True)
+    compare(after, expected, before, trainable, 1e-4)
+
+
+def replica_reference(cfg, model, half, counts):
+    """One replica's gradients, by hand, as one device computes them for its half batch:
+    (L-Net's grads of L_L + γ·L_S, S-Net's of L_S), every term divided by the global counts."""
+    images, mask = half["image"], half["mask"]
+    has_target = tf.cast(half["num_boxes"] > 0, tf.float32)
+    roi_size = tuple(int(s) for s in model.snet.input_shape[1:3])
+    rr = RoIRecalibration(output_size=roi_size, margin=cfg.model.margin)
+    seed = tf.constant([cfg.train.seed, 0], tf.int64)
+    positives = float(tf.reduce_sum(tf.cast(half["heatmap"] > cfg.loss.tau, tf.float32)))
+    with tf.GradientTape(persistent=True) as tape:
+        out = model.lnet(images, training=True)
+        _, terms = localization_loss(out["heatmap_logits"], out["ltrb"], half["heatmap"],
+                                     half["ltrb"], cfg.loss, counts["batch"], STRIDE)
+        # localization_loss divides the box term by this half's positives: by the global ones.
+        box = terms["box"] * max(positives, 1.0) / counts["positives"]
+        l_loss = terms["heatmap"] + cfg.loss.box_weight * box
+        points, dist = select_rois(model, out["heatmap"], out["ltrb"], True, seed)
+        rois, theta = rr([images, points, dist])
+        roi_mask = bilinear_sample(mask, affine_grid(tf.stop_gradient(theta), *roi_size))
+        per_image = per_sample_loss_from_logits(cfg.loss, roi_mask, model.snet(rois, training=True))
+        s_loss = tf.reduce_sum(per_image * has_target) / counts["targets"]
+        total = l_loss + cfg.train.gamma * s_loss
+    return (tape.gradient(total, model.lnet.trainable_variables),
+            tape.gradient(s_loss, model.snet.trainable_variables))
+
+
+def test_mirrored_step_is_the_sum_of_per_replica_references(mirrored):
+    """BN in training mode: the 2-replica update is -LR times the sum of the two replicas'
+    hand-made gradients (global counts), and replica r's BN statistics are those of half r."""
+    cfg = tiny_cfg("train.top_k=1", "train.gamma=1.0")
+    weights = initial_weights(cfg)
+    batch = global_batch()
+    counts = {"batch": GLOBAL_BATCH, "targets": float(sum(WITH_TARGET)),
+              "positives": float(tf.reduce_sum(tf.cast(batch["heatmap"] > cfg.loss.tau,
+                                                       tf.float32)))}
+    reference = model_with(cfg, weights)
+    grads = {"lnet": None, "snet": None}
+    statistics = []
+    for r in range(2):
+        half = {k: v[2 * r:2 * r + 2] for k, v in batch.items()}
+        reference.lnet.set_weights(weights["lnet"])
+        reference.snet.set_weights(weights["snet"])
+        got = replica_reference(cfg, reference, half, counts)
+        for name, g in zip(("lnet", "snet"), got):
+            g = [x.numpy() for x in g]
+            grads[name] = g if grads[name] is None else [a + b for a, b in zip(grads[name], g)]
+        statistics.append({name: [np.array(v.value) for v in net.weights]
+                           for name, net in (("lnet", reference.lnet),
+                                             ("snet", reference.snet))})
+    model = model_with(cfg, weights, strategy=mirrored)
+    after = one_step(model, batch)
+    before = {n: [np.array(w) for w in ws] for n, ws in weights.items()}
+    for name, net in (("lnet", model.lnet), ("snet", model.snet)):
+        trainable = [v.trainable for v in net.weights]
+        g = iter(grads[name])
+        expected = [before[name][k] - np.float32(LR) * next(g) if t else None
+                    for k, t in enumerate(trainable)]
+        sel = [k for k, t in enumerate(trainable) if t]
+        err = max_update_error([after[name][k] for k in sel], [expected[k] for k in sel],
+                               [before[name][k] for k in sel])
+        assert err <= 1e-4, (name, err)
+        # Replica r's moving statistics: those of one device's forward pass on half r.
+        for k, t in enumerate(trainable):
+            if not t:
+                for r in range(2):
+                    np.testing.assert_allclose(after[name][k][r], statistics[r][name][k],
+                                               rtol=1e-5, atol=1e-6, err_msg=(name, k, r))
+        moved = [k for k, t in enumerate(trainable)
+                 if not t and not np.allclose(after[name][k][0], after[name][k][1])]
+        assert moved, "the two replicas' statistics differ (half batches differ)"
