@@ -47,7 +47,7 @@ __all__ = ["CoarseToFine", "LNetCrop", "TRAIN_CROPS"]
 
 def _pick_random(valid, seed):
     """Per row, the index of a uniformly chosen True entry of ``(B, K)`` `valid` (0 if none)."""
-    u = tf.random.stateless_uniform(tf.shape(valid), seed)
+    u = two_stage.replica_uniform(tf.shape(valid), seed)
     return tf.argmax(tf.where(valid, u, -1.0), axis=1, output_type=tf.int32)
 
 
