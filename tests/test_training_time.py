@@ -46,15 +46,16 @@ def test_timeline_summary_from_known_times():
     t.first_step_at = 6.5
     t.epochs = [20.0, 10.0, 12.0]
     t.steps = [[1.0] * 4, [2.0] * 4, [2.5] * 4]
-    t.validation = [5.0, 1.0]  # the first epoch's pass, then one more in the two steady epochs
+    t.validation = [(0, 5.0), (2, 1.0)]  # passes in epochs 1 (traces the step) and 3
     t.callbacks = {"A": [3.0, 0.5, 1.5], "B": [0.0, 0.0, 0.0]}
     s = t.summary()
     assert s["startup"] == {"datasets": 2.0, "model": 3.0} and s["first_step_after_s"] == 6.5
-    assert s["first_epoch_s"] == 20.0 and s["epoch_s"] == 11.0  # mean of epochs 2 and 3
+    assert s["first_epoch_s"] == 20.0
+    assert s["train_epoch_s"] == 10.5  # epochs 2 and 3 without epoch 3's validation pass
     assert s["steps_per_epoch"] == 4 and s["step_s"] == 2.25 and s["steps_s"] == 9.0
-    assert s["validation_s"] == 0.5  # 1 s of validation over 2 steady epochs
+    assert s["validation_passes"] == 2 and s["validation_pass_s"] == 1.0  # the first traces
     assert s["callbacks_s"] == {"A": 1.0, "B": 0.0}
-    assert s["other_s"] == pytest.approx(11.0 - 9.0 - 0.5 - 1.0)
+    assert s["other_s"] == pytest.approx(10.5 - 9.0 - 1.0)
 
 
 def test_timeline_instruments_fit_without_changing_what_callbacks_see():
@@ -85,6 +86,6 @@ def test_timeline_instruments_fit_without_changing_what_callbacks_see():
     assert [e[1] for e in ends] == [0, 1, 2]
     assert "val_loss" not in ends[0][2] and "val_loss" in ends[1][2]  # logs passed through
     assert [len(s) for s in timeline.steps] == [4, 4, 4]
-    assert len(timeline.validation) == 2 and len(timeline.epochs) == 3
+    assert [e for e, _ in timeline.validation] == [1, 2] and len(timeline.epochs) == 3
     assert len(timeline.callbacks["Recorder"]) == 3
     assert all(x >= 0 for x in timeline.epochs) and timeline.first_step_at >= 0

@@ -27,7 +27,7 @@ class Timeline:
         self.phases: dict[str, float] = {}
         self.callbacks: dict[str, list[float]] = {}  # name -> seconds per epoch
         self.steps: list[list[float]] = []  # per epoch, seconds per training step
-        self.validation: list[float] = []  # seconds per validation pass
+        self.validation: list[tuple[int, float]] = []  # (epoch index, seconds) per pass
         self.epochs: list[float] = []  # wall seconds per epoch (epoch begin to its end hooks)
         self.first_step_at: float | None = None  # seconds from creation to the first step
 
@@ -42,30 +42,38 @@ class Timeline:
                 _EpochEnd(self, steps)]
 
     def summary(self) -> dict:
-        """Seconds: start-up phases; per steady-state epoch (every epoch but the first, or the
-        only one) the mean of steps, validation and each callback; the first epoch apart."""
+        """Seconds: start-up phases; the first epoch (which traces the steps) apart; for the
+        steady-state epochs (every epoch but the first, or the only one) the mean training epoch
+        without its validation pass (``train_epoch_s``: steps, each callback, the rest), and
+        the mean validation pass after the first one (which traces the evaluation step)."""
         def mean(xs):
             return sum(xs) / len(xs) if xs else 0.0
 
         steady = slice(1, None) if len(self.epochs) > 1 else slice(0, None)
+        first = 1 if len(self.epochs) > 1 else 0
         step_times = [t for epoch in self.steps[steady] for t in epoch]
+        in_epoch = {}
+        for epoch, seconds in self.validation:
+            in_epoch[epoch] = in_epoch.get(epoch, 0.0) + seconds
+        passes = [s for _, s in self.validation]
+        train_epochs = [wall - in_epoch.get(i, 0.0)
+                        for i, wall in enumerate(self.epochs) if i >= first]
         out = {
             "startup": {k: round(v, 2) for k, v in self.phases.items()},
             "first_step_after_s": (round(self.first_step_at, 2)
                                    if self.first_step_at is not None else None),
             "epochs": len(self.epochs),
             "first_epoch_s": round(self.epochs[0], 2) if self.epochs else None,
-            "epoch_s": round(mean(self.epochs[steady]), 3),
+            "train_epoch_s": round(mean(train_epochs), 3),
             "steps_per_epoch": len(self.steps[-1]) if self.steps else 0,
             "step_s": round(mean(step_times), 4),
             "steps_s": round(mean([sum(e) for e in self.steps[steady]]), 3),
-            "validation_s": round(sum(self.validation[1:] if len(self.validation) > 1
-                                      else self.validation)
-                                  / max(1, len(self.epochs[steady])), 3),
+            "validation_passes": len(passes),
+            "validation_pass_s": round(mean(passes[1:] if len(passes) > 1 else passes), 3),
             "callbacks_s": {k: round(mean(v[steady]), 3) for k, v in self.callbacks.items()},
         }
-        accounted = out["steps_s"] + out["validation_s"] + sum(out["callbacks_s"].values())
-        out["other_s"] = round(out["epoch_s"] - accounted, 3)
+        accounted = out["steps_s"] + sum(out["callbacks_s"].values())
+        out["other_s"] = round(out["train_epoch_s"] - accounted, 3)
         return out
 
 
@@ -128,7 +136,7 @@ class _Steps(keras.callbacks.Callback):
         self._test = time.perf_counter()
 
     def on_test_end(self, logs=None):
-        self.t.validation.append(time.perf_counter() - self._test)
+        self.t.validation.append((len(self.t.epochs), time.perf_counter() - self._test))
 
 
 class _EpochEnd(keras.callbacks.Callback):
