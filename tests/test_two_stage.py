@@ -15,37 +15,25 @@ from conftest import compiled, make_batch, tiny_cfg
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration
 from lsnet_tf.losses.localization import localization_loss
 from lsnet_tf.losses.segmentation import per_sample_loss_from_logits
+from lsnet_tf.models import two_stage
+from lsnet_tf.models.cascades import CoarseToFine, LNetCrop
 from lsnet_tf.models.lsnet import LSNet
+from lsnet_tf.models.one_stage import OneStageSegmenter
 from lsnet_tf.ops.sampling import affine_grid, bilinear_sample
-
-try:
-    from lsnet_tf.models.cascades import CoarseToFine, LNetCrop
-    from lsnet_tf.models.one_stage import OneStageSegmenter
-except ImportError:  # the classes' module before the shared two-stage code moved
-    from lsnet_tf.models.baselines import CoarseToFine, LNetCrop, OneStageSegmenter
 
 
 # ----------------------------------------------------------------------------- private reach
-# The only places this file reaches past the public interface; re-point them when the shared
-# two-stage code moves.
+# The only places this file reaches past the public interface.
 
 def select_rois(model, heatmap, ltrb, training, seed):
     """L-SNet's training RoI choice: (keypoints (B, 2), distances (B, 4)) from L-Net's outputs."""
-    if hasattr(model, "_select_rois"):
-        return model._select_rois(heatmap, ltrb, training, seed)
-    from lsnet_tf.models import two_stage
-
     return two_stage.select_train_rois(heatmap, ltrb, model.top_k, training, seed)
 
 
 def lnet_crop_predicted_train_boxes(model, out, seed):
     """L-Net + crop's training box (B, 4) xyxy with ``train_crop="predicted"``, and whether it
     exists (B,)."""
-    import inspect
-
-    if "training" in inspect.signature(model._predicted_train_boxes).parameters:
-        return model._predicted_train_boxes(out, True, seed)
-    return model._predicted_train_boxes(out, seed)
+    return model._predicted_train_boxes(out, True, seed)
 
 
 # ----------------------------------------------------------------------------- stubs
