@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from lsnet_tf.files import write_text
+from lsnet_tf.machine import cpu_model
 
 __all__ = ["interleaved", "median_ms", "ratio", "machine", "load", "write_results",
            "markdown", "scratch_dir"]
@@ -55,17 +56,6 @@ def ratio(numerator: list[float], denominator: list[float]) -> float:
     return round(statistics.median(numerator) / statistics.median(denominator), 3)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict:
     """CPU, cores, memory and library versions."""
     import keras
@@ -73,7 +63,7 @@ def machine() -> dict:
     import tensorflow as tf
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model() or "unknown",
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),

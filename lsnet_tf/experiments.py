@@ -77,6 +77,7 @@ from lsnet_tf import evaluate as ev
 from lsnet_tf import train
 from lsnet_tf.config import ConfigError, load_config
 from lsnet_tf.files import atomic_write, write_json, write_text
+from lsnet_tf.machine import cpu_model
 from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES, SIZE_BUCKETS
 from lsnet_tf.metrics import statistics
 from lsnet_tf.metrics.segmentation import scores_from_counts
@@ -650,17 +651,6 @@ def _git_commit() -> dict | None:
     return {"sha": sha, "dirty": bool(status.strip())}
 
 
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def provenance(command: str, seeds: dict, runs: list) -> dict:
     """How a table was made: the commit, the command, each row's seeds, the machine, the
     versions and the time its runs took.
@@ -678,7 +668,7 @@ def provenance(command: str, seeds: dict, runs: list) -> dict:
         "commit": _git_commit(),
         "command": command,
         "seeds": {row: list(s) for row, s in seeds.items()},
-        "machine": f"{platform.machine()}, {_cpu_model() or 'CPU'}, {os.cpu_count()} CPU cores, "
+        "machine": f"{platform.machine()}, {cpu_model() or 'CPU'}, {os.cpu_count()} CPU cores, "
                    f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''}, {platform.system()}",
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
