@@ -123,8 +123,13 @@ class ModelConfig:
     width: int = 64
     decoder_width: int = 0  # 0: same as width
     num_classes: int = 1
-    # RR border margin m in input pixels (Eq. 3); also the crop border of the crop baselines.
+    # RR border margin m (Eq. 3); also the crop border of the crop baselines. In input pixels
+    # when margin_reference is 0; otherwise in pixels of a margin_reference x margin_reference
+    # slice, scaled to data.image_size: margin 15 with margin_reference 512 is the paper's 15 px
+    # on a 512 x 512 slice, 3.75 input pixels at data.image_size 128. input_margin() gives the
+    # value the built model uses.
     margin: float = 15.0
+    margin_reference: int = 0
     # Inference threshold of the first stage (Sec. 2.5): L-Net's heatmap cells above it are
     # keypoints; for the coarse-to-fine and one-stage models, mask pixels above it give boxes.
     threshold: float = 0.5
@@ -144,6 +149,13 @@ class ModelConfig:
     def one_stage(self) -> bool:
         return self.architecture in ONE_STAGE_ARCHITECTURES
 
+    def input_margin(self, image_size: int) -> float:
+        """The margin in input pixels for a model of input size `image_size`: ``margin`` when
+        ``margin_reference`` is 0, else ``margin * image_size / margin_reference``."""
+        if self.margin_reference == 0:
+            return float(self.margin)
+        return float(self.margin) * image_size / self.margin_reference
+
     def validate(self) -> None:
         _check(self.architecture in ARCHITECTURES,
                f"model.architecture must be one of {', '.join(ARCHITECTURES)}", self.architecture)
@@ -158,6 +170,9 @@ class ModelConfig:
         _check(self.width >= 4, "model.width must be >= 4", self.width)
         _check(self.num_classes >= 1, "model.num_classes must be >= 1", self.num_classes)
         _check(self.margin >= 0, "model.margin must be >= 0", self.margin)
+        _check(self.margin_reference >= 0,
+               "model.margin_reference must be 0 (model.margin in input pixels) or the size in "
+               "pixels of the slice model.margin is given on (e.g. 512)", self.margin_reference)
         _check(0 <= self.threshold < 1, "model.threshold must lie in [0, 1)", self.threshold)
         _check(self.train_crop in ("truth", "predicted"),
                "model.train_crop must be truth or predicted", self.train_crop)

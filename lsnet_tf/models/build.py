@@ -49,6 +49,7 @@ def _build_model(cfg: Config):
     from lsnet_tf.models.snet import build_snet
 
     m = cfg.model
+    margin = m.input_margin(cfg.data.image_size)  # model.margin in input pixels
     shape = (cfg.data.image_size, cfg.data.image_size, 1)
     dec = m.decoder_width or None
     common = dict(max_rois=cfg.data.max_boxes, threshold=m.threshold, loss_config=cfg.loss,
@@ -63,7 +64,7 @@ def _build_model(cfg: Config):
                           decoder_width=dec, preset=m.lnet_preset)
 
     if m.architecture == "lsnet":
-        return LSNet(lnet(), snet(m.snet_depth, m.snet_preset, m.family, "snet"), margin=m.margin,
+        return LSNet(lnet(), snet(m.snet_depth, m.snet_preset, m.family, "snet"), margin=margin,
                      gamma=cfg.train.gamma, top_k=cfg.train.top_k, name="lsnet", **common)
     if m.one_stage:
         return OneStageSegmenter(
@@ -72,10 +73,10 @@ def _build_model(cfg: Config):
     second = snet(m.snet_depth, m.snet_preset, m.family, "snet")
     if m.architecture == "coarse_to_fine":
         return CoarseToFine(
-            snet(m.lnet_depth, m.lnet_preset, m.family, "coarse"), second, margin=m.margin,
+            snet(m.lnet_depth, m.lnet_preset, m.family, "coarse"), second, margin=margin,
             train_crop=m.train_crop, crop_mode=m.crop_mode, name="coarse_to_fine", **common)
     if m.architecture == "lnet_crop":
-        return LNetCrop(lnet(), second, margin=m.margin, train_crop=m.train_crop,
+        return LNetCrop(lnet(), second, margin=margin, train_crop=m.train_crop,
                         top_k=cfg.train.top_k, name="lnet_crop", **common)
     raise ValueError(f"model.architecture={m.architecture!r} is not buildable")
 
