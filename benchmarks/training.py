@@ -30,6 +30,7 @@ FULL = [dict(image=128, batch=8, rounds=9, warmup=2, overrides=()),
 QUICK = [dict(image=64, batch=2, rounds=2, warmup=1,
               overrides=("model.width=4", "model.decoder_width=8", "data.max_boxes=2"))]
 TRAIN_TARGET, INFER_TARGET = 1.05, 1.10
+STEP_TARGET = 1.3  # L-SNet's step / its two networks' forward + backward (a regression guard)
 
 
 def train_step(model, batch):
@@ -64,10 +65,11 @@ def build(path: str, image: int, batch: int, dataset: str, overrides=(), extra=(
     return cfg, model
 
 
-def parts(models: dict, data, rounds: int) -> dict:
+def parts(models: dict, data, rounds: int, step=None) -> dict:
     """Median ms of the parts where L-SNet's and coarse-to-fine's training steps differ: each
-    first-stage network's forward + backward (of the sum of its outputs) and RR's sampler
-    forward + backward (gradient to theta, as in training) on the batch."""
+    first-stage network's forward + backward (of the sum of its outputs), S-Net's, and RR's
+    sampler forward + backward (gradient to theta, as in training) on the batch; with `step`
+    (a call of L-SNet's training step), that step too, in the same interleaved rounds."""
     from lsnet_tf.ops.sampling import affine_grid, bilinear_sample
 
     images = data["image"]
@@ -93,6 +95,8 @@ def parts(models: dict, data, rounds: int) -> dict:
 
     variants = {"L-Net": net_step(lsnet.lnet), "coarse U-Net": net_step(c2f.coarse),
                 "S-Net": net_step(lsnet.snet), "RR sampler": lambda: sampler().numpy()}
+    if step is not None:
+        variants["L-SNet step"] = step
     times = harness.interleaved(variants, rounds, warmup=1)
     return {name: harness.median_ms(t) for name, t in times.items()}
 
@@ -138,11 +142,14 @@ def run(quick: bool = False) -> dict:
                                       f"<= {TRAIN_TARGET}", r_train, r_train <= TRAIN_TARGET))
         targets.append(harness.target(f"L-SNet / coarse-to-fine inference, {image}x{image}",
                                       f"<= {INFER_TARGET}", r_infer, r_infer <= INFER_TARGET))
-        if size is (QUICK if quick else FULL)[0]:
-            split = parts(models, data, size["rounds"])
-            profile = (f"Where the training steps differ, {image}x{image}, batch {batch} "
-                       "(forward + backward, median ms): " + ", ".join(
-                           f"{k} {v:.1f}" for k, v in split.items()) + ".")
+        split = parts(models, data, size["rounds"], steps[lsnet])
+        profile += (f"Where the training steps differ, {image}x{image}, batch {batch} "
+                    "(forward + backward, median ms): " + ", ".join(
+                        f"{k} {v:.1f}" for k, v in split.items()) + ". ")
+        r_nets = round(split.pop("L-SNet step") / (split["L-Net"] + split["S-Net"]), 3)
+        targets.append(harness.target(
+            f"L-SNet training step / (L-Net + S-Net forward + backward), {image}x{image}",
+            f"<= {STEP_TARGET}", r_nets, r_nets <= STEP_TARGET))
         settings[f"{image}x{image}"] = (f"batch {batch}, {size['rounds']} training rounds, "
                                         f"{3 * size['rounds']} inference rounds")
         del models, steps, calls
