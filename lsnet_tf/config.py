@@ -42,15 +42,53 @@ class SyntheticConfig:
     contrast_hu: float = 60.0
     folds: int = 5
     seed: int = 0
+    # "standard": the set above, where the target is the one bright blob in the soft tissue.
+    # "hard": finding the target is the problem, as with the pancreas. The target, of
+    # hard_min_target_size to hard_max_target_size pixels (log-uniform), hard_contrast_hu over
+    # soft tissue, always lies in a context region (soft tissue between the kidneys, in front of
+    # the vertebra); hard_lookalikes_min to hard_lookalikes_max unlabelled blobs of the same HU
+    # and size distribution lie in the soft tissue outside it, so only the context tells them
+    # apart. min/max_target_size and contrast_hu apply to the standard preset only; noise_hu,
+    # empty_fraction and two_target_fraction to both.
+    preset: str = "standard"
+    hard_min_target_size: float = 2.0
+    hard_max_target_size: float = 32.0       # a quarter of the 128 px slice (at most that)
+    hard_contrast_hu: float = 25.0
+    hard_lookalikes_min: int = 1
+    hard_lookalikes_max: int = 4
+
+    # The settings of the standard preset: the only ones its data and its cache key depend on.
+    STANDARD_FIELDS = ("num_patients", "slices_per_patient", "image_size", "min_target_size",
+                       "max_target_size", "empty_fraction", "two_target_fraction", "noise_hu",
+                       "contrast_hu", "folds", "seed")
+
+    def settings(self) -> dict:
+        """The settings the generated data depends on (its cache key and dataset.json): the
+        standard preset's as they were before presets existed, every field for the others."""
+        values = dataclasses.asdict(self)
+        if self.preset == "standard":
+            return {k: values[k] for k in self.STANDARD_FIELDS}
+        return values
 
     def validate(self) -> None:
+        _check(self.preset in ("standard", "hard"), "data.synthetic.preset must be standard or hard",
+               self.preset)
         _check(self.num_patients >= 2, "data.synthetic.num_patients must be >= 2", self.num_patients)
         _check(self.slices_per_patient >= 1, "data.synthetic.slices_per_patient must be >= 1",
                self.slices_per_patient)
         _check(self.image_size >= 16, "data.synthetic.image_size must be >= 16", self.image_size)
-        _check(0 < self.min_target_size <= self.max_target_size < self.image_size,
-               "data.synthetic needs 0 < min_target_size <= max_target_size < image_size",
-               (self.min_target_size, self.max_target_size, self.image_size))
+        if self.preset == "standard":
+            _check(0 < self.min_target_size <= self.max_target_size < self.image_size,
+                   "data.synthetic needs 0 < min_target_size <= max_target_size < image_size",
+                   (self.min_target_size, self.max_target_size, self.image_size))
+        else:
+            _check(0 < self.hard_min_target_size <= self.hard_max_target_size <= self.image_size / 4,
+                   "data.synthetic needs 0 < hard_min_target_size <= hard_max_target_size <= "
+                   "image_size / 4 (the largest target that fits the context region)",
+                   (self.hard_min_target_size, self.hard_max_target_size, self.image_size))
+            _check(0 <= self.hard_lookalikes_min <= self.hard_lookalikes_max,
+                   "data.synthetic needs 0 <= hard_lookalikes_min <= hard_lookalikes_max",
+                   (self.hard_lookalikes_min, self.hard_lookalikes_max))
         _check(0 <= self.empty_fraction + self.two_target_fraction <= 1,
                "data.synthetic.empty_fraction + two_target_fraction must lie in [0, 1]",
                (self.empty_fraction, self.two_target_fraction))
