@@ -255,3 +255,30 @@ def test_the_committed_figure_is_small():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                         "synthetic-hard.png")
     assert os.path.isfile(path) and os.path.getsize(path) < 300_000
+
+
+def flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("row", ["base", "unet", "attention_unet", "c2f_unet", "lsnet_unet",
+                                 "lsnet_unet_scaled"])
+def test_hard_rows_are_the_synthetic_rows_on_the_hard_preset(row):
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                           "synthetic")
+    on_hard = load_config(os.path.join(configs, "hard", f"{row}.yaml"))
+    plain = load_config(os.path.join(configs, f"{row}.yaml"))
+    a, b = flat(on_hard.to_dict()), flat(plain.to_dict())
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ == {"data.synthetic.preset", "train.output_dir", "export.name"}
+    assert on_hard.data.synthetic.preset == "hard" and on_hard.data.synthetic == SyntheticConfig(
+        preset="hard")  # the preset's defaults, spelled out in hard/base.yaml
+    assert on_hard.train.output_dir == plain.train.output_dir.replace("runs/synthetic/",
+                                                                      "runs/synthetic/hard/")
+    assert on_hard.export.name == f"hard_{plain.export.name}"
