@@ -41,19 +41,23 @@ def test_default_margin_is_unchanged():
 def test_scaled_synthetic_row():
     scaled = load_config(config("synthetic", "lsnet_unet_scaled.yaml"))
     plain = load_config(config("synthetic", "lsnet_unet.yaml"))
-    assert (scaled.model.margin, scaled.model.margin_reference, scaled.data.image_size) == (15.0, 512, 128)
+    model, size = scaled.model, scaled.data.image_size
+    assert (model.margin, model.margin_reference, size) == (15.0, 512, 128)
     assert scaled.model.input_margin(scaled.data.image_size) == 3.75
     assert scaled.train.output_dir == "runs/synthetic/lsnet_unet_scaled"
     # Otherwise the L-SNet (U-Net) row.
-    same = lambda c: (c.model.architecture, c.model.family, c.model.width, c.loss, c.data,  # noqa: E731
-                      c.train.gamma, c.train.epochs, c.train.learning_rate)
+    def same(c):
+        return (c.model.architecture, c.model.family, c.model.width, c.loss, c.data,
+                c.train.gamma, c.train.epochs, c.train.learning_rate)
+
     assert same(scaled) == same(plain)
 
 
 @pytest.mark.parametrize("architecture", ["lsnet", "coarse_to_fine", "lnet_crop"])
 def test_built_models_get_the_input_margin(architecture):
     # 15 px of a 512 px slice at the tiny models' 64 px input: 1.875 px.
-    model = build_model(tiny_cfg(f"model.architecture={architecture}", "model.margin_reference=512"))
+    model = build_model(tiny_cfg(f"model.architecture={architecture}",
+                                 "model.margin_reference=512"))
     assert model.margin == 1.875
     if architecture == "lsnet":
         assert model.rr.margin == 1.875
