@@ -513,6 +513,105 @@ def test_two_workers_end_with_identical_weights(cache, tmp_path):
     assert iterations and int(a[iterations[0]]) == STEPS
 
 
+# `python -m lsnet_tf.train` with every BatchNormalization layer of the model in inference mode
+# (trainable = False, Keras's rule). In training mode each worker normalises with its own share
+# of the global batch, so a multi-worker run legitimately differs from a one-process run of the
+# same global batch (tests/test_distributed.py measures it in-process); frozen, the two must
+# agree to float rounding.
+FROZEN_BN_TRAIN = """
+import sys
+
+import keras
+
+from lsnet_tf import train
+from lsnet_tf.models import build
+
+
+def frozen(build_model):
+    def wrapped(cfg):
+        model = build_model(cfg)
+        layers = list(build.model_networks(model).values())
+        while layers:
+            layer = layers.pop()
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+            layers += getattr(layer, "layers", None) or []
+        return model
+    return wrapped
+
+
+for module in (build, train):
+    if hasattr(module, "build_model"):
+        module.build_model = frozen(module.build_model)
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def run_workers(cmd, tmp_path, n=2, timeout=500):
+    """Run `cmd` as the `n` workers of one cluster; their logs' texts (each asserted to exit 0)."""
+    ports = free_ports(n)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs, logs = [], []
+    try:
+        for i in range(n):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            logs.append(open(tmp_path / f"worker{i}.log", "w"))
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env(TF_CONFIG=tf_config),
+                                          stdout=logs[-1], stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+        for f in logs:
+            f.close()
+    texts = [(tmp_path / f"worker{i}.log").read_text() for i in range(n)]
+    for p, text in zip(procs, texts):
+        assert p.returncode == 0, text[-3000:]
+    return texts
+
+
+@pytest.mark.slow
+def test_two_workers_train_lsnet_like_one_process_of_the_same_global_batch(cache, tmp_path):
+    """L-SNet, 2 steps of global batch 4: two workers (2 slices each per step) end with the
+    weights and optimizer state of one process, to float rounding, with batch norm frozen (see
+    FROZEN_BN_TRAIN) and top_k = 1 (every replica draws its random RoI with the same seed, so
+    with top_k > 1 the draw depends on the split over workers; tests/test_distributed.py)."""
+    sets = ["train.deterministic=true", "train.epochs=1", "train.top_k=1", "train.gamma=1.0"]
+
+    def command(out, *extra):
+        return [sys.executable, "-c", FROZEN_BN_TRAIN] + cli(cache, out, *sets, *extra)[3:]
+
+    texts = run_workers(command(tmp_path / "workers", "train.strategy=multi_worker"), tmp_path)
+    assert "2 replica(s)" in texts[0] and "worker worker-1" in texts[1]
+    single = subprocess.run(command(tmp_path / "single", "train.strategy=default"), cwd=REPO,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=500)
+    assert single.returncode == 0, single.stdout[-3000:]
+    assert "1 replica(s)" in single.stdout
+    a = checkpoint_arrays(tf.train.latest_checkpoint(str(tmp_path / "workers" / "checkpoints")))
+    b = checkpoint_arrays(tf.train.latest_checkpoint(str(tmp_path / "single" / "checkpoints")))
+    other = checkpoint_arrays(tf.train.latest_checkpoint(
+        str(tmp_path / "workers" / "workers" / "worker-1" / "checkpoints")))
+    assert sorted(a) == sorted(b) == sorted(other)
+    for k in a:
+        np.testing.assert_array_equal(a[k], other[k], err_msg=k)  # the workers agree exactly
+    # Every float of the checkpoint: both networks' weights (trainable ones are saved under
+    # their optimizer's key), the frozen BN statistics and Adam's moments. Adam's first steps
+    # move a weight by about the learning rate (1e-3): 2e-6 catches any difference in a
+    # gradient's sign or scale (measured: 2e-7; 4e-3 with BN in training mode).
+    floats = [k for k in a if a[k].dtype.kind == "f"]
+    assert sum("_trainable_variables/" in k for k in floats) > 50 and len(floats) > 400
+    for k in floats:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=2e-6, err_msg=k)
+    moments = [k for k in floats if "_optimizer/_variables/" in k]
+    assert np.mean([np.abs(a[k]).max() > 0 for k in moments]) > 0.9, "the steps trained"
+    iterations = [k for k in a if k.startswith("lnet_optimizer/") and "iteration" in k]
+    assert iterations and int(a[iterations[0]]) == int(b[iterations[0]]) == STEPS
+
+
 # ----------------------------------------------------------------------------- determinism
 
 def test_deterministic_option_makes_the_pipeline_deterministic(cache, tmp_path):
