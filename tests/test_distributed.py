@@ -219,7 +219,7 @@ def replica_reference(cfg, model, half, counts):
     images, mask = half["image"], half["mask"]
     has_target = tf.cast(half["num_boxes"] > 0, tf.float32)
     roi_size = tuple(int(s) for s in model.snet.input_shape[1:3])
-    rr = RoIRecalibration(output_size=roi_size, margin=cfg.model.margin)
+    rr = RoIRecalibration(output_size=roi_size, margin=model.margin)
     seed = tf.constant([cfg.train.seed, 0], tf.int64)
     positives = float(tf.reduce_sum(tf.cast(half["heatmap"] > cfg.loss.tau, tf.float32)))
     with tf.GradientTape(persistent=True) as tape:

@@ -319,7 +319,7 @@ def reference_gradients(model, cfg, batch, gamma):
     images, mask = batch["image"], batch["mask"]
     has_target = tf.cast(batch["num_boxes"] > 0, tf.float32)
     roi_size = tuple(int(s) for s in model.snet.input_shape[1:3])
-    rr = RoIRecalibration(output_size=roi_size, margin=cfg.model.margin)
+    rr = RoIRecalibration(output_size=roi_size, margin=model.margin)
     seed = tf.stack([tf.cast(cfg.train.seed, tf.int64),
                      tf.cast(model.optimizer.iterations, tf.int64)])
     with tf.GradientTape(persistent=True) as tape:
@@ -358,7 +358,7 @@ def gradient_model():
 
 def with_gamma(model, cfg, gamma):
     """An L-SNet of the same networks and settings with another γ, compiled like `model`."""
-    other = LSNet(model.lnet, model.snet, margin=cfg.model.margin, gamma=gamma,
+    other = LSNet(model.lnet, model.snet, margin=model.margin, gamma=gamma,
                   top_k=cfg.train.top_k, max_rois=cfg.data.max_boxes,
                   loss_config=cfg.loss, seed=cfg.train.seed)
     other.compile(lnet_optimizer=keras.optimizers.Adam(), snet_optimizer=keras.optimizers.Adam())
