@@ -16,9 +16,9 @@ Runs ``python -m lsnet_tf.train``'s ``run`` on ``configs/default.yaml`` (the run
   in the same process right after the run, and the ratio of the mean epoch to
   ``steps per epoch x that step`` (target <= 1.15).
 
-``LSNET_PROFILE_TRACE=DIR`` also writes a TensorFlow profiler trace of epoch 2's steps 5-10 to
-DIR (open it in TensorBoard's profile plugin: ``pip install tensorboard-plugin-profile``;
-``tensorboard --logdir DIR``).
+``LSNET_PROFILE_TRACE=DIR`` also writes a TensorFlow profiler trace of epoch 2's steps 6-11 of
+each run to ``DIR/run<i>`` (open it in TensorBoard's profile plugin:
+``pip install tensorboard-plugin-profile``; ``tensorboard --logdir DIR``).
 """
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def profile_once(settings, out) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cfg = _config(settings, out)
     pipeline.resolve_dataset(cfg.data)  # generated once, before the clock
-    timeline = Timeline()
+    trace = os.environ.get("LSNET_PROFILE_TRACE")
+    timeline = Timeline(trace_dir=os.path.join(trace, os.path.basename(out)) if trace else None)
     summary = train.run(cfg, log=lambda *a: None, timeline=timeline)
     timing = timeline.summary()
     default = _config(dict(settings, epochs=0, overrides=()), out).train  # the full default run

@@ -89,3 +89,16 @@ def test_timeline_instruments_fit_without_changing_what_callbacks_see():
     assert [e for e, _ in timeline.validation] == [1, 2] and len(timeline.epochs) == 3
     assert len(timeline.callbacks["Recorder"]) == 3
     assert all(x >= 0 for x in timeline.epochs) and timeline.first_step_at >= 0
+
+
+def test_timeline_traces_the_chosen_steps_of_the_second_epoch(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = tf.data.Dataset.from_tensors((np.ones((2, 3), np.float32),
+                                         np.zeros((2, 1), np.float32))).repeat()
+    timeline = Timeline(trace_dir=str(tmp_path / "trace"), trace_steps=(1, 2))
+    model.fit(data, epochs=2, steps_per_epoch=4, callbacks=timeline.instrument([]), verbose=0)
+    traces = list((tmp_path / "trace").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert [len(s) for s in timeline.steps] == [4, 4]

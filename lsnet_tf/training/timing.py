@@ -17,12 +17,18 @@ from __future__ import annotations
 import time
 
 import keras
+import tensorflow as tf
 
 __all__ = ["Timeline"]
 
 
 class Timeline:
-    def __init__(self):
+    """See the module docstring. With `trace_dir`, the TensorFlow profiler records a trace of
+    the training steps `trace_steps` (first, last; 0-based) of the second epoch into it, for
+    TensorBoard's profile plugin."""
+
+    def __init__(self, trace_dir: str | None = None, trace_steps: tuple[int, int] = (5, 10)):
+        self.trace_dir, self.trace_steps = trace_dir, trace_steps
         self.start = self._last = time.perf_counter()
         self.phases: dict[str, float] = {}
         self.callbacks: dict[str, list[float]] = {}  # name -> seconds per epoch
@@ -117,12 +123,30 @@ class _Steps(keras.callbacks.Callback):
         super().__init__()
         self.t = timeline
         self._batch = self._test = self._epoch = None
+        self._tracing = False
+
+    def _trace(self, batch: int, begin: bool) -> None:
+        if not self.t.trace_dir or len(self.t.epochs) != 1:
+            return
+        first, last = self.t.trace_steps
+        if begin and batch == first and not self._tracing:
+            tf.profiler.experimental.start(self.t.trace_dir)
+            self._tracing = True
+        elif not begin and batch >= last and self._tracing:
+            tf.profiler.experimental.stop()
+            self._tracing = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._tracing:  # the epoch had fewer steps than the traced range
+            tf.profiler.experimental.stop()
+            self._tracing = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = time.perf_counter()
         self.t.steps.append([])
 
     def on_train_batch_begin(self, batch, logs=None):
+        self._trace(batch, begin=True)
         self._batch = time.perf_counter()
         if self.t.first_step_at is None:
             self.t.first_step_at = self._batch - self.t.start
@@ -131,6 +155,7 @@ class _Steps(keras.callbacks.Callback):
         if logs:  # the step's losses reach the host here (as the progress bar would fetch them)
             float(next(iter(logs.values())))
         self.t.steps[-1].append(time.perf_counter() - self._batch)
+        self._trace(batch, begin=False)
 
     def on_test_begin(self, logs=None):
         self._test = time.perf_counter()
