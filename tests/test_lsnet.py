@@ -4,44 +4,16 @@ import pytest
 import keras
 import tensorflow as tf
 
-from lsnet_tf.config import load_config
-from lsnet_tf.data import targets
+from conftest import compiled, make_batch, tiny_cfg as shared_tiny_cfg
 from lsnet_tf.models.build import build_model
 from lsnet_tf.models.lsnet import LSNet
 
-TINY = ["data.image_size=64", "model.width=4", "model.decoder_width=8", "data.max_boxes=4"]
+# The shared tiny model (tests/conftest.py) with an 8-channel decoder.
+DECODER = ["model.decoder_width=8"]
 
 
 def tiny_cfg(*extra):
-    return load_config(None, TINY + list(extra))
-
-
-def make_batch(n=2, size=64, with_target=(True, False)):
-    """A batch as the pipeline makes it: a bright square target on the first image only."""
-    images = np.full((n, size, size, 1), 0.3, np.float32)
-    masks = np.zeros((n, size, size, 1), np.float32)
-    boxes = np.zeros((n, 4, 4), np.float32)
-    num = np.zeros((n,), np.int32)
-    heat = np.zeros((n, size // 4, size // 4, 1), np.float32)
-    ltrb = np.zeros((n, size // 4, size // 4, 4), np.float32)
-    for i in range(n):
-        if not with_target[i % len(with_target)]:
-            continue
-        x1, y1, x2, y2 = 20 + 4 * i, 16, 40 + 4 * i, 34
-        images[i, y1:y2, x1:x2] = 0.8
-        masks[i, y1:y2, x1:x2] = 1
-        boxes[i, 0] = (x1, y1, x2, y2)
-        num[i] = 1
-        h, l = targets.encode_targets(tf.constant([[x1, y1, x2, y2]], tf.float32), size, size)
-        heat[i], ltrb[i] = h.numpy(), l.numpy()
-    return {"image": tf.constant(images), "mask": tf.constant(masks), "heatmap": tf.constant(heat),
-            "ltrb": tf.constant(ltrb), "boxes": tf.constant(boxes), "num_boxes": tf.constant(num)}
-
-
-def compiled(cfg):
-    model = build_model(cfg)
-    model.compile(lnet_optimizer=keras.optimizers.Adam(1e-3), snet_optimizer=keras.optimizers.Adam(1e-3))
-    return model
+    return shared_tiny_cfg(*DECODER, *extra)
 
 
 @pytest.fixture(scope="module")
