@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from lsnet_tf import train
@@ -19,6 +20,30 @@ def tiny(tmp_path, *extra):
         "train.verbose=0", "train.lr_decay_epochs=1", "train.learning_rate=1e-3", *extra])
 
 
+def validation_dsc(cfg, run):
+    """Per-slice DSC (numpy) of the validation slices with a target, predicted by the model of
+    the run's checkpoint through a traced predict_masks (as the evaluation runs it)."""
+    import tensorflow as tf
+
+    from lsnet_tf.data import pipeline, records
+    from lsnet_tf.models.build import build_model, compile_model
+    from lsnet_tf.training.callbacks import CheckpointCallback
+
+    model = build_model(cfg)
+    compile_model(model, cfg, 2)
+    assert CheckpointCallback(str(run / "checkpoints"), model).restore() == cfg.train.epochs
+    dataset_dir = pipeline.resolve_dataset(cfg.data)
+    folds = records.split_folds(dataset_dir, cfg.data.val_fold, "val")
+    predict = tf.function(model.predict_masks)
+    scores = []
+    for batch in pipeline.make_dataset(cfg.data, dataset_dir, folds, training=False):
+        truth = batch["mask"].numpy()[..., 0] > 0.5
+        pred = predict(batch["image"])["mask"].numpy()[..., 0] > 0.5
+        scores += [2 * np.logical_and(t, p).sum() / (t.sum() + p.sum())
+                   for t, p in zip(truth, pred) if t.any()]
+    return scores
+
+
 @pytest.mark.slow
 def test_train_writes_outputs_and_resumes(tmp_path):
     lines = []
@@ -29,7 +54,10 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert load_config(str(run / "config.yaml")) == cfg
     assert any(l.startswith("parameters: lnet") for l in lines)
     ev = json.loads((run / "eval.json").read_text())
-    assert ev["n_target_slices"] + ev["n_empty_slices"] == 8 and 0 <= ev["dsc"]["mean"] <= 1
+    assert ev["n_target_slices"] + ev["n_empty_slices"] == 8
+    dsc = validation_dsc(cfg, run)
+    assert ev["n_target_slices"] == len(dsc)
+    assert ev["dsc"]["mean"] == pytest.approx(np.mean(dsc), abs=1e-6)
     assert os.path.isfile(os.path.join(summary["saved_model"], "saved_model.pb"))
     assert any(f.startswith("events.out") for f in os.listdir(run / "logs" / "train"))
     assert any(f.startswith("events.out") for f in os.listdir(run / "logs" / "images"))
