@@ -13,10 +13,10 @@ What holds and what does not (measured on this tiny model, SGD, one step):
 - With BN in training mode, the 2-replica update equals the sum of per-replica references built by
   hand (each half batch through the networks, each loss term divided by the global count), and
   each replica's BN moving statistics are those of its half batch.
-- The random training RoI (top_k = 3) must not depend on how a global batch is split over
-  replicas. It did while every replica drew with the same step seed (image b of every replica got
-  the same rank); that test xfails as long as a direct check of the draw finds the dependence. The
-  other tests use top_k = 1, whose RoI is not random.
+- The random training RoI (top_k = 3) does not depend on how a global batch is split over
+  replicas (it did while every replica drew with the same step seed: image b of every replica got
+  the same rank). The tests of the update in training mode use top_k = 1, whose RoI is not
+  random, so that they do not depend on the draw.
 - With ``synchronized = True`` on every BN layer the 2-replica update comes to within about 4% of
   the largest entry of a tensor of the 1-device one. That is the float sensitivity of
   training-mode BN here, not an error: on one device, BN's variance computed as E[x²] - E[x]²
@@ -183,9 +183,9 @@ def test_mirrored_step_equals_one_device_step_with_batch_norm_in_inference_mode(
                     np.testing.assert_array_equal(c, before[name][k])
 
 
-def roi_draw_depends_on_split(model, strategy, seed):
-    """Whether the training RoIs that `strategy`'s replicas choose for their shares of a global
-    batch differ from those one device chooses for the whole batch (random heatmaps)."""
+def split_and_whole_rois(model, strategy, seed):
+    """The training RoI points (GLOBAL_BATCH, 2) that `strategy`'s replicas choose for their
+    shares of a global batch (random heatmaps), and those one device chooses for the whole."""
     heat = tf.random.stateless_uniform([GLOBAL_BATCH, 16, 16, 1], [5, 5])
     ltrb = tf.random.stateless_uniform([GLOBAL_BATCH, 16, 16, 4], [6, 6])
     rows = GLOBAL_BATCH // strategy.num_replicas_in_sync
@@ -197,18 +197,21 @@ def roi_draw_depends_on_split(model, strategy, seed):
     points = strategy.run(lambda h, d: select_rois(model, h, d, True, seed)[0],
                           args=(share(heat), share(ltrb)))
     split = np.concatenate([p.numpy() for p in strategy.experimental_local_results(points)])
-    whole = select_rois(model, heat, ltrb, True, seed)[0].numpy()
-    return not np.array_equal(split, whole)
+    return split, select_rois(model, heat, ltrb, True, seed)[0].numpy()
+
+
+def test_training_rois_of_a_global_batch_do_not_depend_on_its_split(mirrored):
+    model = build_model(tiny_cfg("train.top_k=3"))
+    for s in range(4):
+        split, whole = split_and_whole_rois(model, mirrored, tf.constant([1, s], tf.int64))
+        np.testing.assert_array_equal(split, whole, err_msg=f"step {s}")
 
 
 def test_mirrored_random_rois_equal_one_device_rois(mirrored):
-    """With top_k = 3 and BN in inference mode, the RoI draw is the only difference left."""
+    """With top_k = 3 and BN in inference mode, the random RoI draw is the only difference left
+    (seed 1, step 0: one device draws ranks (0, 1, 1, 2) for images 0..3; with the same seed on
+    every replica, as before the draw was made for the global batch, each replica drew (0, 1))."""
     cfg = tiny_cfg("train.top_k=3", "train.seed=1", "train.gamma=1.0")
-    if roi_draw_depends_on_split(build_model(cfg), mirrored, tf.constant([1, 0], tf.int64)):
-        # Seed 1, step 0: one device draws ranks (0, 1, 1, 2) for images 0..3; with the same
-        # seed on every replica, each replica draws (0, 1) for its two images.
-        pytest.xfail("every replica draws its training RoIs with the same step seed, so the draw "
-                     "of a global batch depends on its split over replicas")
     after, expected, before, trainable = single_and_mirrored(cfg, mirrored, True)
     compare(after, expected, before, trainable, 1e-4)
 
