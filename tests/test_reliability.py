@@ -474,29 +474,9 @@ def free_ports(n):
 
 @pytest.mark.slow
 def test_two_workers_end_with_identical_weights(cache, tmp_path):
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     out = tmp_path / "run"
     cmd = cli(cache, out, "train.strategy=multi_worker", "train.epochs=1", *UNET)
-    procs, logs = [], []
-    try:
-        for i in range(2):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-            logs.append(open(tmp_path / f"worker{i}.log", "w"))
-            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env(TF_CONFIG=tf_config),
-                                          stdout=logs[-1], stderr=subprocess.STDOUT))
-        for p in procs:
-            p.wait(timeout=500)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(30)
-        for f in logs:
-            f.close()
-    texts = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
-    for p, text in zip(procs, texts):
-        assert p.returncode == 0, text[-3000:]
+    texts = run_workers(cmd, tmp_path)
     assert "2 replica(s)" in texts[0] and "worker worker-1" in texts[1]
 
     # The chief (worker 0) writes the run folder, worker 1 only its own checkpoints.
