@@ -22,6 +22,8 @@ VALIDATE = [
     "apache-beam[gcp]==2.61.0",
     "ipython",
 ]
+# predict writes DICOM SEG with highdicom; devices run .tflite files with LiteRT alone
+DEPLOY = ["highdicom==0.28.*", "ai-edge-litert>=2.3,<2.4"]
 DEV = ["pytest>=8", "hypothesis>=6", "pydicom-data"]
 
 setup(
@@ -34,5 +36,5 @@ setup(
     packages=find_packages(include=["lsnet_tf", "lsnet_tf.*"]),
     package_data={"lsnet_tf": ["py.typed"]},
     install_requires=INSTALL,
-    extras_require={"validate": VALIDATE, "dev": DEV, "all": VALIDATE + DEV},
+    extras_require={"validate": VALIDATE, "deploy": DEPLOY, "dev": DEV, "all": VALIDATE + DEPLOY + DEV},
 )
