@@ -48,6 +48,9 @@ variables directly fails in TF 2.16 (``error: missing attribute 'value'``).
 
 The file carries its settings as TFLite metadata named ``lsnet_tf`` (JSON: image size, window,
 quantization, max RoIs, classes), read back by `read_metadata`.
+
+Running the file needs no TensorFlow: `TFLiteModel` and `read_metadata` live in
+``lsnet_tf.export.litert`` (LiteRT, ``ai-edge-litert``, and numpy) and are re-exported here.
 """
 from __future__ import annotations
 
@@ -60,7 +63,9 @@ import tensorflow as tf
 
 from lsnet_tf.data import pipeline, records
 from lsnet_tf.data.pipeline import window
-from lsnet_tf.export.saved_model import MASK_THRESHOLD, OUTPUT_NAMES
+# The runtime side (TensorFlow-free) lives in lsnet_tf.export.litert; re-exported here.
+from lsnet_tf.export.litert import METADATA_NAME, TFLiteModel, read_metadata
+from lsnet_tf.export.saved_model import MASK_THRESHOLD
 from lsnet_tf.files import write_bytes
 from lsnet_tf.models.build import model_networks
 
@@ -68,7 +73,6 @@ __all__ = ["QUANTIZE_MODES", "METADATA_NAME", "TFLiteConversionError", "convert"
            "representative_hu", "head_layers", "read_metadata", "TFLiteModel"]
 
 QUANTIZE_MODES = ("none", "fp16", "int8")
-METADATA_NAME = "lsnet_tf"
 # Tensors of a network are named after its Keras model ("lnet/...", "lnet_1/...").
 _NETWORK_TENSOR = r"^(?:{names})(?:_\d+)?/"
 
@@ -182,24 +186,6 @@ def _add_metadata(content: bytes, metadata: dict) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def read_metadata(model) -> dict:
-    """The ``lsnet_tf`` metadata of a ``.tflite`` file (path) or its bytes; ``{}`` if absent."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    if isinstance(model, (bytes, bytearray)):
-        content = bytes(model)
-    else:
-        with open(model, "rb") as f:
-            content = f.read()
-    root = schema.Model.GetRootAsModel(content, 0)
-    for i in range(root.MetadataLength()):
-        entry = root.Metadata(i)
-        if entry.Name() and entry.Name().decode() == METADATA_NAME:
-            data = root.Buffers(entry.Buffer()).DataAsNumpy()
-            return json.loads(bytes(data).decode())
-    return {}
-
-
 def convert(model, cfg, quantize: str = "none",
             representative: Callable[[], Iterable[np.ndarray]] | None = None,
             allow_select_tf_ops: bool = False) -> bytes:
@@ -286,34 +272,3 @@ def export(model, cfg, path: str, quantize: str = "none", calibration_slices: in
         representative = lambda: slices  # noqa: E731
     content = convert(model, cfg, quantize, representative, allow_select_tf_ops)
     return write_bytes(path, content)
-
-
-class TFLiteModel:
-    """A ``.tflite`` file of this module, run with ``tf.lite.Interpreter``.
-
-    ``model(hu)`` takes ``(1, S, S)`` raw HU (float32) and returns the dict of output arrays
-    (``OUTPUT_NAMES``) on the S x S grid. ``image_size`` is ``(S, S)``; ``metadata`` the file's
-    ``lsnet_tf`` metadata.
-    """
-
-    def __init__(self, path: str, num_threads: int | None = None):
-        self.path = str(path)
-        self.interpreter = tf.lite.Interpreter(model_path=self.path, num_threads=num_threads)
-        signatures = self.interpreter.get_signature_list()
-        if "serving_default" not in signatures or signatures["serving_default"]["inputs"] != ["hu"]:
-            raise ValueError(f"{self.path}: not an lsnet_tf TFLite model (signatures "
-                             f"{signatures}; expected serving_default with input 'hu')")
-        self.runner = self.interpreter.get_signature_runner("serving_default")
-        shape = tuple(int(s) for s in self.runner.get_input_details()["hu"]["shape"])
-        if len(shape) != 3 or shape[0] != 1:
-            raise ValueError(f"{self.path}: input 'hu' has shape {shape}, expected (1, S, S)")
-        self.image_size = shape[1:]
-        self.metadata = read_metadata(self.path)
-
-    def __call__(self, hu) -> dict:
-        hu = np.asarray(hu, np.float32)
-        if hu.shape != (1, *self.image_size):
-            raise ValueError(f"{self.path} takes hu of shape {(1, *self.image_size)}, "
-                             f"received {hu.shape}")
-        out = self.runner(hu=hu)
-        return {name: out[name] for name in OUTPUT_NAMES}
