@@ -9,7 +9,7 @@ SavedModel graph does (``lsnet_tf.export.saved_model.preprocess``/``postprocess`
 ``--input``:
 
 - a DICOM folder: one CT series (``lsnet_tf.data.dicom.read_series``: slices sorted by position,
-  HU from the rescale tags, canonical orientation);
+  HU from the rescale tags, canonical orientation), told by DICOM files directly in the folder;
 - a NIfTI file (``.nii``/``.nii.gz``): a 3-D volume, brought to the canonical orientation for
   inference (``lsnet_tf.data.volumes.canonicalize``) and the mask brought back to the file's own
   axis order;
@@ -18,6 +18,12 @@ SavedModel graph does (``lsnet_tf.export.saved_model.preprocess``/``postprocess`
 - a ``.png`` file: one slice. 8-bit gray is taken as a display image in the model's HU window
   (value v is ``center - width / 2 + v / 255 * width`` HU, which the model's window maps back to
   v / 255); 16-bit gray as HU + 32768 (the DeepLesion convention). Colour PNGs must be gray.
+- many cases (`lsnet_tf.batch_predict`): a folder of cases (NIfTI files and DICOM series
+  folders, found recursively: any folder without DICOM files directly in it) or a ``.txt``/
+  ``.lst`` file listing inputs one a line. The model loads once; each case is written to
+  ``--out/<case>/`` as below (``--overwrite`` redoes cases already complete, which are skipped
+  otherwise), with ``--out/cases.csv`` and ``cases.json`` summing them up; a broken case is
+  reported and the others go on (exit status 1 when a case failed).
 
 Canonical orientation (as in training): slice 0 the lowest z, row 0 the most anterior, column 0
 the patient's right (``lsnet_tf.data.volumes``).
@@ -56,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -63,12 +70,13 @@ from typing import Callable
 
 import numpy as np
 
+from lsnet_tf import batch_predict
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.files import write_json
 
 __all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModelPredictor",
-           "TFLitePredictor", "predict_volume", "run", "main"]
+           "TFLitePredictor", "predict_volume", "predict_case", "run", "run_many", "main"]
 
 MASK_THRESHOLD = 0.5
 # Most pixels (slices x H x W) sent to the model in one call: 128 MiB of float32 input.
@@ -493,11 +501,15 @@ def summarize(volume: Volume, pred: dict, extra: dict | None = None) -> dict:
     return summary
 
 
-def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
-        overlays: bool = True, progress: Callable | None = progress_bar, log=print) -> dict:
-    """Predict `input_path` with `model_path` into `out_dir`; returns the summary dict."""
-    t0 = time.time()
-    predictor = load_predictor(model_path, batch_size)
+def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlays: bool = True,
+                 progress: Callable | None = progress_bar, log=print, t0: float | None = None,
+                 shown_as: str | None = None) -> dict:
+    """Predict `input_path` with a loaded `predictor` into `out_dir`; returns the summary dict.
+
+    `t0`: the time the summary's ``seconds`` count from (default: now). `shown_as`: the folder
+    named in the log line (default `out_dir`; the batch writes into a temporary folder).
+    """
+    t0 = time.time() if t0 is None else t0
     window = predictor.window or DEFAULT_WINDOW
     volume = read_input(input_path, spacing=spacing, window=window)
     log(f"{input_path}: {volume.kind}, {volume.hu.shape[0]} slices of {volume.hu.shape[1]} x "
@@ -529,24 +541,55 @@ def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spa
     volume_text = (f"{summary['volume_ml']:.3f} mL" if summary["volume_ml"] is not None
                    else "volume unknown")
     log(f"mask: {summary['mask_voxels']} voxels, {volume_text}, slices "
-        f"{summary['slice_range']}; {len(summary['slices'])} slices with findings -> {out_dir}")
+        f"{summary['slice_range']}; {len(summary['slices'])} slices with findings -> "
+        f"{shown_as or out_dir}")
     return summary
+
+
+def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
+        overlays: bool = True, progress: Callable | None = progress_bar, log=print) -> dict:
+    """Predict `input_path` with `model_path` into `out_dir`; returns the summary dict."""
+    t0 = time.time()
+    predictor = load_predictor(model_path, batch_size)
+    return predict_case(predictor, input_path, out_dir, spacing=spacing, overlays=overlays,
+                        progress=progress, log=log, t0=t0)
+
+
+def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
+             overlays: bool = True, overwrite: bool = False, progress: bool = True,
+             log=print) -> list:
+    """Predict every case of a folder or list file `input_path` (`lsnet_tf.batch_predict`)
+    into ``out_dir/<case>/``, loading the model once; returns the rows of ``cases.csv``.
+    """
+    cases = batch_predict.find_cases(input_path, out_dir)
+    return batch_predict.run_batch(
+        cases, out_dir, load=functools.partial(load_predictor, model_path, batch_size),
+        predict=functools.partial(predict_case, spacing=spacing, overlays=overlays),
+        overwrite=overwrite, progress=progress, log=log)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lsnet_tf.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="SavedModel folder or .tflite file")
-    parser.add_argument("--input", required=True, help=INPUT_KINDS)
+    parser.add_argument("--input", required=True,
+                        help=f"{INPUT_KINDS}; or a folder of cases or a .txt/.lst list of cases")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per call (SavedModel)")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
                         help="voxel spacing in mm for .npy/.png input (default 1 1 1)")
     parser.add_argument("--no-overlays", action="store_true", help="do not write PNG overlays")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="many cases: redo cases whose outputs are already complete")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
+        if batch_predict.is_batch_input(args.input):
+            rows = run_many(args.model, args.input, args.out, batch_size=args.batch_size,
+                            spacing=args.spacing, overlays=not args.no_overlays,
+                            overwrite=args.overwrite)
+            return 1 if any(row["status"] == "failed" for row in rows) else 0
         run(args.model, args.input, args.out, batch_size=args.batch_size, spacing=args.spacing,
             overlays=not args.no_overlays)
     except (ValueError, OSError) as e:  # PredictError and the readers' PrepareErrors included

@@ -1,0 +1,377 @@
+"""Predict many cases at once: ``python -m lsnet_tf.predict --model M --input FOLDER --out DIR``.
+
+`lsnet_tf.predict` dispatches here when ``--input`` is a folder of cases or a list file; the
+model is loaded once for all cases, and each case gets exactly the outputs of a single
+prediction.
+
+Which folder is what
+--------------------
+A folder with DICOM files directly in it (``*.dcm``, or files without an extension that start
+as DICOM files do: ``DICM`` at byte 128; hidden files and ``DICOMDIR`` do not count) is one
+series: the single-case DICOM input of `lsnet_tf.predict`, read with its subfolders as before.
+Any other folder is a folder of cases, searched recursively (hidden files and folders, and the
+output folder when it lies inside, are left out):
+
+- every NIfTI file (``.nii``, ``.nii.gz``) is a case, named by its file name without the
+  extension and without a trailing ``_0000`` (the channel suffix of the Decathlon / nnU-Net
+  ``imagesTs`` layout): ``imagesTs/liver_132_0000.nii.gz`` is case ``liver_132``;
+- every folder with DICOM files directly in it is a case (one series; the folders under it
+  belong to it), named by its path relative to the input folder with ``/`` replaced by ``__``:
+  ``export/P001/CT`` in ``export`` is case ``P001__CT``.
+
+Other files are left out (their number is logged). So a patient folder whose series lie in
+subfolders is now a folder of cases (one per series), where it used to be read as one series.
+
+A list file (``.txt`` or ``.lst``) names one case per line: any single-case input of
+`lsnet_tf.predict` (NIfTI, DICOM folder, ``.npy``, ``.png``), relative to the list file's folder
+or absolute; blank lines and lines starting with ``#`` are ignored. Cases keep the list's order
+and are named as above (a ``.npy``/``.png`` file by its name without the extension; a DICOM
+folder outside the list's folder by its own name).
+
+Two cases of one name are an error that lists them, raised before anything runs, as is a
+folder or list without cases.
+
+Outputs
+-------
+- ``OUT/<case>/``: ``mask.nii.gz``, ``overlays/``, ``summary.json``, as a single prediction
+  writes them. A case is written into ``OUT/.<case>.partial/`` and renamed to ``OUT/<case>/``
+  when complete, so a killed run never leaves a half case that looks complete.
+- ``OUT/cases.csv`` and ``OUT/cases.json`` (a list of rows): one row per case handled so far, in
+  case order, with the columns `CASE_COLUMNS`: case, input (absolute path), slices, volume_ml
+  (empty when the slice spacing is unknown), seconds (reading, predicting and writing the
+  case), status (``done``, ``skipped`` or ``failed``) and error (the file and the reason, for a
+  failed case). Both are rewritten atomically after each case, so a killed run leaves a
+  consistent summary of the cases before the kill.
+
+Resuming
+--------
+Running the same command again skips every case whose ``OUT/<case>/summary.json`` exists and
+names the same input (status ``skipped``, its slices, volume and seconds read from that
+summary); leftover ``.partial`` folders are removed and those cases redone. ``--overwrite``
+redoes every case (the old folder is replaced only once the new one is complete). A case folder
+that holds the prediction of another input (same case name, other path) is an error before
+anything runs (choose another ``--out``, or ``--overwrite``).
+
+Failures
+--------
+A case that cannot be predicted (an unreadable file, a wrong shape, an empty DICOM folder, ...)
+is reported on stderr and in the summary with its file and reason, and the other cases go on.
+The exit status is 1 when a case failed, 0 otherwise.
+
+Progress: one line per case on stderr (``cases [###.......] 3/10 NAME``), the slice bar of
+`lsnet_tf.predict` under it.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Sequence
+
+from lsnet_tf.files import write_json, write_text
+
+__all__ = ["BatchError", "Case", "CASE_COLUMNS", "is_batch_input", "find_cases", "run_batch",
+           "write_summary"]
+
+CASE_COLUMNS = ("case", "input", "slices", "volume_ml", "seconds", "status", "error")
+LIST_EXTENSIONS = (".txt", ".lst")
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+CHANNEL_SUFFIX = "_0000"
+SUMMARY_FILES = ("cases.csv", "cases.json")
+
+
+class BatchError(ValueError):
+    """Cases that cannot be run together (no cases, name collisions, foreign outputs)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One case: its output folder name and its input path (absolute)."""
+
+    name: str
+    input: str
+
+
+# ----------------------------------------------------------------------------------- finding
+def _starts_as_dicom(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def holds_dicom(folder: str) -> bool:
+    """Whether `folder` has DICOM files directly in it (see the module docstring)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return False
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or name.upper() == "DICOMDIR" or not entry.is_file():
+            continue
+        ext = os.path.splitext(name)[1].lower()
+        if ext == ".dcm" or (ext == "" and _starts_as_dicom(entry.path)):
+            return True
+    return False
+
+
+def is_batch_input(path: str) -> bool:
+    """Whether `path` is a list file (``.txt``/``.lst``) or a folder of cases (a folder without
+    DICOM files directly in it); anything else is a single case."""
+    if os.path.isfile(path):
+        return path.lower().endswith(LIST_EXTENSIONS)
+    return os.path.isdir(path) and not holds_dicom(path)
+
+
+def _is_nifti(name: str) -> bool:
+    return name.lower().endswith(NIFTI_EXTENSIONS)
+
+
+def file_case_name(path: str) -> str:
+    """A file's case name: its name without ``.nii``/``.nii.gz`` (and a trailing ``_0000``) or
+    without its extension."""
+    name = os.path.basename(path)
+    if _is_nifti(name):
+        name = name[: -len(next(e for e in NIFTI_EXTENSIONS if name.lower().endswith(e)))]
+        return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) and \
+            len(name) > len(CHANNEL_SUFFIX) else name
+    return os.path.splitext(name)[0] or name
+
+
+def folder_case_name(relative: str) -> str:
+    """A DICOM folder's case name: its relative path with ``/`` replaced by ``__``."""
+    return "__".join(p for p in relative.replace(os.sep, "/").split("/") if p not in ("", "."))
+
+
+def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
+    out_real = os.path.realpath(out_dir) if out_dir else None
+    cases, ignored = [], 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(root, d)) != out_real)
+        if root != folder and holds_dicom(root):
+            cases.append(Case(folder_case_name(os.path.relpath(root, folder)),
+                              os.path.abspath(root)))
+            dirs[:] = []  # the folders under a series belong to it
+            continue
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if _is_nifti(name):
+                cases.append(Case(file_case_name(name), os.path.abspath(os.path.join(root, name))))
+            else:
+                ignored += 1
+    if ignored:
+        log(f"{folder}: left out {ignored} files that are neither NIfTI nor in a DICOM folder")
+    return sorted(cases, key=lambda c: (c.name, c.input))
+
+
+def _list_cases(list_path: str) -> list[Case]:
+    base = os.path.dirname(os.path.abspath(list_path))
+    try:
+        with open(list_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BatchError(f"{list_path}: unreadable list file ({type(e).__name__}: {e})") from e
+    cases = []
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = os.path.normpath(os.path.join(base, entry))
+        if os.path.isdir(path):
+            relative = os.path.relpath(path, base)
+            inside = relative != os.curdir and not relative.startswith(os.pardir)
+            name = folder_case_name(relative) if inside else os.path.basename(path)
+        else:
+            name = file_case_name(path)
+        cases.append(Case(name, path))
+    return cases
+
+
+def find_cases(path: str, out_dir: str | None = None, log=print) -> list[Case]:
+    """The cases of a folder or list file `path` (see the module docstring).
+
+    `out_dir`, when it lies inside the folder, is not searched. Raises `BatchError` for a
+    folder or list without cases and for cases that share a name (all listed).
+    """
+    if os.path.isfile(path):
+        cases = _list_cases(path)
+        if not cases:
+            raise BatchError(f"{path}: the list names no cases (one path a line; blank lines and "
+                             "lines starting with # are ignored)")
+    else:
+        cases = _folder_cases(path, out_dir, log)
+        if not cases:
+            raise BatchError(f"{path}: no cases found: no NIfTI files (.nii, .nii.gz) and no "
+                             "folders with DICOM files under it, and no DICOM files directly in "
+                             "it (a single series)")
+    by_name = {}
+    for case in cases:
+        by_name.setdefault(case.name, []).append(case.input)
+    clashes = {name: inputs for name, inputs in by_name.items() if len(inputs) > 1}
+    if clashes:
+        listed = "; ".join(f"{name!r}: {', '.join(inputs)}" for name, inputs in clashes.items())
+        raise BatchError(f"{path}: {len(clashes)} case name(s) shared by several inputs (their "
+                         f"outputs would overwrite each other): {listed}")
+    return cases
+
+
+# ----------------------------------------------------------------------------------- summary
+def write_summary(out_dir: str, rows: Sequence[dict]) -> None:
+    """Write `rows` to ``out_dir/cases.csv`` and ``cases.json``, each atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CASE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CASE_COLUMNS})
+    write_text(os.path.join(out_dir, "cases.csv"), text.getvalue())
+    write_json(os.path.join(out_dir, "cases.json"), [dict(row) for row in rows])
+
+
+def _row(case: Case, summary: dict | None, status: str, seconds=None, error=None) -> dict:
+    return {"case": case.name, "input": case.input,
+            "slices": int(summary["shape"][0]) if summary else None,
+            "volume_ml": summary.get("volume_ml") if summary else None,
+            "seconds": summary.get("seconds") if summary else seconds,
+            "status": status, "error": error}
+
+
+def case_bar(done: int, total: int, name: str = "", stream=None, width: int = 30) -> None:
+    """One line ``cases [#####.....] done/total NAME`` on `stream` (stderr by default)."""
+    stream = stream or sys.stderr
+    filled = int(round(width * done / max(total, 1)))
+    stream.write(f"\rcases [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name}\n")
+    stream.flush()
+
+
+# ----------------------------------------------------------------------------------- running
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _partial(out_dir: str, name: str) -> str:
+    return os.path.join(out_dir, f".{name}.partial")
+
+
+def _old(out_dir: str, name: str) -> str:
+    return os.path.join(out_dir, f".{name}.old")
+
+
+def _complete_cases(cases: Sequence[Case], out_dir: str) -> dict:
+    """``{name: summary}`` of the cases whose outputs are complete; `BatchError` when a case
+    folder holds the prediction of another input."""
+    complete, foreign = {}, []
+    for case in cases:
+        path = os.path.join(out_dir, case.name, "summary.json")
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                summary = json.load(f)
+        except (OSError, ValueError):
+            continue  # unreadable: redone
+        if not isinstance(summary, dict) or "shape" not in summary:
+            continue
+        if summary.get("input") != case.input:
+            foreign.append(f"{os.path.join(out_dir, case.name)} holds {summary.get('input')}, "
+                           f"not {case.input}")
+        else:
+            complete[case.name] = summary
+    if foreign:
+        raise BatchError(f"{out_dir}: case folders hold the predictions of other inputs "
+                         f"(choose another --out, or --overwrite to replace them): "
+                         + "; ".join(foreign))
+    return complete
+
+
+def _reason(error: Exception, case: Case) -> str:
+    """The message of a failed case, naming its file."""
+    text = (str(error) if isinstance(error, (ValueError, OSError))
+            else f"{type(error).__name__}: {error}")
+    if case.input not in text and os.path.basename(case.input) not in text:
+        text = f"{case.input}: {text}"
+    return " ".join(text.split())  # one line in the CSV and on stderr
+
+
+def _install(partial: str, final: str, old: str) -> None:
+    """Put the finished folder `partial` in place of `final` (moved aside to `old` first)."""
+    if os.path.lexists(final):
+        _remove(old)
+        os.rename(final, old)
+        os.rename(partial, final)
+        _remove(old)
+    else:
+        os.rename(partial, final)
+
+
+def predict_one(case: Case, out_dir: str, predictor, predict: Callable, progress: bool = True,
+                log=print, stream=None) -> dict:
+    """Predict `case` into ``out_dir/<case>/`` by way of its ``.partial`` folder; the summary row
+    (``failed`` with the reason, reported on `stream`, when the case cannot be predicted)."""
+    stream = stream or sys.stderr
+    final, partial, old = (os.path.join(out_dir, case.name), _partial(out_dir, case.name),
+                           _old(out_dir, case.name))
+    _remove(partial)
+    t0 = time.time()
+    try:
+        summary = predict(predictor, case.input, partial, log=log, t0=t0, shown_as=final,
+                          **({} if progress else {"progress": None}))
+    except Exception as e:  # noqa: BLE001 - one broken case must not stop the others
+        _remove(partial)
+        reason = _reason(e, case)
+        stream.write(f"\nerror: case {case.name}: {reason}\n")
+        stream.flush()
+        return _row(case, None, "failed", seconds=round(time.time() - t0, 2), error=reason)
+    _install(partial, final, old)
+    return _row(case, summary, "done")
+
+
+def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: Callable,
+              overwrite: bool = False, progress: bool = True, log=print) -> list[dict]:
+    """Predict `cases` into `out_dir` (see the module docstring); returns the summary rows.
+
+    `load()` returns the predictor (called once, and only when a case is to be predicted);
+    ``predict(predictor, input, folder, log=, t0=, shown_as=[, progress=None])`` writes one case
+    (`lsnet_tf.predict.predict_case`). Raises `BatchError` before anything runs when a case
+    folder holds another input's prediction.
+    """
+    stream = sys.stderr
+    for case in cases:  # left by a killed run
+        _remove(_partial(out_dir, case.name))
+        final, old = os.path.join(out_dir, case.name), _old(out_dir, case.name)
+        if os.path.isdir(old) and not os.path.lexists(final):
+            os.rename(old, final)  # killed while replacing it: the previous outputs come back
+        _remove(old)
+    complete = {} if overwrite else _complete_cases(cases, out_dir)
+    todo = [c for c in cases if c.name not in complete]
+    log(f"{len(cases)} cases: {len(todo)} to predict, {len(complete)} complete already "
+        f"(skipped{'; --overwrite redoes them' if complete else ''}) -> {out_dir}")
+    predictor = load() if todo else None  # a model that cannot be loaded: nothing written
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for i, case in enumerate(cases):
+        if progress:
+            case_bar(i, len(cases), case.name, stream)
+        if case.name in complete:
+            rows.append(_row(case, complete[case.name], "skipped"))
+        else:
+            rows.append(predict_one(case, out_dir, predictor, predict, progress, log, stream))
+        write_summary(out_dir, rows)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    if progress:
+        case_bar(len(cases), len(cases), ", ".join(f"{v} {k}" for k, v in counts.items()), stream)
+    log(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed -> "
+        f"{os.path.join(out_dir, 'cases.csv')}")
+    return rows

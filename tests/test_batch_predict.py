@@ -1,0 +1,372 @@
+"""Many cases in one run (``python -m lsnet_tf.predict --input FOLDER_OR_LIST``).
+
+Known answers: every case's mask, affine and summary equal those of a single-case prediction of
+the same input; the model is loaded once; the summary rows hold each case's slices and volume
+as its summary.json does; a killed run leaves only complete case folders, and the rerun skips
+them untouched (same mtime) and does the rest; ``--overwrite`` rewrites them.
+"""
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from lsnet_tf import batch_predict, predict
+from lsnet_tf.config import load_config
+from lsnet_tf.export import saved_model
+from lsnet_tf.models.build import build_model
+
+CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A tiny random model exported as a SavedModel (serving layout), RoIs valid."""
+    cfg = load_config(None, ["model.width=8", "data.image_size=64", "data.max_boxes=4"])
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    head = model.lnet.get_layer("kp_logits")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 4.0, bias + 2.0])
+    root = tmp_path_factory.mktemp("models")
+    saved_model.export(model, cfg, str(root / "lsnet" / "1"))
+    return str(root / "lsnet")
+
+
+def write_nifti(path, shape, seed):
+    data = np.random.default_rng(seed).uniform(-300, 300, shape).astype(np.float32)
+    affine = np.array([[-0.7, 0.0, 0.0, 120.0], [0.0, 0.75, 0.0, -60.0],
+                       [0.0, 0.0, 2.5, -30.0], [0.0, 0.0, 0.0, 1.0]])
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_sform(affine, code=1)
+    img.header.set_qform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
+
+
+def make_cases(root):
+    """Two NIfTI cases (one with the Decathlon channel suffix, one in a subfolder), one DICOM
+    series two folders down, and a file that is no case."""
+    write_nifti(root / "liver_1_0000.nii.gz", (40, 48, 3), seed=1)
+    write_nifti(root / "more" / "liver_2.nii", (32, 36, 2), seed=2)
+    shutil.copytree(CT5N, root / "dicom" / "CT5N")
+    (root / "README").write_text("test set\n")
+    return {"liver_1": root / "liver_1_0000.nii.gz", "liver_2": root / "more" / "liver_2.nii",
+            "dicom__CT5N": root / "dicom" / "CT5N"}
+
+
+def read_mask(folder):
+    img = nib.load(str(Path(folder) / "mask.nii.gz"))
+    return np.asarray(img.dataobj), img.affine
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_csv(out):
+    with open(Path(out) / "cases.csv", encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_seconds(summary):
+    return {k: v for k, v in summary.items() if k != "seconds"}
+
+
+@pytest.fixture(scope="module")
+def counted_loads(model_path):
+    """``predict.load_predictor`` loading the test model once for the module, counting calls."""
+    loaded = predict.load_predictor(model_path)
+    calls = []
+
+    def load(path, batch_size=8):
+        calls.append(path)
+        return loaded
+
+    return load, calls
+
+
+@pytest.fixture(scope="module")
+def batch(model_path, counted_loads, tmp_path_factory):
+    """The folder of cases predicted in one CLI run, and each case predicted on its own."""
+    root = tmp_path_factory.mktemp("batch")
+    inputs = make_cases(root / "cases")
+    load, calls = counted_loads
+    err, out = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), \
+            contextlib.redirect_stdout(out):
+        mp.setattr(predict, "load_predictor", load)
+        before = len(calls)
+        code = predict.main(["--model", model_path, "--input", str(root / "cases"),
+                             "--out", str(root / "out")])
+        loads = len(calls) - before
+        singles = {}
+        for name, path in inputs.items():
+            singles[name] = predict.run(model_path, str(path), str(root / "single" / name),
+                                        log=quiet, progress=None)
+    return {"root": root, "inputs": inputs, "out": root / "out", "code": code, "loads": loads,
+            "err": err.getvalue(), "stdout": out.getvalue(), "singles": singles}
+
+
+# ------------------------------------------------------------------ finding cases
+
+
+def test_a_folder_with_dicom_files_in_it_is_one_series_and_its_parent_a_folder_of_cases(tmp_path):
+    shutil.copytree(CT5N, tmp_path / "patient" / "CT5N")
+    assert not batch_predict.is_batch_input(str(tmp_path / "patient" / "CT5N"))
+    assert batch_predict.is_batch_input(str(tmp_path / "patient"))
+    # A file without an extension that is not DICOM (no DICM at byte 128) makes no series.
+    (tmp_path / "patient" / "README").write_text("x" * 200)
+    assert batch_predict.is_batch_input(str(tmp_path / "patient"))
+    (tmp_path / "list.lst").write_text("patient/CT5N\n")
+    assert batch_predict.is_batch_input(str(tmp_path / "list.lst"))
+    assert not batch_predict.is_batch_input(str(tmp_path / "patient" / "README"))
+
+
+def test_case_names():
+    assert batch_predict.file_case_name("/d/liver_132_0000.nii.gz") == "liver_132"
+    assert batch_predict.file_case_name("liver_132_0001.nii.gz") == "liver_132_0001"
+    assert batch_predict.file_case_name("CT.NII") == "CT"
+    assert batch_predict.file_case_name("_0000.nii") == "_0000"
+    assert batch_predict.file_case_name("slice.png") == "slice"
+    assert batch_predict.folder_case_name(os.path.join("P001", "study", "CT")) == "P001__study__CT"
+
+
+def test_find_cases_in_a_folder(tmp_path):
+    inputs = make_cases(tmp_path / "cases")
+    (tmp_path / "cases" / ".hidden.nii.gz").write_text("")
+    (tmp_path / "cases" / "out").mkdir()
+    write_nifti(tmp_path / "cases" / "out" / "mask.nii.gz", (4, 4, 2), seed=0)
+    cases = batch_predict.find_cases(str(tmp_path / "cases"), str(tmp_path / "cases" / "out"),
+                                     log=quiet)
+    assert [(c.name, c.input) for c in cases] == sorted(
+        (name, str(path)) for name, path in inputs.items())
+
+
+def test_cases_sharing_a_name_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    for path in ("a/ct.nii.gz", "b/ct.nii.gz", "ct_0000.nii.gz", "other.nii"):
+        write_nifti(tmp_path / "cases" / path, (4, 4, 2), seed=0)
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    code = predict.main(["--model", "m", "--input", str(tmp_path / "cases"),
+                         "--out", str(tmp_path / "out")])
+    assert code == 1
+    err = capsys.readouterr().err
+    names = ", ".join(str(tmp_path / "cases" / p)
+                      for p in ("a/ct.nii.gz", "b/ct.nii.gz", "ct_0000.nii.gz"))
+    assert (f"1 case name(s) shared by several inputs (their outputs would overwrite each "
+            f"other): 'ct': {names}") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_or_list_without_cases_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("nothing here\n")
+    (tmp_path / "empty" / "sub").mkdir()
+    assert predict.main(["--model", "m", "--input", str(tmp_path / "empty"),
+                         "--out", str(tmp_path / "out")]) == 1
+    assert (f"{tmp_path / 'empty'}: no cases found: no NIfTI files (.nii, .nii.gz) and no "
+            "folders with DICOM files under it") in capsys.readouterr().err
+    (tmp_path / "none.txt").write_text("# nothing yet\n\n")
+    assert predict.main(["--model", "m", "--input", str(tmp_path / "none.txt"),
+                         "--out", str(tmp_path / "out")]) == 1
+    assert f"{tmp_path / 'none.txt'}: the list names no cases" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_cannot_be_loaded_writes_nothing(tmp_path, capsys):
+    write_nifti(tmp_path / "cases" / "ct.nii.gz", (4, 4, 2), seed=0)
+    assert predict.main(["--model", str(tmp_path / "none.tflite"), "--input",
+                         str(tmp_path / "cases"), "--out", str(tmp_path / "out")]) == 1
+    assert f"{tmp_path / 'none.tflite'}: model not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ a folder of cases
+
+
+def test_folder_of_cases_gives_the_single_case_outputs(batch):
+    assert batch["code"] == 0
+    assert batch["loads"] == 1
+    out = batch["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["cases.csv", "cases.json", "dicom__CT5N",
+                                                     "liver_1", "liver_2"]
+    for name in batch["inputs"]:
+        mask, affine = read_mask(out / name)
+        single_mask, single_affine = read_mask(batch["root"] / "single" / name)
+        assert mask.sum() > 0
+        np.testing.assert_array_equal(mask, single_mask)
+        np.testing.assert_array_equal(affine, single_affine)
+        summary = read_json(out / name / "summary.json")
+        assert without_seconds(summary) == without_seconds(
+            json.loads(json.dumps(batch["singles"][name])))
+        assert sorted(os.listdir(out / name / "overlays")) == sorted(
+            os.path.basename(p) for p in summary["overlays"])
+
+
+def test_the_summary_rows_hold_each_case(batch):
+    rows = read_csv(batch["out"])
+    assert [r["case"] for r in rows] == ["dicom__CT5N", "liver_1", "liver_2"]
+    assert list(rows[0]) == list(batch_predict.CASE_COLUMNS)
+    as_json = read_json(batch["out"] / "cases.json")
+    for row, entry in zip(rows, as_json):
+        summary = read_json(batch["out"] / row["case"] / "summary.json")
+        assert row["status"] == entry["status"] == "done" and row["error"] == ""
+        assert row["input"] == entry["input"] == str(batch["inputs"][row["case"]])
+        assert int(row["slices"]) == entry["slices"] == summary["shape"][0]
+        assert float(row["volume_ml"]) == entry["volume_ml"] == summary["volume_ml"]
+        assert float(row["seconds"]) == entry["seconds"] == summary["seconds"]
+    assert [e["slices"] for e in as_json] == [5, 3, 2]
+
+
+def test_progress_over_cases_and_slices_on_stderr(batch):
+    err = batch["err"]
+    for i, name in enumerate(["dicom__CT5N", "liver_1", "liver_2"]):
+        assert f"] {i}/3 {name}\n" in err
+    assert "cases [##############################] 3/3 3 done, 0 skipped, 0 failed\n" in err
+    assert "] 5/5 slices\n" in err and "] 2/2 slices\n" in err
+    assert "left out 1 files that are neither NIfTI nor in a DICOM folder" in batch["stdout"]
+
+
+def test_list_file_with_comments_relative_and_absolute_paths(batch, model_path, counted_loads,
+                                                             tmp_path, monkeypatch):
+    inputs = batch["inputs"]
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    shutil.copytree(CT5N, lists / "series" / "CT5N")
+    (lists / "cases.txt").write_text(
+        "# test set\n"
+        f"  {os.path.relpath(inputs['liver_2'], lists)}  \n\n"
+        "series/CT5N\n"
+        f"{inputs['liver_1']}\n")
+    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    code = predict.main(["--model", model_path, "--input", str(lists / "cases.txt"),
+                         "--out", str(tmp_path / "out"), "--no-overlays"])
+    assert code == 0
+    rows = read_csv(tmp_path / "out")
+    assert [r["case"] for r in rows] == ["liver_2", "series__CT5N", "liver_1"]  # list order
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert rows[1]["input"] == str(lists / "series" / "CT5N")
+    for name, reference in (("liver_2", "liver_2"), ("series__CT5N", "dicom__CT5N"),
+                            ("liver_1", "liver_1")):
+        np.testing.assert_array_equal(read_mask(tmp_path / "out" / name)[0],
+                                      read_mask(batch["out"] / reference)[0])
+        assert not (tmp_path / "out" / name / "overlays").exists()
+
+
+def test_broken_cases_are_reported_and_the_others_written(batch, model_path, counted_loads,
+                                                          tmp_path, monkeypatch, capsys):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shutil.copy(batch["inputs"]["liver_2"], cases / "good.nii")
+    (cases / "garbage.nii.gz").write_bytes(b"not a NIfTI file")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.int16), np.eye(4)), str(cases / "dyn.nii"))
+    (cases / "empty").mkdir()
+    (cases / "cases.lst").write_text("good.nii\ngarbage.nii.gz\ndyn.nii\nempty\nmissing.nii.gz\n")
+    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    code = predict.main(["--model", model_path, "--input", str(cases / "cases.lst"),
+                         "--out", str(tmp_path / "out")])
+    assert code == 1
+    err = capsys.readouterr().err
+    rows = {r["case"]: r for r in read_csv(tmp_path / "out")}
+    assert [r["status"] for r in rows.values()] == ["done", "failed", "failed", "failed",
+                                                    "failed"]
+    reasons = {
+        "garbage": f"{cases / 'garbage.nii.gz'}: unreadable NIfTI file",
+        "dyn": f"{cases / 'dyn.nii'}: expected a 3-D volume, got shape (4, 4, 3, 2)",
+        "empty": f"{cases / 'empty'}: empty series: no DICOM files",
+        "missing": f"{cases / 'missing.nii.gz'}: input not found",
+    }
+    for name, reason in reasons.items():
+        assert rows[name]["error"].startswith(reason), rows[name]["error"]
+        assert rows[name]["slices"] == rows[name]["volume_ml"] == ""
+        assert f"error: case {name}: {reason}" in err
+        assert not (tmp_path / "out" / name).exists()
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "good")[0],
+                                  read_mask(batch["out"] / "liver_2")[0])
+    assert sorted(os.listdir(tmp_path / "out")) == ["cases.csv", "cases.json", "good"]
+
+
+# ------------------------------------------------------------------ resuming
+
+
+def test_outputs_of_another_input_under_a_case_name_are_refused(batch, tmp_path, monkeypatch,
+                                                                capsys):
+    write_nifti(tmp_path / "cases" / "liver_1.nii.gz", (4, 4, 2), seed=0)
+    out = tmp_path / "out"
+    shutil.copytree(batch["out"] / "liver_1", out / "liver_1")
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    assert predict.main(["--model", "m", "--input", str(tmp_path / "cases"),
+                         "--out", str(out)]) == 1
+    assert (f"{out}: case folders hold the predictions of other inputs (choose another --out, "
+            f"or --overwrite to replace them): {out / 'liver_1'} holds "
+            f"{batch['inputs']['liver_1']}, not {tmp_path / 'cases' / 'liver_1.nii.gz'}"
+            ) in capsys.readouterr().err
+
+
+def test_a_killed_run_is_resumed_and_overwrite_redoes_every_case(batch, model_path, counted_loads,
+                                                                 tmp_path, monkeypatch):
+    cases = tmp_path / "cases"
+    make_cases(cases)
+    out = cases / "predictions"  # inside the input folder: not searched for cases
+    argv = ["--model", model_path, "--input", str(cases), "--out", str(out)]
+    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+
+    # The run is killed while the second case writes its summary (after its mask).
+    real_write_json = predict.write_json
+    writes = []
+
+    def killed_on_second(path, data, **kwargs):
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        return real_write_json(path, data, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(predict, "write_json", killed_on_second)
+        with pytest.raises(KeyboardInterrupt):
+            predict.main(argv)
+    assert sorted(os.listdir(out)) == [".liver_1.partial", "cases.csv", "cases.json",
+                                       "dicom__CT5N"]
+    assert (out / ".liver_1.partial" / "mask.nii.gz").exists()
+    assert [(r["case"], r["status"]) for r in read_csv(out)] == [("dicom__CT5N", "done")]
+    first = {p: os.stat(out / "dicom__CT5N" / p).st_mtime_ns
+             for p in ("mask.nii.gz", "summary.json")}
+
+    assert predict.main(argv) == 0
+    rows = read_csv(out)
+    assert [(r["case"], r["status"]) for r in rows] == [
+        ("dicom__CT5N", "skipped"), ("liver_1", "done"), ("liver_2", "done")]
+    summary = read_json(out / "dicom__CT5N" / "summary.json")
+    assert int(rows[0]["slices"]) == 5 and float(rows[0]["volume_ml"]) == summary["volume_ml"]
+    assert float(rows[0]["seconds"]) == summary["seconds"]
+    assert {p: os.stat(out / "dicom__CT5N" / p).st_mtime_ns for p in first} == first
+    assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "dicom__CT5N", "liver_1",
+                                       "liver_2"]
+    for name in batch["inputs"]:
+        np.testing.assert_array_equal(read_mask(out / name)[0], read_mask(batch["out"] / name)[0])
+
+    assert predict.main(argv) == 0  # all complete: all skipped
+    assert [r["status"] for r in read_csv(out)] == ["skipped"] * 3
+
+    assert predict.main(argv + ["--overwrite"]) == 0
+    assert [r["status"] for r in read_csv(out)] == ["done"] * 3
+    assert all(os.stat(out / "dicom__CT5N" / p).st_mtime_ns > first[p] for p in first)
+    np.testing.assert_array_equal(read_mask(out / "dicom__CT5N")[0],
+                                  read_mask(batch["out"] / "dicom__CT5N")[0])
+    assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "dicom__CT5N", "liver_1",
+                                       "liver_2"]
