@@ -34,6 +34,11 @@ box_min_side                 (0 when the slice has no box)
 Records hold raw HU so that the window (``data.window_center``/``window_width``) is applied in
 the graph, the same way in training and in the exported serving model, and changing it needs no
 re-preparation.
+
+Shards are written through ``tf.io.gfile``, so a dataset folder may be any filesystem TensorFlow
+writes (a local folder, ``gs://bucket/dataset``, ...); `read_info`, `list_shards` and
+`write_info` go through ``tf.io.gfile`` for such URLs (`is_remote`) and `publish` writes any file
+there with the same write-then-rename rule as ``lsnet_tf.files.atomic_write``.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ from typing import Iterable
 
 import numpy as np
 
-from lsnet_tf.files import write_json
+from lsnet_tf.files import TMP_SUFFIX, write_json
 
 FORMAT = "lsnet_tf-slices"
 FORMAT_VERSION = 1
@@ -191,23 +196,53 @@ def parse(serialized):
     }
 
 
+def is_remote(path) -> bool:
+    """Whether `path` is a URL (``gs://bucket/x``, ``s3://...``) rather than a local path."""
+    return "://" in str(path)
+
+
+def publish(path: str, data) -> str:
+    """Write `data` (bytes, or str as UTF-8) to `path` through ``tf.io.gfile`` atomically: to
+    ``<path>.tmp`` first, renamed onto `path` when complete (the temporary file is removed on
+    an error). Works on local paths and on every filesystem TensorFlow writes (``gs://`` ...;
+    there the rename is a copy, and the final name still appears only once the file is whole).
+    Creates the folder; returns `path`."""
+    import tensorflow as tf
+
+    tmp = str(path) + TMP_SUFFIX
+    folder = os.path.dirname(str(path))
+    if folder:
+        tf.io.gfile.makedirs(folder)
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
+    return path
+
+
 class ShardWriter:
     """Write one shard atomically: records go to ``<path>.tmp``, renamed to `path` on success.
 
     A crash or an exception inside the ``with`` block removes the temporary file, so a shard that
-    exists under its final name is always complete.
+    exists under its final name is always complete. Files are written through ``tf.io.gfile``, so
+    `path` may be on any filesystem TensorFlow writes (``gs://`` ...).
     """
 
     def __init__(self, path: str):
         self.path = path
-        self.tmp = path + ".tmp"
+        self.tmp = path + TMP_SUFFIX
         self.count = 0
         self._writer = None
 
     def __enter__(self):
         import tensorflow as tf
 
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        folder = os.path.dirname(self.path if is_remote(self.path) else os.path.abspath(self.path))
+        tf.io.gfile.makedirs(folder)
         self._writer = tf.io.TFRecordWriter(self.tmp)
         return self
 
@@ -216,20 +251,38 @@ class ShardWriter:
         self.count += 1
 
     def __exit__(self, exc_type, exc, tb):
+        import tensorflow as tf
+
         self._writer.close()
         if exc_type is None:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
+            tf.io.gfile.rename(self.tmp, self.path, overwrite=True)
+        elif tf.io.gfile.exists(self.tmp):
+            tf.io.gfile.remove(self.tmp)
         return False
 
 
-def shard_path(dataset_dir: str, fold: int, patient_id: str) -> str:
+def shard_name(fold: int, patient_id: str) -> str:
+    """A patient's shard relative to the dataset folder: ``fold-K/<patient>.tfrecord`` (characters
+    other than letters, digits, ``-_.`` in the id become ``_``)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(patient_id))
-    return os.path.join(dataset_dir, f"fold-{fold}", safe + SHARD_SUFFIX)
+    return os.path.join(f"fold-{fold}", safe + SHARD_SUFFIX)
+
+
+def shard_path(dataset_dir: str, fold: int, patient_id: str) -> str:
+    return os.path.join(dataset_dir, shard_name(fold, patient_id))
+
+
+def info_text(info: dict) -> str:
+    """The text of ``dataset.json`` for `info` (format and version first, keys sorted)."""
+    return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **info}, indent=2,
+                      sort_keys=True)
 
 
 def write_info(dataset_dir: str, info: dict) -> None:
+    """Write ``dataset_dir/dataset.json`` atomically (through ``tf.io.gfile`` for a URL)."""
+    if is_remote(dataset_dir):
+        publish(os.path.join(dataset_dir, INFO_FILE), info_text(info))
+        return
     info = {"format": FORMAT, "version": FORMAT_VERSION, **info}
     os.makedirs(dataset_dir, exist_ok=True)
     write_json(os.path.join(dataset_dir, INFO_FILE), info, sort_keys=True)
@@ -237,12 +290,22 @@ def write_info(dataset_dir: str, info: dict) -> None:
 
 def read_info(dataset_dir: str) -> dict:
     path = os.path.join(dataset_dir, INFO_FILE)
-    if not os.path.isfile(path):
+    if is_remote(path):
+        import tensorflow as tf
+
+        exists = tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+    else:
+        exists = os.path.isfile(path)
+    if not exists:
         raise FileNotFoundError(
             f"{dataset_dir} is not a prepared dataset (no {INFO_FILE}); "
             "write one with `python -m lsnet_tf.prepare`")
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
+    if is_remote(path):
+        with tf.io.gfile.GFile(path, "r") as f:
+            info = json.loads(f.read())
+    else:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
     if info.get("format") != FORMAT:
         raise ValueError(f"{path}: format {info.get('format')!r} is not {FORMAT!r}")
     return info
@@ -250,9 +313,15 @@ def read_info(dataset_dir: str) -> dict:
 
 def list_shards(dataset_dir: str, folds: Iterable[int]) -> list[str]:
     """Complete shards of the given folds, sorted (temporary files are never listed)."""
+    if is_remote(dataset_dir):
+        import tensorflow as tf
+
+        find = tf.io.gfile.glob
+    else:
+        find = glob.glob
     paths = []
     for k in folds:
-        paths += sorted(glob.glob(os.path.join(dataset_dir, f"fold-{k}", "*" + SHARD_SUFFIX)))
+        paths += sorted(find(os.path.join(dataset_dir, f"fold-{k}", "*" + SHARD_SUFFIX)))
     return paths
 
 
