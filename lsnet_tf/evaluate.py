@@ -72,8 +72,13 @@ reference labels, case by case, on the masks' own voxel grid (``evaluate_folder`
   and not scored.
 - Each pair must lie on one voxel grid: the same array shape, and the two NIfTI affines
   (``img.affine``, voxel -> RAS mm) equal entry by entry within ``--affine-tol`` mm (default
-  0.01). Anything else is an error naming the case, both files, both shapes and both affines;
-  nothing is ever resampled or transposed.
+  0.01). Two files of the same grid stored in another axis order or direction (a prediction
+  of ``predict`` on a DICOM series is stored (slice, row, col); TCIA labels are stored (x, y, z))
+  are compared in the canonical orientation of ``lsnet_tf.data.volumes``, whose shapes and
+  affines must then agree in the same way (an exact permutation and flip of the voxels; the case
+  is marked ``reoriented``; shape and spacing are then reported in that orientation). Anything
+  else is an error naming the case, both files, both shapes and both affines; nothing is ever
+  resampled.
 - Target voxels: in a label, those whose value is one of ``--label-values`` (default: every
   non-zero value); in a prediction, those whose value is one of ``--prediction-values``
   (default: every non-zero value, so that lsnet_tf's ``1 + class`` maps and any binary mask
@@ -97,6 +102,7 @@ import sys
 import numpy as np
 
 from lsnet_tf.data import nifti, records
+from lsnet_tf.data import volumes as data_volumes
 from lsnet_tf.data.volumes import PrepareError
 from lsnet_tf.files import write_json, write_text
 from lsnet_tf.metrics import volumes as volume_metrics
@@ -279,21 +285,48 @@ def _target(data: np.ndarray, values) -> np.ndarray:
     return data != 0 if values is None else np.isin(data, np.asarray(list(values)))
 
 
-def check_same_grid(case: str, pred_path: str, pred_shape, pred_affine, label_path: str,
-                    label_shape, label_affine, affine_tol: float = AFFINE_TOL_MM) -> None:
-    """`EvaluationError` naming the case, both files, shapes and affines unless the prediction
-    and the label have the same shape and affines equal entry by entry within `affine_tol` mm."""
+def grid_mismatch(case: str, pred_path: str, pred_shape, pred_affine, label_path: str,
+                  label_shape, label_affine, affine_tol: float = AFFINE_TOL_MM) -> EvaluationError:
+    """The error for a prediction and a label on different grids: the case, both files, both
+    shapes and both affines."""
     pred_shape, label_shape = tuple(int(n) for n in pred_shape), tuple(int(n) for n in label_shape)
     diff = float(np.max(np.abs(np.asarray(pred_affine) - np.asarray(label_affine))))
-    if pred_shape == label_shape and diff <= affine_tol:
-        return
     why = (f"shape {pred_shape} vs {label_shape}" if pred_shape != label_shape
            else f"affines differ by up to {diff:.4g} mm (tolerance {affine_tol} mm)")
-    raise EvaluationError(
+    return EvaluationError(
         f"case {case!r}: prediction and label are not on one voxel grid ({why}); masks are never "
         f"resampled.\n  prediction {pred_path}: shape {pred_shape}, affine "
         f"{np.round(pred_affine, 4).tolist()}\n  label {label_path}: shape {label_shape}, affine "
         f"{np.round(label_affine, 4).tolist()}")
+
+
+def _same_grid(shape_a, affine_a, shape_b, affine_b, affine_tol: float) -> bool:
+    return (tuple(shape_a) == tuple(shape_b)
+            and float(np.max(np.abs(np.asarray(affine_a) - np.asarray(affine_b)))) <= affine_tol)
+
+
+def on_one_grid(case: str, pred_path: str, pred: np.ndarray, pred_affine, label_path: str,
+                label: np.ndarray, label_affine, affine_tol: float = AFFINE_TOL_MM):
+    """``(pred, label, affine, reoriented)`` on one voxel grid: the arrays as stored when their
+    shapes and affines agree; else, when they are the same grid stored in another axis order or
+    direction (e.g. a (slice, row, col) prediction of a DICOM series against a label stored
+    (x, y, z)), both brought to the canonical orientation of `lsnet_tf.data.volumes` (axes
+    permuted and flipped, no interpolation) with `reoriented` True. Anything else: the
+    `grid_mismatch` error."""
+    if _same_grid(pred.shape, pred_affine, label.shape, label_affine, affine_tol):
+        return pred, label, label_affine, False
+    try:
+        pred_c, pred_aff_c = data_volumes.canonicalize(
+            pred, data_volumes.ras_to_lps(pred_affine), pred_path)
+        label_c, label_aff_c = data_volumes.canonicalize(
+            label, data_volumes.ras_to_lps(label_affine), label_path)
+    except (PrepareError, ValueError):  # oblique or degenerate: no exact way across
+        pred_c = None
+    if pred_c is not None and _same_grid(pred_c.shape, pred_aff_c, label_c.shape, label_aff_c,
+                                         affine_tol):
+        return pred_c, label_c, label_aff_c, True
+    raise grid_mismatch(case, pred_path, pred.shape, pred_affine, label_path, label.shape,
+                        label_affine, affine_tol)
 
 
 def _check_values(values, option: str):
@@ -328,20 +361,22 @@ def evaluate_folder(predictions: str, labels: str, label_values=None, prediction
     for i, (case, pred_path, label_path) in enumerate(pairs, 1):
         label_data, label_affine = _read_mask(label_path, "label")
         label = _target(label_data, label_values)
+        affine, reoriented = label_affine, False
         if pred_path is None:
             pred = np.zeros_like(label)
         else:
             pred_data, pred_affine = _read_mask(pred_path, "prediction")
-            check_same_grid(case, pred_path, pred_data.shape, pred_affine, label_path,
-                            label_data.shape, label_affine, affine_tol)
-            pred = _target(pred_data, prediction_values)
+            pred, label, affine, reoriented = on_one_grid(
+                case, pred_path, _target(pred_data, prediction_values), pred_affine, label_path,
+                label, label_affine, affine_tol)
         row = {"case": case,
                "prediction": os.path.abspath(pred_path) if pred_path else None,
                "label": os.path.abspath(label_path),
                "shape": [int(n) for n in label.shape],
-               "spacing_mm": list(volume_metrics.axis_spacing(label_affine)),
-               "voxel_ml": volume_metrics.voxel_volume_ml(label_affine),
-               **volume_metrics.case_metrics(pred, label, label_affine)}
+               "spacing_mm": list(volume_metrics.axis_spacing(affine)),
+               "voxel_ml": volume_metrics.voxel_volume_ml(affine),
+               "reoriented": reoriented,
+               **volume_metrics.case_metrics(pred, label, affine)}
         cases.append(row)
         hd = "undefined" if row["hd95_mm"] is None else f"{row['hd95_mm']:.2f} mm"
         log(f"[{i}/{len(pairs)}] {case}: DSC {row['dsc']:.4f}, HD95 {hd}, volume "

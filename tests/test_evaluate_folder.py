@@ -255,6 +255,29 @@ def test_geometry_mismatch_names_the_case_shapes_and_affines(folders):
         ev.evaluate_folder(pred, lab, log=quiet)
 
 
+def test_same_grid_in_another_axis_order_is_compared_in_the_canonical_orientation(folders):
+    """A prediction stored (slice, row, col) as predict writes it for a DICOM series, against a
+    label stored (x, y, z) with a reversed axis: the same voxels, permuted and flipped."""
+    from lsnet_tf.data import volumes
+
+    pred, lab = folders
+    canonical, affine_lps = volumes.canonicalize(PRED_A, volumes.ras_to_lps(affine_of()))
+    assert canonical.shape != PRED_A.shape  # really stored otherwise
+    save(os.path.join(pred, "a.nii.gz"), canonical, volumes.ras_to_lps(affine_lps))
+    a = ev.evaluate_folder(pred, lab, log=quiet)["cases"][0]
+    assert a["reoriented"] is True and a["shape"] == list(canonical.shape)
+    assert a["dsc"] == pytest.approx(0.7) and a["hd95_mm"] == pytest.approx(3 * 2.5)
+    assert sorted(a["spacing_mm"]) == pytest.approx(sorted(SPACING))
+    # Shifted by a voxel, it is no longer the same grid.
+    moved = volumes.ras_to_lps(affine_lps)
+    moved[:3, 3] += moved[:3, 0]
+    save(os.path.join(pred, "a.nii.gz"), canonical, moved)
+    with pytest.raises(ev.EvaluationError, match=r"case 'a': prediction and label are not on one "
+                                                 r"voxel grid \(shape \(18, 16, 20\) vs "
+                                                 r"\(20, 16, 18\)\)"):
+        ev.evaluate_folder(pred, lab, log=quiet)
+
+
 def test_a_probability_map_is_refused(folders):
     pred, lab = folders
     save(os.path.join(pred, "a.nii.gz"), PRED_A.astype(np.float32) * 0.25)
