@@ -22,6 +22,8 @@ import json
 
 import numpy as np
 
+from lsnet_tf.console import native_stderr
+
 __all__ = ["MASK_THRESHOLD", "OUTPUT_NAMES", "METADATA_NAME", "LiteRTMissingError",
            "read_metadata", "resize_bilinear", "postprocess", "TFLiteModel", "TFLitePredictor"]
 
@@ -156,6 +158,8 @@ class TFLiteModel:
                                            **interpreter_options)
         except ValueError as e:
             raise ValueError(f"{self.path}: not a readable TFLite model ({e})") from e
+        with native_stderr():  # LiteRT announces its XNNPACK delegate here
+            self.interpreter.allocate_tensors()
         signatures = self.interpreter.get_signature_list()
         if "serving_default" not in signatures or signatures["serving_default"]["inputs"] != ["hu"]:
             raise ValueError(f"{self.path}: not an lsnet_tf TFLite model (signatures "

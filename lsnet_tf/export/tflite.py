@@ -61,6 +61,7 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
+from lsnet_tf.console import native_stderr
 from lsnet_tf.data import pipeline, records
 from lsnet_tf.data.pipeline import window
 # The runtime side (TensorFlow-free) lives in lsnet_tf.export.litert; re-exported here.
@@ -216,11 +217,12 @@ def convert(model, cfg, quantize: str = "none",
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     try:
-        if quantize == "int8":
-            content = _convert_int8(converter, representative,
-                                    list(model_networks(model).values()))
-        else:
-            content = converter.convert()
+        with native_stderr():  # the converter's absl start-up lines
+            if quantize == "int8":
+                content = _convert_int8(converter, representative,
+                                        list(model_networks(model).values()))
+            else:
+                content = converter.convert()
     except Exception as e:  # ConverterError, or an error raised while calibrating
         text = str(e)
         hint = ""
