@@ -60,6 +60,31 @@ The exit status is 1 when a case failed, 0 otherwise.
 
 Progress: one line per case on stderr (``cases [###.......] 3/10 NAME``), the slice bar of
 `lsnet_tf.predict` under it.
+
+On Apache Beam
+--------------
+``--runner NAME`` (with pipeline options in ``--beam-options "..."`` or after ``--``, see
+`lsnet_tf.beam`) runs the cases to predict as a pipeline, one element per case, e.g. on two
+local processes::
+
+    python -m lsnet_tf.predict --model M --input imagesTs --out preds \
+        --runner DirectRunner --beam-options "--direct_num_workers=2 --direct_running_mode=multi_processing"
+
+Finding the cases, the name checks and skipping complete cases happen before the pipeline, as
+in process; each worker loads the model once (`PredictCaseFn`, a DoFn whose ``setup`` loads it)
+and writes each case as above (``OUT`` must be a folder every worker can write: any local folder
+for the DirectRunner). ``cases.csv``/``cases.json`` are written by the pipeline's last step,
+when every case is done (a killed pipeline leaves the complete case folders, which the next run
+skips); failed cases are reported on stderr by the command after the pipeline. No progress bars.
+
+Why a DoFn and not ``apache_beam.ml.inference.RunInference``: the unit of work is a case (read
+a NIfTI file or a DICOM series, predict its slices in batches of ``--batch-size``, write the
+mask, overlays and summary in the input's own geometry), not a tensor. RunInference batches
+elements into one model call (``BatchElements``), which volumes of different slice counts and
+sizes cannot share, and its model handler would have to read and write files as side effects
+of ``run_inference``; the slices of a case are batched inside the case instead. A DoFn with the
+model loaded in ``setup`` keeps one model per worker process, as RunInference's shared model
+does, and runs exactly the in-process code per case.
 """
 from __future__ import annotations
 
@@ -73,16 +98,16 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from lsnet_tf import beam
 from lsnet_tf.files import write_json, write_text
 
 __all__ = ["BatchError", "Case", "CASE_COLUMNS", "is_batch_input", "find_cases", "run_batch",
-           "write_summary"]
+           "write_summary", "PredictCaseFn"]
 
 CASE_COLUMNS = ("case", "input", "slices", "volume_ml", "seconds", "status", "error")
 LIST_EXTENSIONS = (".txt", ".lst")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 CHANNEL_SUFFIX = "_0000"
-SUMMARY_FILES = ("cases.csv", "cases.json")
 
 
 class BatchError(ValueError):
@@ -339,13 +364,16 @@ def predict_one(case: Case, out_dir: str, predictor, predict: Callable, progress
 
 
 def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: Callable,
-              overwrite: bool = False, progress: bool = True, log=print) -> list[dict]:
+              overwrite: bool = False, progress: bool = True, log=print,
+              options=None) -> list[dict]:
     """Predict `cases` into `out_dir` (see the module docstring); returns the summary rows.
 
     `load()` returns the predictor (called once, and only when a case is to be predicted);
     ``predict(predictor, input, folder, log=, t0=, shown_as=[, progress=None])`` writes one case
-    (`lsnet_tf.predict.predict_case`). Raises `BatchError` before anything runs when a case
-    folder holds another input's prediction.
+    (`lsnet_tf.predict.predict_case`). Both must pickle by reference (module-level functions or
+    their ``functools.partial``) when `options` (Beam ``PipelineOptions``) runs the cases as a
+    pipeline. Raises `BatchError` before anything runs when a case folder holds another input's
+    prediction.
     """
     stream = sys.stderr
     for case in cases:  # left by a killed run
@@ -357,8 +385,25 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
     complete = {} if overwrite else _complete_cases(cases, out_dir)
     todo = [c for c in cases if c.name not in complete]
     log(f"{len(cases)} cases: {len(todo)} to predict, {len(complete)} complete already "
-        f"(skipped{'; --overwrite redoes them' if complete else ''}) -> {out_dir}")
-    predictor = load() if todo else None  # a model that cannot be loaded: nothing written
+        f"(skipped{'; --overwrite redoes them' if complete else ''}) -> {out_dir}"
+        + (f" with {beam.describe(options)}" if options is not None and todo else ""))
+    if options is not None:
+        rows = _run_pipeline(cases, complete, todo, out_dir, load, predict, options)
+        for row in rows:
+            if row["status"] == "failed":
+                stream.write(f"error: case {row['case']}: {row['error']}\n")
+    else:
+        rows = _run_in_process(cases, complete, out_dir, load() if todo else None, predict,
+                               progress, log, stream)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    if progress or options is not None:
+        case_bar(len(cases), len(cases), ", ".join(f"{v} {k}" for k, v in counts.items()), stream)
+    log(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed -> "
+        f"{os.path.join(out_dir, 'cases.csv')}")
+    return rows
+
+
+def _run_in_process(cases, complete, out_dir, predictor, predict, progress, log, stream):
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     for i, case in enumerate(cases):
@@ -369,9 +414,78 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
         else:
             rows.append(predict_one(case, out_dir, predictor, predict, progress, log, stream))
         write_summary(out_dir, rows)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
-    if progress:
-        case_bar(len(cases), len(cases), ", ".join(f"{v} {k}" for k, v in counts.items()), stream)
-    log(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed -> "
-        f"{os.path.join(out_dir, 'cases.csv')}")
     return rows
+
+
+# ----------------------------------------------------------------------------------- Beam
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _build_predict_case_fn():
+    import apache_beam
+    from apache_beam.metrics import Metrics
+
+    class PredictCaseFn(apache_beam.DoFn):
+        """Beam: one `Case` -> its summary row, the case written as in process; the model is
+        loaded once per worker, in `setup`."""
+
+        def __init__(self, out_dir: str, load: Callable, predict: Callable):
+            super().__init__()
+            self.out_dir, self.load, self.predict = out_dir, load, predict
+            self.predictor = None
+
+        def setup(self):
+            self.predictor = self.load()
+
+        def process(self, case):
+            row = predict_one(case, self.out_dir, self.predictor, self.predict, progress=False,
+                              log=_quiet, stream=io.StringIO())  # the command reports failures
+            Metrics.counter("lsnet_tf.predict", f"cases_{row['status']}").inc()
+            yield row
+
+    # Pickled by reference (``lsnet_tf.batch_predict.PredictCaseFn``, see `__getattr__`).
+    PredictCaseFn.__module__ = __name__
+    PredictCaseFn.__qualname__ = "PredictCaseFn"
+    return PredictCaseFn
+
+
+def __getattr__(name):
+    """`PredictCaseFn` is built on first use, so that importing this module (and
+    `lsnet_tf.predict`) does not import Apache Beam."""
+    if name == "PredictCaseFn":
+        cls = _build_predict_case_fn()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _publish_rows(rows, out_dir: str, order: list, skipped: list) -> int:
+    """Beam's last step: the summary of the skipped and the predicted cases, in case order."""
+    by_name = {row["case"]: row for row in list(skipped) + list(rows)}
+    write_summary(out_dir, [by_name[name] for name in order if name in by_name])
+    return len(by_name)
+
+
+def _run_pipeline(cases, complete, todo, out_dir, load, predict, options) -> list[dict]:
+    skipped = [_row(c, complete[c.name], "skipped") for c in cases if c.name in complete]
+    os.makedirs(out_dir, exist_ok=True)
+    if not todo:
+        write_summary(out_dir, skipped)
+        return skipped
+    import apache_beam
+
+    # What the pipeline pickles names this module by its import name, also when the command
+    # runs as ``python -m lsnet_tf.predict``.
+    from lsnet_tf import batch_predict as this
+
+    with apache_beam.Pipeline(options=options) as pipeline:
+        _ = (pipeline
+             | "Cases" >> apache_beam.Create(list(todo))
+             | "Spread" >> apache_beam.Reshuffle()
+             | "Predict" >> apache_beam.ParDo(this.PredictCaseFn(out_dir, load, predict))
+             | "Collect" >> apache_beam.combiners.ToList()
+             | "WriteSummary" >> apache_beam.Map(this._publish_rows, out_dir,
+                                                 [c.name for c in cases], skipped))
+    with open(os.path.join(out_dir, "cases.json"), encoding="utf-8") as f:
+        return json.load(f)

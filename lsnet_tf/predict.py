@@ -23,7 +23,8 @@ SavedModel graph does (``lsnet_tf.export.saved_model.preprocess``/``postprocess`
   ``.lst`` file listing inputs one a line. The model loads once; each case is written to
   ``--out/<case>/`` as below (``--overwrite`` redoes cases already complete, which are skipped
   otherwise), with ``--out/cases.csv`` and ``cases.json`` summing them up; a broken case is
-  reported and the others go on (exit status 1 when a case failed).
+  reported and the others go on (exit status 1 when a case failed). ``--runner NAME`` with
+  ``--beam-options "..."`` runs them as an Apache Beam pipeline.
 
 Canonical orientation (as in training): slice 0 the lowest z, row 0 the most anterior, column 0
 the patient's right (``lsnet_tf.data.volumes``).
@@ -70,7 +71,7 @@ from typing import Callable
 
 import numpy as np
 
-from lsnet_tf import batch_predict
+from lsnet_tf import batch_predict, beam
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.files import write_json
@@ -557,18 +558,28 @@ def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spa
 
 def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
              overlays: bool = True, overwrite: bool = False, progress: bool = True,
-             log=print) -> list:
+             log=print, options=None) -> list:
     """Predict every case of a folder or list file `input_path` (`lsnet_tf.batch_predict`)
     into ``out_dir/<case>/``, loading the model once; returns the rows of ``cases.csv``.
+
+    `options`: Beam ``PipelineOptions`` (`lsnet_tf.beam.pipeline_options`) to run the cases as
+    a pipeline, each worker loading the model once; None runs them in this process.
     """
-    cases = batch_predict.find_cases(input_path, out_dir)
+    # Named by the import name, so that a pipeline's workers find them also when this runs as
+    # ``python -m lsnet_tf.predict``.
+    from lsnet_tf import predict as this
+
+    cases = batch_predict.find_cases(input_path, out_dir, log=log)
+    if options is not None and not os.path.exists(model_path):  # before starting any worker
+        raise PredictError(f"{model_path}: model not found")
     return batch_predict.run_batch(
-        cases, out_dir, load=functools.partial(load_predictor, model_path, batch_size),
-        predict=functools.partial(predict_case, spacing=spacing, overlays=overlays),
-        overwrite=overwrite, progress=progress, log=log)
+        cases, out_dir, load=functools.partial(this.load_predictor, model_path, batch_size),
+        predict=functools.partial(this.predict_case, spacing=spacing, overlays=overlays),
+        overwrite=overwrite, progress=progress, log=log, options=options)
 
 
 def main(argv=None) -> int:
+    argv, beam_argv = beam.split_argv(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="python -m lsnet_tf.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="SavedModel folder or .tflite file")
@@ -581,6 +592,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-overlays", action="store_true", help="do not write PNG overlays")
     parser.add_argument("--overwrite", action="store_true",
                         help="many cases: redo cases whose outputs are already complete")
+    beam.add_beam_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -588,8 +600,12 @@ def main(argv=None) -> int:
         if batch_predict.is_batch_input(args.input):
             rows = run_many(args.model, args.input, args.out, batch_size=args.batch_size,
                             spacing=args.spacing, overlays=not args.no_overlays,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite,
+                            options=beam.pipeline_options(args, beam_argv))
             return 1 if any(row["status"] == "failed" for row in rows) else 0
+        if args.runner or args.beam_options or beam_argv:
+            parser.error("--runner and Beam pipeline options apply to many cases (a folder of "
+                         "cases or a .txt/.lst list), not to one")
         run(args.model, args.input, args.out, batch_size=args.batch_size, spacing=args.spacing,
             overlays=not args.no_overlays)
     except (ValueError, OSError) as e:  # PredictError and the readers' PrepareErrors included

@@ -370,3 +370,43 @@ def test_a_killed_run_is_resumed_and_overwrite_redoes_every_case(batch, model_pa
                                   read_mask(batch["out"] / "dicom__CT5N")[0])
     assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "dicom__CT5N", "liver_1",
                                        "liver_2"]
+
+
+# ------------------------------------------------------------------ Apache Beam
+
+
+@pytest.mark.slow
+def test_direct_runner_with_two_workers_gives_the_in_process_outputs(batch, model_path, tmp_path,
+                                                                     monkeypatch, capsys):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # for the workers
+    inputs = batch["inputs"]
+    (tmp_path / "garbage.nii.gz").write_bytes(b"not a NIfTI file")
+    (tmp_path / "cases.txt").write_text(
+        "".join(f"{inputs[name]}\n" for name in ("liver_1", "liver_2", "dicom__CT5N"))
+        + "garbage.nii.gz\n")
+    out = tmp_path / "out"
+    shutil.copytree(batch["out"] / "liver_2", out / "liver_2")  # complete already
+    code = predict.main(["--model", model_path, "--input", str(tmp_path / "cases.txt"),
+                         "--out", str(out), "--runner", "DirectRunner", "--beam-options",
+                         "--direct_num_workers=2 --direct_running_mode=multi_processing"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"error: case garbage: {tmp_path / 'garbage.nii.gz'}: unreadable NIfTI file" in err
+    rows = read_csv(out)
+    assert [(r["case"], r["status"]) for r in rows] == [
+        ("liver_1", "done"), ("liver_2", "skipped"), ("CT5N", "done"), ("garbage", "failed")]
+    assert read_json(out / "cases.json")[2]["slices"] == 5
+    for name, reference in (("liver_1", "liver_1"), ("liver_2", "liver_2"),
+                            ("CT5N", "dicom__CT5N")):
+        np.testing.assert_array_equal(read_mask(out / name)[0], read_mask(batch["out"] / reference)[0])
+        assert without_seconds(read_json(out / name / "summary.json")) == without_seconds(
+            read_json(batch["out"] / reference / "summary.json"))
+    assert sorted(os.listdir(out)) == ["CT5N", "cases.csv", "cases.json", "liver_1", "liver_2"]
+
+
+def test_runner_options_apply_to_many_cases_only(tmp_path, capsys):
+    np.save(tmp_path / "one.npy", np.zeros((4, 4), np.float32))
+    with pytest.raises(SystemExit):
+        predict.main(["--model", "m", "--input", str(tmp_path / "one.npy"), "--out",
+                      str(tmp_path / "out"), "--runner", "DirectRunner"])
+    assert "--runner and Beam pipeline options apply to many cases" in capsys.readouterr().err
