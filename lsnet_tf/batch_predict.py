@@ -67,8 +67,8 @@ On Apache Beam
 `lsnet_tf.beam`) runs the cases to predict as a pipeline, one element per case, e.g. on two
 local processes::
 
-    python -m lsnet_tf.predict --model M --input imagesTs --out preds \
-        --runner DirectRunner --beam-options "--direct_num_workers=2 --direct_running_mode=multi_processing"
+    python -m lsnet_tf.predict --model M --input imagesTs --out preds --runner DirectRunner \
+        --beam-options "--direct_num_workers=2 --direct_running_mode=multi_processing"
 
 Finding the cases, the name checks and skipping complete cases happen before the pipeline, as
 in process; each worker loads the model once (`PredictCaseFn`, a DoFn whose ``setup`` loads it)
@@ -102,7 +102,7 @@ from lsnet_tf import beam
 from lsnet_tf.files import write_json, write_text
 
 __all__ = ["BatchError", "Case", "CASE_COLUMNS", "is_batch_input", "find_cases", "run_batch",
-           "write_summary", "PredictCaseFn"]
+           "write_summary"]
 
 CASE_COLUMNS = ("case", "input", "slices", "volume_ml", "seconds", "status", "error")
 LIST_EXTENSIONS = (".txt", ".lst")

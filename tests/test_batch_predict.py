@@ -398,7 +398,8 @@ def test_direct_runner_with_two_workers_gives_the_in_process_outputs(batch, mode
     assert read_json(out / "cases.json")[2]["slices"] == 5
     for name, reference in (("liver_1", "liver_1"), ("liver_2", "liver_2"),
                             ("CT5N", "dicom__CT5N")):
-        np.testing.assert_array_equal(read_mask(out / name)[0], read_mask(batch["out"] / reference)[0])
+        np.testing.assert_array_equal(read_mask(out / name)[0],
+                                      read_mask(batch["out"] / reference)[0])
         assert without_seconds(read_json(out / name / "summary.json")) == without_seconds(
             read_json(batch["out"] / reference / "summary.json"))
     assert sorted(os.listdir(out)) == ["CT5N", "cases.csv", "cases.json", "liver_1", "liver_2"]
