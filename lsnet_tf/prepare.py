@@ -23,6 +23,20 @@ patient is reported with the file and the reason and does not stop the others; t
 counts prepared, skipped and failed patients, and the exit status is 1 when any patient failed
 (2 for a usage error). ``DATASET/dataset.json`` records folds, patients per fold, slice counts,
 the source layout, the label values and this command's arguments.
+
+With ``--runner NAME`` the same work runs as an Apache Beam pipeline (DirectRunner on this
+machine, or DataflowRunner, FlinkRunner, SparkRunner for archives larger than one machine), each
+patient one element: it is read, canonicalised, checked and its shard written atomically on a
+worker; failed and skipped patients go to tagged outputs that end, with the prepared ones, in
+``dataset.json`` and the same per-patient report and exit status. The fold split is decided
+before the pipeline from the patient list, so it does not depend on the runner; shards and
+``dataset.json`` are the same as in process. ``--out`` may then be any filesystem TensorFlow
+writes (``gs://bucket/dataset``); the inputs must be readable by every worker (a shared or
+mounted folder). Pipeline options: ``--beam-options "..."`` and everything after ``--``
+(see `lsnet_tf.beam`)::
+
+    python -m lsnet_tf.prepare tcia --images ... --labels ... --out DATASET --runner DirectRunner \
+        --beam-options "--direct_num_workers=2 --direct_running_mode=multi_processing"
 """
 from __future__ import annotations
 
@@ -36,7 +50,8 @@ import sys
 
 import numpy as np
 
-from lsnet_tf.data import dicom, nifti, volumes
+from lsnet_tf import beam
+from lsnet_tf.data import dicom, nifti, records, volumes
 from lsnet_tf.data.volumes import MissingLabelError, PatientSource, PrepareError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -206,13 +221,212 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("msd", help="Medical Segmentation Decathlon: imagesTr/ + labelsTr/ NIfTI")
     m.add_argument("--root", required=True, help="task folder, e.g. Task07_Pancreas")
     common(m)
+    for p in (t, m):
+        beam.add_beam_arguments(p)
     return parser
+
+
+# ------------------------------------------------------------------ one patient (Beam workers)
+METRICS_NAMESPACE = "lsnet_tf.prepare"
+
+
+def prepare_patient(patient: PatientSource, fold: int, out_dir: str, label_values=None) -> dict:
+    """Read, canonicalise and check one patient and write its shard ``out_dir/fold-K/<id>.tfrecord``
+    atomically; never raises for the patient's bad input.
+
+    Returns its outcome: ``patient``, ``fold``, ``status`` (``prepared``, ``skipped`` or
+    ``failed``), then ``details`` (the entry of ``dataset.json``'s ``patient_details``) and
+    ``label_values_found`` when prepared, ``message`` (the file and the reason) otherwise. The
+    same steps and messages as ``volumes.prepare_patients`` gives each patient in process.
+    """
+    pid = patient.patient_id
+    outcome = {"patient": pid, "fold": int(fold)}
+    try:
+        volume = patient.load()
+        path = records.shard_path(out_dir, fold, pid)
+        fg = 0
+        with records.ShardWriter(path) as writer:
+            for rec in volumes.volume_records(volume, pid, fold, label_values):
+                writer.write(rec)
+                fg += int(rec.mask.any())
+    except volumes.PatientSkipped as e:
+        return {**outcome, "status": "skipped", "message": str(e)}
+    except Exception as e:  # one patient's failure never stops the others
+        if isinstance(e, PrepareError):
+            msg = str(e)
+        else:  # not an input check: name the patient's input and the exception type
+            where = next((v for v in patient.sources.values() if v), pid)
+            msg = f"{where}: {type(e).__name__}: {e}"
+        return {**outcome, "status": "failed", "message": msg}
+    details = {
+        "fold": int(fold), "slices": writer.count, "slices_with_target": fg,
+        "shape": list(volume.hu.shape), "spacing": [round(float(s), 6) for s in volume.spacing],
+        "shard": records.shard_name(fold, pid), "sources": patient.sources,
+        "skipped_files": [list(s) for s in volume.skipped_files], "notes": list(volume.notes),
+    }
+    return {**outcome, "status": "prepared", "details": details,
+            "label_values_found": sorted(int(v) for v in np.unique(volume.labels))}
+
+
+def _prepare_element(element, out_dir: str, label_values=None):
+    """Beam: one (PatientSource, fold) -> its outcome, tagged ``failed`` or ``skipped`` unless
+    prepared (the main output)."""
+    import logging
+
+    from apache_beam import pvalue
+    from apache_beam.metrics import Metrics
+
+    patient, fold = element
+    outcome = prepare_patient(patient, fold, out_dir, label_values)
+    status = outcome["status"]
+    Metrics.counter(METRICS_NAMESPACE, f"patients_{status}").inc()
+    if status == "prepared":
+        Metrics.counter(METRICS_NAMESPACE, "slices").inc(outcome["details"]["slices"])
+        logging.info("%s (fold %d): %d slices -> %s", patient.patient_id, fold,
+                     outcome["details"]["slices"], outcome["details"]["shard"])
+        yield outcome
+    else:
+        logging.info("%s (fold %d): %s: %s", patient.patient_id, fold, status,
+                     outcome["message"])
+        yield pvalue.TaggedOutput(status, outcome)
+
+
+def summary_of(outcomes, folds: int, assignment: dict, notes=(),
+               label_values=None) -> volumes.Summary:
+    """The run's `volumes.Summary` from per-patient outcomes (`prepare_patient`), with the notes
+    ``prepare_patients`` adds (empty folds, label values found in no patient)."""
+    summary = volumes.Summary(folds=int(folds), assignment=dict(assignment), notes=list(notes))
+    n = len(assignment)
+    if n < folds:
+        summary.notes.append(f"{n} patients for {folds} folds: {folds - n} folds are empty")
+    for o in sorted(outcomes, key=lambda o: o["patient"]):
+        if o["status"] == "prepared":
+            summary.prepared[o["patient"]] = o["details"]
+            summary.label_values_found.update(o["label_values_found"])
+        elif o["status"] == "skipped":
+            summary.skipped[o["patient"]] = o["message"]
+        else:
+            summary.failed[o["patient"]] = o["message"]
+    if label_values is not None and summary.prepared:
+        absent = sorted(set(label_values) - summary.label_values_found)
+        if absent:
+            summary.notes.append(f"label values {absent} appear in no prepared patient")
+    return summary
+
+
+def dataset_info(summary: volumes.Summary, seed: int, label_values=None, info=None) -> dict:
+    """The content of ``dataset.json`` for a run (as ``volumes.prepare_patients`` writes it)."""
+    full_info = dict(info or {})
+    full_info.update({
+        "folds": int(summary.folds),
+        "seed": int(seed),
+        "patients": summary.patients_per_fold(),
+        "num_slices": summary.slices_per_fold(),
+        "num_patients": len(summary.prepared),
+        "total_slices": summary.num_slices,
+        "patient_details": summary.prepared,
+        "fold_assignment": dict(sorted(summary.assignment.items())),
+        "skipped": summary.skipped,
+        "failed": summary.failed,
+        "complete": not summary.failed,
+        "label_values": list(label_values) if label_values is not None else "nonzero",
+        "label_values_found": sorted(summary.label_values_found),
+        "orientation": volumes.CANONICAL_ORIENTATION,
+        "notes": summary.notes,
+    })
+    return full_info
+
+
+def _publish_dataset_info(outcomes, out_dir: str, folds: int, seed: int, assignment: dict,
+                          label_values=None, info=None, notes=()) -> None:
+    """Beam: every patient's outcome -> ``dataset.json``, written last (through tf.io.gfile)."""
+    summary = summary_of(outcomes, folds, assignment, notes, label_values)
+    records.publish(os.path.join(out_dir, records.INFO_FILE),
+                    records.info_text(dataset_info(summary, seed, label_values, info)))
+
+
+def existing_outputs(out_dir: str) -> list[str]:
+    """Files of an earlier run in `out_dir` (``dataset.json``, ``fold-*/`` shards and their
+    temporary files), found through tf.io.gfile (so on any filesystem TensorFlow reads)."""
+    import tensorflow as tf
+
+    found = []
+    info = os.path.join(out_dir, records.INFO_FILE)
+    if tf.io.gfile.exists(info):
+        found.append(info)
+    for pattern in ("*" + records.SHARD_SUFFIX, "*" + records.SHARD_SUFFIX + ".tmp"):
+        found += tf.io.gfile.glob(os.path.join(out_dir, "fold-*", pattern))
+    return sorted(found)
+
+
+def prepare_with_beam(patients, out_dir: str, options, *, folds: int, seed: int = 0,
+                      label_values=None, info: dict | None = None, overwrite: bool = False,
+                      notes=(), log=print) -> volumes.Summary:
+    """`volumes.prepare_patients` as an Apache Beam pipeline run with `options`
+    (``PipelineOptions``, see `lsnet_tf.beam`): one element per patient, failures and skips as
+    tagged outputs, ``dataset.json`` written by the pipeline's last step; returns the Summary
+    read back from it. The same shards, ``dataset.json`` and folds as in process.
+
+    Raises:
+      FileExistsError: `out_dir` holds an earlier run's outputs and `overwrite` is false (with
+        `overwrite`, those files, and only those, are deleted first).
+    """
+    import apache_beam as beam_sdk
+    import tensorflow as tf
+
+    # What the pipeline pickles must name this module by its import name, also when it runs as
+    # ``python -m lsnet_tf.prepare`` (where these functions would be __main__'s, unknown to the
+    # workers).
+    from lsnet_tf import prepare as this
+
+    old = this.existing_outputs(out_dir)
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds a prepared dataset ({len(old)} files, e.g. {old[0]}); "
+            "pass --overwrite to replace it")
+    for path in old:
+        tf.io.gfile.remove(path)
+    # The fold split is decided here, from the patient list, whatever the runner does.
+    assignment = volumes.kfold_split([p.patient_id for p in patients], folds, seed)
+    elements = [(p, assignment[p.patient_id]) for p in sorted(patients, key=lambda p: p.patient_id)]
+    with beam_sdk.Pipeline(options=options) as pipeline:
+        outcomes = (pipeline
+                    | "Patients" >> beam_sdk.Create(elements)
+                    | "Prepare" >> beam_sdk.FlatMap(this._prepare_element, out_dir, label_values)
+                    .with_outputs("failed", "skipped", main="prepared"))
+        _ = ((outcomes.prepared, outcomes.failed, outcomes.skipped)
+             | "AllOutcomes" >> beam_sdk.Flatten()
+             | "Collect" >> beam_sdk.combiners.ToList()
+             | "WriteDatasetJson" >> beam_sdk.Map(
+                 this._publish_dataset_info, out_dir, folds, seed, assignment, label_values, info,
+                 list(notes)))
+    written = records.read_info(out_dir)
+    summary = volumes.Summary(folds=int(written["folds"]), assignment=written["fold_assignment"],
+                              prepared=written["patient_details"], skipped=written["skipped"],
+                              failed=written["failed"], notes=written["notes"],
+                              label_values_found=set(written["label_values_found"]))
+    n = len(assignment)
+    for i, pid in enumerate(sorted(assignment), start=1):
+        head = f"[{i}/{n}] {pid} (fold {assignment[pid]})"
+        if pid in summary.skipped:
+            log(f"{head}: skipped: {summary.skipped[pid]}")
+        elif pid in summary.failed:
+            log(f"{head}: FAILED: {summary.failed[pid]}")
+        else:
+            d = summary.prepared[pid]
+            extra = f"; skipped {len(d['skipped_files'])} files" if d["skipped_files"] else ""
+            log(f"{head}: {d['slices']} slices, {d['slices_with_target']} with target -> "
+                f"{d['shard']}{extra}")
+            for note in d["notes"]:
+                log(f"    note: {note}")
+    return summary
 
 
 def main(argv=None) -> int:
     """Run the command; returns the exit status (0 ok, 1 a patient failed, 2 usage error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    own_argv, beam_argv = beam.split_argv(argv)
+    args = build_parser().parse_args(own_argv)
 
     def log(msg):
         print(msg, flush=True)
@@ -223,7 +437,12 @@ def main(argv=None) -> int:
         if args.origin_tolerance_mm < 0:
             raise ValueError(f"--origin-tolerance-mm must be >= 0, got {args.origin_tolerance_mm}")
         label_values = volumes.parse_label_values(args.label_values)
-        resolved = {k: (os.path.abspath(v) if k in ("out", "images", "labels", "root") else v)
+        options = beam.pipeline_options(args, beam_argv)
+        if options is None and records.is_remote(args.out):
+            raise ValueError(f"--out {args.out} is not a local folder: writing there needs "
+                             "--runner (e.g. --runner DirectRunner on this machine)")
+        resolved = {k: (os.path.abspath(v) if k in ("out", "images", "labels", "root")
+                        and not records.is_remote(v) else v)
                     for k, v in vars(args).items()}
         info = {"command": {"argv": ["python", "-m", "lsnet_tf.prepare", *argv], "args": resolved}}
         if args.layout == "tcia":
@@ -244,10 +463,18 @@ def main(argv=None) -> int:
             info["source_layout"] = {"layout": "msd", "root": resolved["root"],
                                      "format": "imagesTr/*.nii.gz + labelsTr/*.nii.gz",
                                      "task_labels": {str(k): v for k, v in task_labels.items()}}
-        log(f"preparing {len(sources)} patients into {args.out} ({args.folds} folds, seed {args.seed})")
-        summary = volumes.prepare_patients(
-            sources, args.out, folds=args.folds, seed=args.seed, label_values=label_values,
-            info=info, overwrite=args.overwrite, notes=notes, log=log)
+        runner = f" with {beam.describe(options)}" if options is not None else ""
+        log(f"preparing {len(sources)} patients into {args.out} ({args.folds} folds, "
+            f"seed {args.seed}){runner}")
+        if options is None:
+            summary = volumes.prepare_patients(
+                sources, args.out, folds=args.folds, seed=args.seed, label_values=label_values,
+                info=info, overwrite=args.overwrite, notes=notes, log=log)
+        else:
+            summary = prepare_with_beam(
+                sources, args.out, options, folds=args.folds, seed=args.seed,
+                label_values=label_values, info=info, overwrite=args.overwrite, notes=notes,
+                log=log)
     except (PrepareError, ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -260,4 +487,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module under its import name, so that the functions a Beam pipeline pickles are
+    # lsnet_tf.prepare's (a worker cannot import this __main__).
+    from lsnet_tf import prepare as _prepare
+
+    sys.exit(_prepare.main())
