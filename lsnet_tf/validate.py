@@ -59,8 +59,23 @@ features and type changes are seen as such), reading the records once. On 2 core
 exists, the second time with ``num_boxes`` categorical) from the decoded scalar columns, without
 reading the records again.
 
+With ``--runner NAME`` (and Beam pipeline options in ``--beam-options "..."`` or after ``--``, see
+`lsnet_tf.beam`) the statistics are computed by an Apache Beam pipeline instead: the shards are
+read with Beam's TFRecord source, decoded by the same tfx_bsl decoder and summarised by
+``tfdv.GenerateStatistics`` (``DirectRunner`` here, ``DataflowRunner``, ``FlinkRunner``,
+``SparkRunner`` for datasets larger than one machine); schema inference, validation and every
+file written are unchanged. Each command runs one pipeline that reads each split once: the
+training split's statistics before the schema exists and those with ``num_boxes`` categorical
+come from the same read (`statistics_schema`: the only part of the schema that changes what TFDV
+computes; `statistics_view` checks that this holds for the inferred schema, and a second pass runs
+with the full schema where it does not), and ``all`` computes the evaluation split's in the same
+pipeline. ``--dataset`` and ``--out`` may then be on any filesystem both TensorFlow and Beam
+read and write (``gs://bucket/dataset``); the pipeline's statistics files go to a temporary
+folder under ``--out``, removed afterwards.
+
 Exit status: 0 when no anomaly is found, 1 when there are anomalies, 2 for usage errors (missing
-or unprepared dataset, a split without shards, ``check`` before ``infer-schema``).
+or unprepared dataset, a split without shards, ``check`` before ``infer-schema``, pipeline options
+that cannot be used).
 """
 from __future__ import annotations
 
@@ -72,8 +87,10 @@ import re
 import sys
 from typing import Iterable, Sequence
 
+from lsnet_tf import beam
 from lsnet_tf.data import records
-from lsnet_tf.files import write_bytes, write_text
+from lsnet_tf.files import write_bytes as _local_write_bytes
+from lsnet_tf.files import write_text as _local_write_text
 
 VALIDATED_FEATURES = (*records.SCALAR_FEATURES, "height", "width", "slice_index", "spacing")
 DEFAULT_HU_RANGE = (-4096.0, 4096.0)
@@ -86,10 +103,67 @@ SCHEMA_INFO_FILE = "schema_info.json"
 SPLITS = ("train", "eval")
 _RECORDS_SPLIT = {"train": "train", "eval": "val"}
 _BATCH = 128  # records decoded at once; each holds its image bytes until the scalars are taken
+METRICS_NAMESPACE = "lsnet_tf.validate"
 
 
 class ValidationError(ValueError):
     """A dataset or option problem reported to the user (exit status 2), not a data anomaly."""
+
+
+# --------------------------------------------------------------------------------------------
+# Files: local paths as before, URLs (gs://...) through tf.io.gfile
+# --------------------------------------------------------------------------------------------
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _isdir(path: str) -> bool:
+    return _gfile().isdir(path) if records.is_remote(path) else os.path.isdir(path)
+
+
+def _isfile(path: str) -> bool:
+    if records.is_remote(path):
+        return _gfile().exists(path) and not _gfile().isdir(path)
+    return os.path.isfile(path)
+
+
+def _listdir(path: str) -> list[str]:
+    if records.is_remote(path):
+        return [n.rstrip("/") for n in _gfile().listdir(path)]
+    return os.listdir(path)
+
+
+def _read_text(path: str) -> str:
+    if records.is_remote(path):
+        with _gfile().GFile(path, "r") as f:
+            return f.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _makedirs(path: str) -> None:
+    if records.is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def write_text(path: str, text: str) -> str:
+    """Write `text` to `path` atomically (``lsnet_tf.files.write_text``, or `records.publish`
+    for a URL); returns `path`."""
+    if records.is_remote(path):
+        return records.publish(path, text)
+    return _local_write_text(path, text)
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Write `data` to `path` atomically (``lsnet_tf.files.write_bytes``, or `records.publish`
+    for a URL); returns `path`."""
+    if records.is_remote(path):
+        return records.publish(path, data)
+    return _local_write_bytes(path, data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,16 +175,16 @@ def available_folds(dataset_dir: str) -> list[int]:
     Raises ValidationError for a folder that is missing or not a prepared dataset (no
     dataset.json, or another format).
     """
-    if not os.path.isdir(dataset_dir):
+    if not _isdir(dataset_dir):
         raise ValidationError(f"dataset folder {dataset_dir} does not exist")
     try:
         info = records.read_info(dataset_dir)
     except (FileNotFoundError, ValueError) as err:  # no dataset.json, or another format
         raise ValidationError(str(err)) from None
     folds = set()
-    for name in os.listdir(dataset_dir):
+    for name in _listdir(dataset_dir):
         m = re.fullmatch(r"fold-(\d+)", name)
-        if m and os.path.isdir(os.path.join(dataset_dir, name)):
+        if m and _isdir(os.path.join(dataset_dir, name)):
             folds.add(int(m.group(1)))
     if isinstance(info.get("folds"), int) and not isinstance(info.get("folds"), bool):
         folds.update(range(info["folds"]))
@@ -198,6 +272,146 @@ def compute_statistics(batches: Sequence, schema=None, name: str = ""):
     if name:
         for ds in stats.datasets:
             ds.name = name
+    return stats
+
+
+# The part of the schema that changes what TFDV computes for these records: num_boxes is a
+# categorical integer (top values and uniques instead of numeric statistics).
+STATISTICS_SCHEMA_TEXT = ('feature { name: "num_boxes" type: INT '
+                          'int_domain { is_categorical: true } }')
+
+
+def statistics_schema():
+    """The schema a Beam pipeline computes the schema-dependent statistics with before the schema
+    is inferred (`STATISTICS_SCHEMA_TEXT`); `statistics_view` says whether it stands in for a
+    given schema."""
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    return text_format.Parse(STATISTICS_SCHEMA_TEXT, schema_pb2.Schema())
+
+
+def statistics_view(schema) -> tuple:
+    """What of `schema` TFDV's statistics generators read (``tfdv.StatsOptions(schema=...)``,
+    default options): the categorical numeric features and their types, the bytes (image)
+    features, the categorical setting of string features, and whether there are sparse,
+    weighted or natural-language features. Schemas with the same view give the same
+    statistics."""
+    from tensorflow_data_validation.statistics import stats_impl
+    from tensorflow_data_validation.utils import schema_util
+
+    return (
+        sorted((str(k), int(v)) for k, v in
+               schema_util.get_categorical_numeric_feature_types(schema).items()),
+        sorted(str(k) for k in schema_util.get_bytes_features(schema)),
+        sorted((str(k), int(v)) for k, v in
+               schema_util.get_bytes_features_categorical_value(schema).items()),
+        bool(stats_impl._schema_has_sparse_features(schema)),
+        bool(stats_impl._schema_has_natural_language_domains(schema)),
+        len(schema.weighted_feature),
+    )
+
+
+def _decode_scalars(serialized, features: Sequence[str], tag: str):
+    """Beam: a batch of serialised records -> one Arrow record batch of `features`, decoded as
+    `read_feature_batches` does; a batch holding none of them is counted, not emitted."""
+    import pyarrow as pa
+    from apache_beam.metrics import Metrics
+    from tfx_bsl.coders import example_coder
+
+    serialized = list(serialized)
+    Metrics.counter(METRICS_NAMESPACE, f"records_{tag}").inc(len(serialized))
+    rb = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(serialized)
+    names = [f for f in features if rb.schema.get_field_index(f) >= 0]
+    if not names:
+        Metrics.counter(METRICS_NAMESPACE, f"foreign_records_{tag}").inc(len(serialized))
+        return
+    yield pa.RecordBatch.from_arrays([rb.column(rb.schema.get_field_index(f)) for f in names],
+                                     names)
+
+
+def _counters(result) -> dict:
+    """{name: value} of this module's Beam counters in a finished pipeline's result (committed
+    values, or attempted ones where the runner commits none); {} where metrics are unsupported."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except (NotImplementedError, AttributeError):
+        return {}
+    return {c.key.metric.name: c.result or 0 for c in found["counters"]}
+
+
+def beam_statistics(dataset_dir: str, requests: Sequence, options, out_dir: str) -> list:
+    """Statistics of several (folds, schema or None, name) `requests`, computed by one Apache
+    Beam pipeline run with `options` (``PipelineOptions``): each distinct set of folds is read
+    once with Beam's TFRecord source, decoded like `read_feature_batches` and summarised by
+    ``tfdv.GenerateStatistics`` per request. The statistics files go to a temporary folder under
+    `out_dir`, removed afterwards. Returns one ``DatasetFeatureStatisticsList`` per request.
+
+    Raises ValidationError for a missing or unprepared dataset, and folds without shards, without
+    records or whose records hold none of `VALIDATED_FEATURES` (the messages of
+    `read_feature_batches`).
+    """
+    import uuid
+
+    import apache_beam as beam_sdk
+    import tensorflow_data_validation as tfdv
+
+    # Pickled functions must name this module by its import name (not __main__ under -m).
+    from lsnet_tf import validate as this
+
+    available_folds(dataset_dir)
+    shards = {}
+    for folds, _, _ in requests:
+        key = tuple(folds)
+        if key in shards:
+            continue
+        shards[key] = records.list_shards(dataset_dir, folds)
+        if not shards[key]:
+            raise ValidationError(
+                f"folds {list(folds)} of {dataset_dir} have no shards "
+                f"(expected {os.path.join(dataset_dir, 'fold-K', '*' + records.SHARD_SUFFIX)})")
+    tmp = os.path.join(out_dir, f".beam-{uuid.uuid4().hex[:12]}")
+    outputs = [os.path.join(tmp, f"statistics-{i}.pb") for i in range(len(requests))]
+    tags = {key: "folds-" + "_".join(str(k) for k in key) for key in shards}
+    _makedirs(tmp)
+    try:
+        pipeline = beam_sdk.Pipeline(options=options)
+        batches = {}
+        for key, paths in shards.items():
+            tag = tags[key]
+            batches[key] = (pipeline
+                            | f"Shards[{tag}]" >> beam_sdk.Create(paths)
+                            | f"Read[{tag}]" >> beam_sdk.io.ReadAllFromTFRecord()
+                            | f"Batch[{tag}]" >> beam_sdk.BatchElements(max_batch_size=_BATCH)
+                            | f"Decode[{tag}]" >> beam_sdk.FlatMap(
+                                this._decode_scalars, list(VALIDATED_FEATURES), tag))
+        for i, ((folds, schema, name), path) in enumerate(zip(requests, outputs)):
+            stats_options = tfdv.StatsOptions(schema=schema, use_sketch_based_topk_uniques=True)
+            _ = (batches[tuple(folds)]
+                 | f"Statistics[{i}:{name or 'no schema'}]"
+                 >> tfdv.GenerateStatistics(stats_options)
+                 | f"Write[{i}]" >> tfdv.WriteStatisticsToBinaryFile(path))
+        result = pipeline.run()
+        result.wait_until_finish()
+        counts = _counters(result)
+        for key, tag in tags.items():
+            if counts.get(f"foreign_records_{tag}"):
+                raise ValidationError(
+                    f"records of folds {list(key)} of {dataset_dir} hold none of the features "
+                    f"{list(VALIDATED_FEATURES)}; they are not {records.FORMAT} slice records")
+        stats = [tfdv.load_stats_binary(path) for path in outputs]
+    finally:
+        if _gfile().exists(tmp):
+            _gfile().rmtree(tmp)
+    for st, (folds, _, name) in zip(stats, requests):
+        if not st.datasets or st.datasets[0].num_examples == 0:
+            raise ValidationError(f"folds {list(folds)} of {dataset_dir} hold no records "
+                                  f"({len(shards[tuple(folds)])} empty shard(s))")
+        if name:
+            for ds in st.datasets:
+                ds.name = name
     return stats
 
 
@@ -455,8 +669,9 @@ def _out_dir(dataset_dir: str, out: str | None) -> str:
 
 
 def run_stats(dataset_dir: str, folds: Sequence[int] | None = None, split: str | None = None,
-              val_fold: int = 0, out: str | None = None) -> int:
-    """Statistics of `folds` (or of `split`); writes ``<tag>_stats.pb`` and ``<tag>_report.html``."""
+              val_fold: int = 0, out: str | None = None, options=None) -> int:
+    """Statistics of `folds` (or of `split`); writes ``<tag>_stats.pb`` and ``<tag>_report.html``.
+    With Beam `options`, a pipeline computes them (`beam_statistics`)."""
     if folds is None:
         split = split or "train"
         folds = folds_of(dataset_dir, split, val_fold)
@@ -464,8 +679,11 @@ def run_stats(dataset_dir: str, folds: Sequence[int] | None = None, split: str |
     else:
         available_folds(dataset_dir)
         tag = "folds-" + "_".join(str(k) for k in folds)
-    stats = compute_statistics(read_feature_batches(dataset_dir, folds), name=tag)
     out_dir = _out_dir(dataset_dir, out)
+    if options is None:
+        stats = compute_statistics(read_feature_batches(dataset_dir, folds), name=tag)
+    else:
+        (stats,) = beam_statistics(dataset_dir, [(folds, None, tag)], options, out_dir)
     print(format_summary(stats))
     print("statistics:", save_statistics(os.path.join(out_dir, f"{tag}_stats.pb"), stats))
     print("report:    ", write_text(os.path.join(out_dir, f"{tag}_report.html"),
@@ -476,19 +694,32 @@ def run_stats(dataset_dir: str, folds: Sequence[int] | None = None, split: str |
 def run_infer_schema(dataset_dir: str, split: str = "train", val_fold: int = 0,
                      out: str | None = None, hu_range: Sequence[float] = DEFAULT_HU_RANGE,
                      linf_threshold: float = DEFAULT_LINF_THRESHOLD,
-                     jsd_threshold: float = 0.0) -> int:
+                     jsd_threshold: float = 0.0, options=None, computed=None) -> int:
     """Infer the schema from `split`, save it with the split's statistics and report, and
-    validate the split itself against it (its own out-of-domain values are anomalies)."""
+    validate the split itself against it (its own out-of-domain values are anomalies).
+
+    With Beam `options`, one pipeline computes the split's statistics without a schema and with
+    `statistics_schema` (or `computed`, that pair, comes from a pipeline already run); a second
+    pass with the inferred schema runs only where `statistics_view` tells them apart.
+    """
     folds = folds_of(dataset_dir, split, val_fold)
     import tensorflow_data_validation as tfdv  # after the dataset checks: errors come quickly
 
-    batches = read_feature_batches(dataset_dir, folds)
-    schema = infer_dataset_schema(compute_statistics(batches), hu_range, linf_threshold,
-                                  jsd_threshold)
-    stats = compute_statistics(batches, schema, name=split)
-    anomalies = validate(stats, schema)
     out_dir = _out_dir(dataset_dir, out)
-    os.makedirs(out_dir, exist_ok=True)
+    if options is None:
+        batches = read_feature_batches(dataset_dir, folds)
+        schema = infer_dataset_schema(compute_statistics(batches), hu_range, linf_threshold,
+                                      jsd_threshold)
+        stats = compute_statistics(batches, schema, name=split)
+    else:
+        raw, stats = computed or beam_statistics(
+            dataset_dir, [(folds, None, ""), (folds, statistics_schema(), split)], options,
+            out_dir)
+        schema = infer_dataset_schema(raw, hu_range, linf_threshold, jsd_threshold)
+        if statistics_view(schema) != statistics_view(statistics_schema()):
+            (stats,) = beam_statistics(dataset_dir, [(folds, schema, split)], options, out_dir)
+    anomalies = validate(stats, schema)
+    _makedirs(out_dir)
     schema_path = os.path.join(out_dir, SCHEMA_FILE)
     tfdv.write_schema_text(schema, schema_path)
     write_text(os.path.join(out_dir, SCHEMA_INFO_FILE), json.dumps({
@@ -510,13 +741,18 @@ def run_infer_schema(dataset_dir: str, split: str = "train", val_fold: int = 0,
 def run_check(dataset_dir: str, split: str = "eval", val_fold: int = 0, out: str | None = None,
               schema_path: str | None = None, baseline_path: str | None = None,
               linf_threshold: float | None = None, jsd_threshold: float | None = None,
-              drift: bool = True) -> int:
+              drift: bool = True, options=None, computed=None) -> int:
     """Validate `split` against the saved schema (and, with `drift`, against the training
-    statistics saved beside it); print the anomalies; 1 if there are any, else 0."""
+    statistics saved beside it); print the anomalies; 1 if there are any, else 0.
+
+    With Beam `options`, a pipeline computes the split's statistics with the schema, unless
+    `computed` holds them from a pipeline already run with `statistics_schema` and the schema
+    has the same `statistics_view`.
+    """
     folds = folds_of(dataset_dir, split, val_fold)
     out_dir = _out_dir(dataset_dir, out)
     schema_path = schema_path or os.path.join(out_dir, SCHEMA_FILE)
-    if not os.path.isfile(schema_path):
+    if not _isfile(schema_path):
         raise ValidationError(
             f"no schema at {schema_path}; infer one first with "
             f"`python -m lsnet_tf.validate infer-schema --dataset {dataset_dir}`")
@@ -525,19 +761,23 @@ def run_check(dataset_dir: str, split: str = "eval", val_fold: int = 0, out: str
     schema = tfdv.load_schema_text(schema_path)
     set_drift_thresholds(schema, linf_threshold, jsd_threshold)
     info_path = os.path.join(os.path.dirname(schema_path), SCHEMA_INFO_FILE)
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            schema_folds = set(json.load(f).get("folds", []))
+    if _isfile(info_path):
+        schema_folds = set(json.loads(_read_text(info_path)).get("folds", []))
         if schema_folds & set(folds):
             print(f"warning: folds {sorted(schema_folds & set(folds))} of the {split} split were "
                   "used to infer the schema", file=sys.stderr)
-    if baseline_path and not os.path.isfile(baseline_path):
+    if baseline_path and not _isfile(baseline_path):
         raise ValidationError(f"baseline statistics {baseline_path} do not exist")
     baseline = None
     baseline_path = baseline_path or os.path.join(os.path.dirname(schema_path), "train_stats.pb")
-    if drift and os.path.isfile(baseline_path):
+    if drift and _isfile(baseline_path):
         baseline = tfdv.load_stats_binary(baseline_path)
-    stats = compute_statistics(read_feature_batches(dataset_dir, folds), schema, name=split)
+    if options is None:
+        stats = compute_statistics(read_feature_batches(dataset_dir, folds), schema, name=split)
+    elif computed is not None and statistics_view(schema) == statistics_view(statistics_schema()):
+        stats = computed
+    else:
+        (stats,) = beam_statistics(dataset_dir, [(folds, schema, split)], options, out_dir)
     anomalies = validate(stats, schema, baseline)
     print(format_summary(stats))
     print("schema:    ", schema_path)
@@ -616,32 +856,64 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     inference(sp)
     thresholds(sp, DEFAULT_LINF_THRESHOLD, 0.0, "(default %(default)s)")
+    for command in sub.choices.values():
+        beam.add_beam_arguments(command)
     return p
 
 
+def run_all(dataset_dir: str, val_fold: int = 0, out: str | None = None,
+            hu_range: Sequence[float] = DEFAULT_HU_RANGE,
+            linf_threshold: float = DEFAULT_LINF_THRESHOLD, jsd_threshold: float = 0.0,
+            options=None) -> int:
+    """``infer-schema`` on the training split, then ``check`` of the evaluation split; with Beam
+    `options`, one pipeline computes the statistics of both."""
+    computed_train = computed_eval = None
+    if options is not None:
+        train = folds_of(dataset_dir, "train", val_fold)
+        held_out = folds_of(dataset_dir, "eval", val_fold)
+        raw, train_stats, computed_eval = beam_statistics(
+            dataset_dir, [(train, None, ""), (train, statistics_schema(), "train"),
+                          (held_out, statistics_schema(), "eval")],
+            options, _out_dir(dataset_dir, out))
+        computed_train = (raw, train_stats)
+    status = run_infer_schema(dataset_dir, "train", val_fold, out, hu_range, linf_threshold,
+                              jsd_threshold, options=options, computed=computed_train)
+    return max(status, run_check(dataset_dir, "eval", val_fold, out, options=options,
+                                 computed=computed_eval))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    own_argv, beam_argv = beam.split_argv(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(own_argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
+        options = beam.pipeline_options(args, beam_argv)
+        if options is not None:
+            print(f"statistics with {beam.describe(options)}")
         if args.command == "stats":
-            return run_stats(args.dataset, args.folds, args.split, args.val_fold, args.out)
+            return run_stats(args.dataset, args.folds, args.split, args.val_fold, args.out,
+                             options=options)
         if args.command == "infer-schema":
             return run_infer_schema(args.dataset, args.split, args.val_fold, args.out,
-                                    args.hu_range, args.linf_threshold, args.jsd_threshold)
+                                    args.hu_range, args.linf_threshold, args.jsd_threshold,
+                                    options=options)
         if args.command == "check":
             return run_check(args.dataset, args.split, args.val_fold, args.out, args.schema,
                              args.baseline_stats, args.linf_threshold, args.jsd_threshold,
-                             drift=not args.no_drift)
-        status = run_infer_schema(args.dataset, "train", args.val_fold, args.out, args.hu_range,
-                                  args.linf_threshold, args.jsd_threshold)
-        return max(status, run_check(args.dataset, "eval", args.val_fold, args.out))
-    except ValidationError as err:
+                             drift=not args.no_drift, options=options)
+        return run_all(args.dataset, args.val_fold, args.out, args.hu_range, args.linf_threshold,
+                       args.jsd_threshold, options=options)
+    except (ValidationError, beam.BeamOptionsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module under its import name, so that the functions a Beam pipeline pickles are
+    # lsnet_tf.validate's (a worker cannot import this __main__).
+    from lsnet_tf import validate as _validate
+
+    sys.exit(_validate.main())
