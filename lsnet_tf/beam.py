@@ -9,7 +9,9 @@ keep their in-process path as the default and switch to a pipeline with ``--runn
         --project P --region R --temp_location gs://b/tmp --setup_file ./setup.py
 
 Pipeline options come from ``--beam-options`` (one string, split like a shell command line) and
-from everything after a ``--`` on the command line, in that order. Unknown options are a usage
+from everything after a ``--`` on the command line, in that order. A single option with no space
+in it is given with ``=`` (``--beam-options=--direct_num_workers=2``; argparse would take the
+bare ``--direct_num_workers=2`` for an option of its own). Unknown options are a usage
 error (Beam itself would drop them with a warning, so a typo such as ``--direct_num_worker=2``
 would silently run with the default).
 
@@ -51,8 +53,9 @@ def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beam-options", default="", metavar="'OPTIONS'",
                    help="Beam pipeline options in one string, e.g. '--direct_num_workers=2 "
                         "--direct_running_mode=multi_processing' or '--project P --region R "
-                        "--temp_location gs://b/tmp --setup_file ./setup.py' (options after a "
-                        "'--' on the command line are added to these)")
+                        "--temp_location gs://b/tmp --setup_file ./setup.py' (one option alone: "
+                        "--beam-options=--direct_num_workers=2); options after a '--' on the "
+                        "command line are added to these")
 
 
 def option_tokens(args: argparse.Namespace, beam_argv: Sequence[str] = ()) -> list[str]:
