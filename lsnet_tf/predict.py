@@ -43,6 +43,9 @@ Outputs in ``--out``:
   count and volume in mL (voxels x voxel volume / 1000), the slice range of the mask, and per slice
   with findings its voxels, area and boxes (xyxy pixels of the canonical slice, score, keypoint;
   the DICOM file for DICOM input).
+- ``mask.seg.dcm`` (DICOM input, unless ``--no-dicom-seg``): the mask as a DICOM Segmentation for
+  PACS and viewers (OHIF, 3D Slicer), one frame per CT slice with a finding, each referencing its
+  slice by SOP Instance UID (`lsnet_tf.dicom_seg`); an empty mask writes none and says so.
 
 Sizes: a slice may have any size from 1 x 1 pixels (the model resizes it to its input size and
 the outputs back). Larger than ``lsnet_tf.data.volumes.MAX_SLICE_PIXELS`` (8192 x 8192) per
@@ -71,7 +74,7 @@ from typing import Callable
 
 import numpy as np
 
-from lsnet_tf import batch_predict, beam
+from lsnet_tf import batch_predict, beam, dicom_seg
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.files import write_json
@@ -83,6 +86,7 @@ MASK_THRESHOLD = 0.5
 # Most pixels (slices x H x W) sent to the model in one call: 128 MiB of float32 input.
 MAX_BATCH_PIXELS = 2 ** 25
 DEFAULT_WINDOW = (40.0, 400.0)
+SEG_FILE = "mask.seg.dcm"
 INPUT_KINDS = "a DICOM folder, a NIfTI file (.nii, .nii.gz), a .npy array or a .png image"
 
 
@@ -98,6 +102,7 @@ class Volume:
     hu: (slices, rows, cols) float32 raw HU in the canonical orientation (NPY/PNG: as given).
     spacing: (row, col, slice) mm. spacing_source: where the spacing comes from.
     kind: "dicom", "nifti", "npy" or "png". files: per-slice source files (axial DICOM), else [].
+    source_files: DICOM: all the series' slice files, any orientation (for the DICOM SEG).
     info: more about the source for the summary (DICOM: series UID, skipped files).
     write_mask: writes a (slices, rows, cols) uint8 mask to a NIfTI path in the input's geometry.
     affine: the canonical voxel->LPS affine of `hu` (DICOM/NIfTI), else None.
@@ -110,6 +115,7 @@ class Volume:
     write_mask: Callable[[np.ndarray, str], None]
     affine: np.ndarray | None = None
     files: list = dataclasses.field(default_factory=list)
+    source_files: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
     info: dict = dataclasses.field(default_factory=dict)
 
@@ -134,7 +140,8 @@ def _read_dicom(folder: str) -> Volume:
     axial = int(np.argmax(np.abs(dicom.slice_normal(vol.source_orientation)))) == 2
     return Volume(hu=vol.hu.astype(np.float32), spacing=tuple(vol.spacing), spacing_source="dicom",
                   kind="dicom", write_mask=_write_canonical(vol.affine), affine=vol.affine,
-                  files=list(vol.files) if axial else [], notes=list(vol.notes),
+                  files=list(vol.files) if axial else [], source_files=list(vol.files),
+                  notes=list(vol.notes),
                   info={"series_uid": vol.series_uid,
                         "skipped_files": [list(f) for f in vol.skipped_files]})
 
@@ -504,8 +511,11 @@ def summarize(volume: Volume, pred: dict, extra: dict | None = None) -> dict:
 
 def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlays: bool = True,
                  progress: Callable | None = progress_bar, log=print, t0: float | None = None,
-                 shown_as: str | None = None) -> dict:
+                 shown_as: str | None = None, dicom_seg_file: bool = True) -> dict:
     """Predict `input_path` with a loaded `predictor` into `out_dir`; returns the summary dict.
+
+    `dicom_seg_file`: for a DICOM series, also write ``mask.seg.dcm`` (`lsnet_tf.dicom_seg`), a
+    DICOM Segmentation of the mask referencing the CT slices (none when the mask is empty).
 
     `t0`: the time the summary's ``seconds`` count from (default: now). `shown_as`: the folder
     named in the log line (default `out_dir`; the batch writes into a temporary folder).
@@ -520,11 +530,20 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
     os.makedirs(out_dir, exist_ok=True)
     mask_path = os.path.join(out_dir, "mask.nii.gz")
     volume.write_mask(pred["mask"], mask_path)
+    seg_file = None
+    if volume.kind == "dicom" and dicom_seg_file:
+        seg_path = dicom_seg.write_dicom_seg(pred["mask"], volume.source_files,
+                                             os.path.join(out_dir, SEG_FILE))
+        if seg_path is None:
+            log("empty mask: no DICOM SEG written")
+        else:
+            seg_file = os.path.basename(seg_path)
     summary = summarize(volume, pred, {
         "input": os.path.abspath(input_path),
         "model": os.path.abspath(predictor.path),
         "model_format": predictor.format,
         "mask_file": os.path.basename(mask_path),
+        "dicom_seg_file": seg_file,
     })
     written = []
     if overlays:
@@ -548,17 +567,18 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
 
 
 def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
-        overlays: bool = True, progress: Callable | None = progress_bar, log=print) -> dict:
+        overlays: bool = True, progress: Callable | None = progress_bar, log=print,
+        dicom_seg_file: bool = True) -> dict:
     """Predict `input_path` with `model_path` into `out_dir`; returns the summary dict."""
     t0 = time.time()
     predictor = load_predictor(model_path, batch_size)
     return predict_case(predictor, input_path, out_dir, spacing=spacing, overlays=overlays,
-                        progress=progress, log=log, t0=t0)
+                        progress=progress, log=log, t0=t0, dicom_seg_file=dicom_seg_file)
 
 
 def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
              overlays: bool = True, overwrite: bool = False, progress: bool = True,
-             log=print, options=None) -> list:
+             log=print, options=None, dicom_seg_file: bool = True) -> list:
     """Predict every case of a folder or list file `input_path` (`lsnet_tf.batch_predict`)
     into ``out_dir/<case>/``, loading the model once; returns the rows of ``cases.csv``.
 
@@ -574,7 +594,8 @@ def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8
         raise PredictError(f"{model_path}: model not found")
     return batch_predict.run_batch(
         cases, out_dir, load=functools.partial(this.load_predictor, model_path, batch_size),
-        predict=functools.partial(this.predict_case, spacing=spacing, overlays=overlays),
+        predict=functools.partial(this.predict_case, spacing=spacing, overlays=overlays,
+                                  dicom_seg_file=dicom_seg_file),
         overwrite=overwrite, progress=progress, log=log, options=options)
 
 
@@ -590,6 +611,8 @@ def main(argv=None) -> int:
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
                         help="voxel spacing in mm for .npy/.png input (default 1 1 1)")
     parser.add_argument("--no-overlays", action="store_true", help="do not write PNG overlays")
+    parser.add_argument("--no-dicom-seg", action="store_true",
+                        help=f"DICOM input: do not write {SEG_FILE} (a DICOM SEG of the mask)")
     parser.add_argument("--overwrite", action="store_true",
                         help="many cases: redo cases whose outputs are already complete")
     beam.add_beam_arguments(parser)
@@ -600,14 +623,14 @@ def main(argv=None) -> int:
         if batch_predict.is_batch_input(args.input):
             rows = run_many(args.model, args.input, args.out, batch_size=args.batch_size,
                             spacing=args.spacing, overlays=not args.no_overlays,
-                            overwrite=args.overwrite,
+                            overwrite=args.overwrite, dicom_seg_file=not args.no_dicom_seg,
                             options=beam.pipeline_options(args, beam_argv))
             return 1 if any(row["status"] == "failed" for row in rows) else 0
         if args.runner or args.beam_options or beam_argv:
             parser.error("--runner and Beam pipeline options apply to many cases (a folder of "
                          "cases or a .txt/.lst list), not to one")
         run(args.model, args.input, args.out, batch_size=args.batch_size, spacing=args.spacing,
-            overlays=not args.no_overlays)
+            overlays=not args.no_overlays, dicom_seg_file=not args.no_dicom_seg)
     except (ValueError, OSError) as e:  # PredictError and the readers' PrepareErrors included
         print(f"\nerror: {e}", file=sys.stderr)
         return 1

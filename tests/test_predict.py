@@ -243,6 +243,52 @@ def test_dicom_series_mask_is_aligned_with_the_series(saved_predictor, models, t
     assert summary["volume_ml"] == pytest.approx(mask.astype(bool).sum() * 0.488281 ** 2 * 2.5
                                                  / 1000, rel=1e-5)
 
+    # The DICOM SEG beside it: one frame per slice with a finding, each on the CT file whose
+    # mask it is (by SOP Instance UID), equal to mask.nii.gz there.
+    import highdicom as hd
+
+    assert summary["dicom_seg_file"] == "mask.seg.dcm"
+    seg = hd.seg.segread(str(tmp_path / "out" / "mask.seg.dcm"))
+    by_uid = {str(d.SOPInstanceUID): k for k, d in enumerate(dss)}
+    assert [float(v) for v in dss[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]  # rows as stored
+    frames = seg.pixel_array.reshape(-1, 16, 16)
+    refs = [str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+            for f in seg.PerFrameFunctionalGroupsSequence]
+    assert sorted(by_uid[u] for u in refs) == [k for k in range(5) if mask[k].any()]
+    for uid, frame in zip(refs, frames):
+        np.testing.assert_array_equal(frame, mask[by_uid[uid]] > 0)
+    assert str(seg.PatientID) == str(dss[0].PatientID)
+    assert str(seg.StudyInstanceUID) == str(dss[0].StudyInstanceUID)
+    assert str(seg.FrameOfReferenceUID) == str(dss[0].FrameOfReferenceUID)
+
+
+class EmptyPredictor:
+    """A predictor that finds nothing (the interface of `predict.load_predictor`'s)."""
+
+    path, format, batch_size, window = "empty", "stub", 8, None
+
+    def predict(self, hu):
+        n, h, w = hu.shape
+        return {"mask": np.zeros((n, h, w, 1), np.uint8), "boxes": np.zeros((n, 1, 4)),
+                "scores": np.zeros((n, 1)), "keypoints": np.zeros((n, 1, 2)),
+                "valid": np.zeros((n, 1), bool)}
+
+
+def test_dicom_seg_is_not_written_for_an_empty_mask_nor_with_no_dicom_seg(models, tmp_path):
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    lines = []
+    summary = predict.predict_case(EmptyPredictor(), str(folder), str(tmp_path / "empty"),
+                                   log=lines.append, progress=None)
+    assert summary["dicom_seg_file"] is None and summary["mask_voxels"] == 0
+    assert not (tmp_path / "empty" / "mask.seg.dcm").exists()
+    assert "empty mask: no DICOM SEG written" in lines
+    assert predict.main(["--model", models["saved_model"], "--input", str(folder),
+                         "--out", str(tmp_path / "off"), "--no-dicom-seg", "--no-overlays"]) == 0
+    assert (tmp_path / "off" / "mask.nii.gz").exists()
+    assert not (tmp_path / "off" / "mask.seg.dcm").exists()
+    assert read_summary(tmp_path / "off")["dicom_seg_file"] is None
+
 
 # ------------------------------------------------------------------ PNG and NPY
 
