@@ -77,6 +77,7 @@ import numpy as np
 from lsnet_tf import batch_predict, beam, dicom_seg
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.drawing import draw_boxes, overlay
+from lsnet_tf.export.litert import TFLitePredictor  # LiteRT and numpy: no TensorFlow
 from lsnet_tf.files import write_json
 
 __all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModelPredictor",
@@ -351,40 +352,6 @@ class SavedModelPredictor:
 
         out = self.signature(hu=tf.constant(np.asarray(hu, np.float32)))
         return {k: v.numpy() for k, v in out.items()}
-
-
-class TFLitePredictor:
-    """The same interface for a ``.tflite`` file: one slice per invocation, resized in and out."""
-
-    format = "tflite"
-
-    def __init__(self, path: str, batch_size: int = 8, num_threads: int | None = None):
-        from lsnet_tf.export.tflite import TFLiteModel  # TensorFlow: once a model is loaded
-
-        self.path = path
-        self.batch_size = int(batch_size)
-        self.model = TFLiteModel(path, num_threads=num_threads)
-        meta = self.model.metadata
-        self.window = ((float(meta["window_center"]), float(meta["window_width"]))
-                       if "window_center" in meta else None)
-
-    def predict(self, hu: np.ndarray) -> dict:
-        import tensorflow as tf
-
-        from lsnet_tf.export.saved_model import postprocess
-
-        hu = np.asarray(hu, np.float32)
-        size = self.model.image_size
-        height, width = hu.shape[1], hu.shape[2]
-        outs = []
-        for k in range(hu.shape[0]):
-            resized = tf.image.resize(hu[k][None, :, :, None], size, method="bilinear")[..., 0]
-            raw = self.model(resized.numpy())
-            pred = {"mask": tf.constant(raw["probability"]), "keypoints": raw["keypoints"],
-                    "scores": raw["scores"], "boxes": raw["boxes"], "valid": raw["valid"]}
-            out = postprocess(pred, height, width, size)
-            outs.append({n: np.asarray(v) for n, v in out.items()})
-        return {n: np.concatenate([o[n] for o in outs], 0) for n in outs[0]}
 
 
 def load_predictor(path: str, batch_size: int = 8):
