@@ -3,8 +3,10 @@
 The DirectRunner runs in multi-processing mode with 2 workers (`MULTI`), once for ``prepare tcia``
 (as ``python -m lsnet_tf.prepare`` in a subprocess: the user's path, where the module is
 ``__main__``) and once for ``validate all``; each worker process imports TensorFlow, so these
-two runs are shared by the tests through module-scoped fixtures. The other pipelines are the
-in-memory DirectRunner in this process (MSD to a ``ram://`` filesystem, the validation errors).
+two runs are shared by the tests through module-scoped fixtures, and those tests are marked slow
+(worker start-up dominates: about 1 to 2 minutes per run on the shared 2-core machine). The other
+pipelines are the in-memory DirectRunner in this process (MSD to a ``ram://`` filesystem, the
+validation errors).
 
 TCIA data: the helpers of test_prepare (5 patients of the 5-slice CT5N series, each with its HU
 shifted by 10 x its number, and PANCREAS_0003, in the middle, with an unreadable DICOM file);
@@ -73,6 +75,7 @@ def tcia(tmp_path_factory):
             "beam_run": (proc.returncode, proc.stdout, proc.stderr)}
 
 
+@pytest.mark.slow
 def test_a_broken_patient_is_reported_with_file_and_reason_and_the_others_are_written(tcia):
     status, out, err = tcia["beam_run"]
     assert status == 1, err[-3000:]
@@ -96,6 +99,7 @@ def test_a_broken_patient_is_reported_with_file_and_reason_and_the_others_are_wr
     assert tail(out) == tail(local_out)
 
 
+@pytest.mark.slow
 def test_shards_hold_the_same_records_as_in_process(tcia):
     info = records.read_info(str(tcia["beam"]))
     for pid in GOOD:
@@ -117,6 +121,7 @@ def test_shards_hold_the_same_records_as_in_process(tcia):
         assert raw(tcia["local"] / shard) == raw(tcia["beam"] / shard)  # byte for byte
 
 
+@pytest.mark.slow
 def test_dataset_json_and_fold_split_are_identical(tcia):
     a, b = records.read_info(str(tcia["local"])), records.read_info(str(tcia["beam"]))
     ca, cb = a.pop("command"), b.pop("command")
@@ -158,6 +163,7 @@ def _feature_stats(path):
     return ds, {".".join(f.path.step): f for f in ds.features}
 
 
+@pytest.mark.slow
 def test_statistics_match_the_in_process_ones(validated):
     (s_local, _, err_local), (s_beam, out, err) = (validated["runs"][k] for k in ("local", "beam"))
     assert s_beam == s_local == 0, err_local + err
@@ -194,6 +200,7 @@ def test_statistics_match_the_in_process_ones(validated):
         assert b["foreground_area"].num_stats.max == max(r["mask"].sum() for r in recs)
 
 
+@pytest.mark.slow
 def test_schema_and_anomalies_are_the_same_and_no_temporary_files_remain(validated):
     read = lambda d, f: (d / f).read_text()  # noqa: E731
     assert read(validated["local"], "schema.pbtxt") == read(validated["beam"], "schema.pbtxt")
@@ -206,6 +213,7 @@ def test_schema_and_anomalies_are_the_same_and_no_temporary_files_remain(validat
     assert sorted(os.listdir(validated["local"])) == sorted(os.listdir(validated["beam"]))
 
 
+@pytest.mark.slow
 def test_the_stand_in_schema_computes_what_the_inferred_schema_does(validated):
     import tensorflow_data_validation as tfdv
     from tensorflow_metadata.proto.v0 import schema_pb2
@@ -319,8 +327,11 @@ def test_pipeline_options():
         assert message in str(e.value)
 
 
-def test_command_line_usage_errors_exit_2(tcia, tmp_path):
-    base = ["tcia", "--images", str(tcia["images"]), "--labels", str(tcia["labels"])]
+def test_command_line_usage_errors_exit_2(tmp_path):
+    images, labels = build_tcia(tmp_path / "data")
+    existing = tmp_path / "existing"
+    records.write_info(str(existing), {"folds": 2})
+    base = ["tcia", "--images", str(images), "--labels", str(labels)]
     cases = [
         (base + ["--out", str(tmp_path / "a"), "--beam-options=--direct_num_workers=2"],
          "need --runner NAME"),
@@ -328,16 +339,16 @@ def test_command_line_usage_errors_exit_2(tcia, tmp_path):
                  "--direct_num_wrkers=2"], "unknown Beam pipeline option(s): --direct_num_wrkers"),
         (base + ["--out", "ram://somewhere/ds"],
          "--out ram://somewhere/ds is not a local folder: writing there needs --runner"),
-        (base + ["--out", str(tcia["beam"]), "--runner", "DirectRunner"],
+        (base + ["--out", str(existing), "--runner", "DirectRunner"],
          "already holds a prepared dataset"),
     ]
     for argv, message in cases:
         status, _, err = _in_process(prepare.main, argv)
         assert status == 2 and message in err, (argv, err)
-    status, _, err = _in_process(V.main, ["stats", "--dataset", str(tcia["beam"]), "--runner",
+    status, _, err = _in_process(V.main, ["stats", "--dataset", str(existing), "--runner",
                                           "DirectRunner", "--", "--no_such_option"])
     assert status == 2 and "unknown Beam pipeline option(s): --no_such_option" in err
-    status, _, err = _in_process(V.main, ["stats", "--dataset", str(tcia["beam"]), "--folds", "5",
+    status, _, err = _in_process(V.main, ["stats", "--dataset", str(existing), "--folds", "5",
                                           "--runner", "DirectRunner"])
     assert status == 2 and "folds [5] of" in err and "have no shards" in err
 
