@@ -8,10 +8,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup train test bench clean
 
+# --compile-bytecode: the .pyc files are written once here, so that a process does not compile
+# TensorFlow's sources on every import where PYTHONDONTWRITEBYTECODE is set (import
+# tensorflow, keras: 20 s of CPU without them, 6 s with them on the 2-core machine).
 $(STAMP): requirements.lock setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==0.13.9
-	$(BIN)/uv pip install --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
