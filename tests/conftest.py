@@ -5,6 +5,8 @@ here, before any test module runs an op.
 """
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -67,3 +69,46 @@ def make_batch(n=2, size=64, with_target=(True, False), max_boxes=4):
         heat[i], ltrb[i] = h.numpy(), l.numpy()
     return {"image": tf.constant(images), "mask": tf.constant(masks), "heatmap": tf.constant(heat),
             "ltrb": tf.constant(ltrb), "boxes": tf.constant(boxes), "num_boxes": tf.constant(num)}
+
+
+# ------------------------------------------------------------------- one tiny exported model
+# test_predict, test_batch_predict and test_litert predict with the same tiny random model; it
+# is built once per session and exported once per format.
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """``(cfg, model, folder)``: a width-8, 64 x 64 random model whose heatmap head is scaled so
+    that several RoIs per slice are valid (masks non-empty), and a folder for its exports."""
+    import keras
+
+    from lsnet_tf.config import load_config
+    from lsnet_tf.models.build import build_model
+
+    cfg = load_config(None, ["model.width=8", "data.image_size=64", "data.max_boxes=4"])
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    head = model.lnet.get_layer("kp_logits")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 4.0, bias + 2.0])
+    return cfg, model, tmp_path_factory.mktemp("tiny_export")
+
+
+@pytest.fixture(scope="session")
+def tiny_saved_model(tiny_export):
+    """`tiny_export`'s model as a SavedModel in the TF Serving layout: the model folder
+    ``.../lsnet`` (version 1 inside)."""
+    from lsnet_tf.export import saved_model
+
+    cfg, model, root = tiny_export
+    saved_model.export(model, cfg, str(root / "lsnet" / "1"))
+    return str(root / "lsnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tiny_export):
+    """`tiny_export`'s model as a float32 ``.tflite`` file."""
+    from lsnet_tf.export import tflite
+
+    cfg, model, root = tiny_export
+    return tflite.export(model, cfg, str(root / "lsnet.tflite"))

@@ -13,16 +13,12 @@ import os
 import shutil
 from pathlib import Path
 
-import keras
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 
 from lsnet_tf import batch_predict, predict
-from lsnet_tf.config import load_config
-from lsnet_tf.export import saved_model
-from lsnet_tf.models.build import build_model
 
 CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 
@@ -32,17 +28,9 @@ def quiet(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A tiny random model exported as a SavedModel (serving layout), RoIs valid."""
-    cfg = load_config(None, ["model.width=8", "data.image_size=64", "data.max_boxes=4"])
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg)
-    head = model.lnet.get_layer("kp_logits")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 4.0, bias + 2.0])
-    root = tmp_path_factory.mktemp("models")
-    saved_model.export(model, cfg, str(root / "lsnet" / "1"))
-    return str(root / "lsnet")
+def model_path(tiny_saved_model):
+    """A tiny random model exported as a SavedModel (serving layout), RoIs valid (conftest)."""
+    return tiny_saved_model
 
 
 def write_nifti(path, shape, seed):

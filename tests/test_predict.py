@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import keras
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -20,11 +19,8 @@ from PIL import Image
 from pydicom.pixels import apply_rescale
 
 from lsnet_tf import predict
-from lsnet_tf.config import load_config
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.data.pipeline import window
-from lsnet_tf.export import saved_model, tflite
-from lsnet_tf.models.build import build_model
 
 CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 
@@ -34,18 +30,10 @@ def quiet(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A tiny random model exported as a SavedModel (serving layout) and as float32 TFLite."""
-    cfg = load_config(None, ["model.width=8", "data.image_size=64", "data.max_boxes=4"])
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg)
-    head = model.lnet.get_layer("kp_logits")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 4.0, bias + 2.0])  # several valid RoIs per slice
-    root = tmp_path_factory.mktemp("models")
-    saved_model.export(model, cfg, str(root / "lsnet" / "1"))
-    lite = tflite.export(model, cfg, str(root / "lsnet.tflite"))
-    return {"saved_model": str(root / "lsnet"), "tflite": lite}
+def models(tiny_saved_model, tiny_tflite):
+    """A tiny random model exported as a SavedModel (serving layout) and as float32 TFLite
+    (conftest's `tiny_export`)."""
+    return {"saved_model": tiny_saved_model, "tflite": tiny_tflite}
 
 
 @pytest.fixture(scope="module")
