@@ -14,16 +14,13 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from lsnet_tf import predict
-from lsnet_tf.config import load_config
 from lsnet_tf.export import litert, saved_model, tflite
-from lsnet_tf.models.build import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,15 +40,10 @@ BLOCK_TENSORFLOW = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def lite_file(tmp_path_factory):
-    """A tiny random model (several valid RoIs per slice) as a float32 ``.tflite`` file."""
-    cfg = load_config(None, ["model.width=8", "data.image_size=64", "data.max_boxes=4"])
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg)
-    head = model.lnet.get_layer("kp_logits")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 4.0, bias + 2.0])
-    return tflite.export(model, cfg, str(tmp_path_factory.mktemp("litert") / "lsnet.tflite"))
+def lite_file(tiny_tflite):
+    """The session's tiny random model (several valid RoIs per slice) as a float32 ``.tflite``
+    file (``tiny_tflite`` of conftest.py)."""
+    return tiny_tflite
 
 
 def tf_path_predict(path, hu):
@@ -143,6 +135,7 @@ def test_postprocess_equals_saved_model_postprocess(height, width):
 def test_litert_predictor_equals_the_tensorflow_path(lite_file):
     predictor = litert.TFLitePredictor(lite_file, batch_size=2)
     assert predictor.model.runtime == "litert"
+    assert predictor.model.num_threads == len(os.sched_getaffinity(0))  # not LiteRT's one thread
     assert predictor.window == (40.0, 400.0) and predictor.format == "tflite"
     for shape, seed in (((3, 50, 60), 3), ((1, 64, 64), 4), ((2, 97, 41), 5)):
         hu = hu_volume(shape, seed)
@@ -175,15 +168,36 @@ def test_empty_batch_and_predictor_errors(lite_file, tmp_path):
     with pytest.raises(ValueError, match=r"bad.tflite: not a readable TFLite model"):
         litert.TFLiteModel(str(tmp_path / "bad.tflite"))
 
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+    def double(x):
+        return {"y": 2.0 * x}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [double.get_concrete_function()], tf.Module())
+    (tmp_path / "other.tflite").write_bytes(converter.convert())
+    with pytest.raises(ValueError, match=r"other.tflite: not an lsnet_tf TFLite model "
+                                         r"\(signatures .*expected serving_default with input "
+                                         r"'hu'\)"):
+        litert.TFLiteModel(str(tmp_path / "other.tflite"))
+    assert litert.read_metadata(str(tmp_path / "other.tflite")) == {}
+
 
 @pytest.mark.slow
 def test_without_litert_the_tensorflow_interpreter_runs_it(lite_file, monkeypatch):
     hu = hu_volume((1, 64, 64), 6)
     want = litert.TFLiteModel(lite_file)(hu)
+    chosen = litert.TFLiteModel(lite_file, runtime="tensorflow")
+    assert chosen.runtime == "tensorflow" and isinstance(chosen.interpreter, tf.lite.Interpreter)
+    np.testing.assert_allclose(chosen(hu)["probability"], want["probability"], atol=1e-5)
+    with pytest.raises(ValueError, match="runtime must be one of auto, litert, tensorflow, "
+                                         "received 'tflite'"):
+        litert.TFLiteModel(lite_file, runtime="tflite")
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails
     model = litert.TFLiteModel(lite_file)
     assert model.runtime == "tensorflow"
     np.testing.assert_allclose(model(hu)["probability"], want["probability"], atol=1e-5)
+    with pytest.raises(litert.LiteRTMissingError, match="LiteRT is not installed"):
+        litert.TFLiteModel(lite_file, runtime="litert")
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(litert.LiteRTMissingError,
                        match="needs LiteRT \\(pip install ai-edge-litert\\) or TensorFlow"):

@@ -6,8 +6,9 @@ and ``python -m lsnet_tf.predict --model model.tflite`` runs through it. (Export
 still needs TensorFlow: ``python -m lsnet_tf.export --format tflite``.)
 
 - `TFLiteModel`: the file's ``serving_default`` signature, one ``(1, S, S)`` raw-HU slice per
-  call, through ``ai_edge_litert.interpreter.Interpreter`` (TensorFlow's ``tf.lite.Interpreter``
-  only where ai-edge-litert is not installed).
+  call, through ``ai_edge_litert.interpreter.Interpreter`` on every usable core (TensorFlow's
+  ``tf.lite.Interpreter`` only where ai-edge-litert is not installed: it runs the networks
+  without XNNPACK here, about twice as slow).
 - `read_metadata`: the file's ``lsnet_tf`` metadata (image size, HU window, quantization, ...).
 - `TFLitePredictor`: ``predict(hu)`` on ``(n, H, W)`` raw HU at any size, as
   ``python -m lsnet_tf.predict`` uses it: each slice is resized to the model's input size and the
@@ -19,13 +20,14 @@ still needs TensorFlow: ``python -m lsnet_tf.export --format tflite``.)
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
 from lsnet_tf.console import native_stderr
 
-__all__ = ["MASK_THRESHOLD", "OUTPUT_NAMES", "METADATA_NAME", "LiteRTMissingError",
-           "read_metadata", "resize_bilinear", "postprocess", "TFLiteModel", "TFLitePredictor"]
+__all__ = ["MASK_THRESHOLD", "OUTPUT_NAMES", "METADATA_NAME", "RUNTIMES", "LiteRTMissingError",
+           "usable_cores", "read_metadata", "resize_bilinear", "postprocess", "TFLiteModel", "TFLitePredictor"]
 
 # The same values as lsnet_tf.export.saved_model's (which imports TensorFlow); tests check it.
 MASK_THRESHOLD = 0.5
@@ -34,23 +36,41 @@ METADATA_NAME = "lsnet_tf"
 INSTALL_HINT = "pip install ai-edge-litert"
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
 class LiteRTMissingError(ImportError):
     """Neither LiteRT (ai-edge-litert) nor TensorFlow is installed: no TFLite interpreter."""
 
 
-def _interpreter_class():
-    """``(Interpreter class, runtime name)``: LiteRT's, else TensorFlow's ``tf.lite``."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        return Interpreter, "litert"
-    except ImportError as litert_error:
+RUNTIMES = ("auto", "litert", "tensorflow")
+
+
+def _interpreter_class(runtime: str = "auto"):
+    """``(Interpreter class, runtime name)``: LiteRT's, else (or for ``"tensorflow"``)
+    TensorFlow's ``tf.lite.Interpreter``."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, received {runtime!r}")
+    litert_error = None
+    if runtime in ("auto", "litert"):
         try:
-            import tensorflow as tf
-        except ImportError:
-            raise LiteRTMissingError(f"running a .tflite file needs LiteRT ({INSTALL_HINT}) or "
-                                     f"TensorFlow; neither is installed ({litert_error})"
-                                     ) from litert_error
-        return tf.lite.Interpreter, "tensorflow"
+            from ai_edge_litert.interpreter import Interpreter
+            return Interpreter, "litert"
+        except ImportError as e:
+            if runtime == "litert":
+                raise LiteRTMissingError(f"LiteRT is not installed ({INSTALL_HINT}): {e}") from e
+            litert_error = e
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise LiteRTMissingError(f"running a .tflite file needs LiteRT ({INSTALL_HINT}) or "
+                                 f"TensorFlow; neither is installed ({litert_error or e})") from e
+    return tf.lite.Interpreter, "tensorflow"
 
 
 def _schema():
@@ -145,16 +165,24 @@ class TFLiteModel:
 
     ``model(hu)`` takes ``(1, S, S)`` raw HU (float32) and returns the dict of output arrays
     (``OUTPUT_NAMES``) on the S x S grid. ``image_size`` is ``(S, S)``; ``metadata`` the file's
-    ``lsnet_tf`` metadata; ``runtime`` ``"litert"`` (or ``"tensorflow"`` where ai-edge-litert is
-    not installed); ``interpreter`` the interpreter. `num_threads` threads run the kernels (the
-    interpreter's default when None).
+    ``lsnet_tf`` metadata; ``interpreter`` the interpreter and ``runtime`` which one runs:
+    ``"litert"``, or ``"tensorflow"`` (``tf.lite.Interpreter``) where ai-edge-litert is not
+    installed or when `runtime` asks for it. ``num_threads`` threads run the kernels: every
+    usable core when `num_threads` is None (the interpreter's own default is one thread);
+    `interpreter_options` go to the interpreter (e.g. ``experimental_op_resolver_type``).
+
+    Use LiteRT: TensorFlow 2.16's interpreter does not hand the convolutions to XNNPACK
+    (the graph has dynamic-sized tensors: the RoIs of a slice), and runs float32 files about
+    twice as slow (``python -m benchmarks export``).
     """
 
-    def __init__(self, path: str, num_threads: int | None = None, **interpreter_options):
+    def __init__(self, path: str, num_threads: int | None = None, runtime: str = "auto",
+                 **interpreter_options):
         self.path = str(path)
-        interpreter, self.runtime = _interpreter_class()
+        interpreter, self.runtime = _interpreter_class(runtime)
+        self.num_threads = usable_cores() if num_threads is None else int(num_threads)
         try:
-            self.interpreter = interpreter(model_path=self.path, num_threads=num_threads,
+            self.interpreter = interpreter(model_path=self.path, num_threads=self.num_threads,
                                            **interpreter_options)
         except ValueError as e:
             raise ValueError(f"{self.path}: not a readable TFLite model ({e})") from e
@@ -187,7 +215,8 @@ class TFLitePredictor:
     invocation, resized to the model's input size and the outputs back (`resize_bilinear`,
     `postprocess`), so the outputs are those of the SavedModel graph. ``window`` is the file's HU
     window ``(center, width)`` (None without metadata); `batch_size` is how many slices
-    ``predict_volume`` hands over per call.
+    ``predict_volume`` hands over per call; `num_threads` as for `TFLiteModel` (every usable
+    core by default).
     """
 
     format = "tflite"
