@@ -202,6 +202,9 @@ def test_without_litert_the_tensorflow_interpreter_runs_it(lite_file, monkeypatc
     with pytest.raises(litert.LiteRTMissingError,
                        match="needs LiteRT \\(pip install ai-edge-litert\\) or TensorFlow"):
         litert.TFLiteModel(lite_file)
+    with pytest.raises(litert.LiteRTMissingError,
+                       match="runtime 'tensorflow' needs TensorFlow, which is not installed"):
+        litert.TFLiteModel(lite_file, runtime="tensorflow")
 
 
 @pytest.mark.slow

@@ -27,7 +27,8 @@ import numpy as np
 from lsnet_tf.console import native_stderr
 
 __all__ = ["MASK_THRESHOLD", "OUTPUT_NAMES", "METADATA_NAME", "RUNTIMES", "LiteRTMissingError",
-           "usable_cores", "read_metadata", "resize_bilinear", "postprocess", "TFLiteModel", "TFLitePredictor"]
+           "usable_cores", "read_metadata", "resize_bilinear", "postprocess", "TFLiteModel",
+           "TFLitePredictor"]
 
 # The same values as lsnet_tf.export.saved_model's (which imports TensorFlow); tests check it.
 MASK_THRESHOLD = 0.5
@@ -45,7 +46,8 @@ def usable_cores() -> int:
 
 
 class LiteRTMissingError(ImportError):
-    """Neither LiteRT (ai-edge-litert) nor TensorFlow is installed: no TFLite interpreter."""
+    """The interpreter asked for is not installed: LiteRT (ai-edge-litert), or for
+    ``runtime="auto"`` neither LiteRT nor TensorFlow."""
 
 
 RUNTIMES = ("auto", "litert", "tensorflow")
@@ -68,8 +70,11 @@ def _interpreter_class(runtime: str = "auto"):
     try:
         import tensorflow as tf
     except ImportError as e:
+        if runtime == "tensorflow":
+            raise LiteRTMissingError(f"runtime 'tensorflow' needs TensorFlow, which is not "
+                                     f"installed ({e})") from e
         raise LiteRTMissingError(f"running a .tflite file needs LiteRT ({INSTALL_HINT}) or "
-                                 f"TensorFlow; neither is installed ({litert_error or e})") from e
+                                 f"TensorFlow; neither is installed ({litert_error})") from e
     return tf.lite.Interpreter, "tensorflow"
 
 
