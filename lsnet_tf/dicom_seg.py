@@ -266,7 +266,11 @@ def write_dicom_seg(mask: np.ndarray, source_datasets, out_path: str, *,
       DicomSegError: see the module docstring (also the reader's `DicomSeriesError` and
         `GeometryError` for the series' geometry, all `ValueError`s).
     """
-    import highdicom as hd
+    try:
+        import highdicom as hd
+    except ImportError as e:  # a LiteRT-only device installed without it
+        raise DicomSegError(f"{out_path}: writing a DICOM SEG needs highdicom (pip install "
+                            "highdicom==0.28.2); predict --no-dicom-seg does without it") from e
     from pydicom.sr.codedict import codes
 
     layout = series_layout(source_datasets)

@@ -223,6 +223,16 @@ def test_empty_mask_writes_nothing(series, tmp_path):
     assert not os.path.exists(out) and os.listdir(tmp_path) == []
 
 
+def test_without_highdicom_the_error_says_what_to_install(series, tmp_path, monkeypatch):
+    name, folder, paths, vol = series
+    monkeypatch.setitem(__import__("sys").modules, "highdicom", None)  # import raises
+    with pytest.raises(dicom_seg.DicomSegError,
+                       match=r"seg.dcm: writing a DICOM SEG needs highdicom \(pip install "
+                             r"highdicom==0.28.2\); predict --no-dicom-seg does without it"):
+        dicom_seg.write_dicom_seg(np.ones(vol.hu.shape, np.uint8), paths,
+                                  str(tmp_path / "seg.dcm"))
+
+
 def test_errors(mirrored, tmp_path):
     name, folder, paths, vol = mirrored
     mask = canonical_mask(vol.hu.shape)
