@@ -230,44 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
 METRICS_NAMESPACE = "lsnet_tf.prepare"
 
 
-def prepare_patient(patient: PatientSource, fold: int, out_dir: str, label_values=None) -> dict:
-    """Read, canonicalise and check one patient and write its shard ``out_dir/fold-K/<id>.tfrecord``
-    atomically; never raises for the patient's bad input.
-
-    Returns its outcome: ``patient``, ``fold``, ``status`` (``prepared``, ``skipped`` or
-    ``failed``), then ``details`` (the entry of ``dataset.json``'s ``patient_details``) and
-    ``label_values_found`` when prepared, ``message`` (the file and the reason) otherwise. The
-    same steps and messages as ``volumes.prepare_patients`` gives each patient in process.
-    """
-    pid = patient.patient_id
-    outcome = {"patient": pid, "fold": int(fold)}
-    try:
-        volume = patient.load()
-        path = records.shard_path(out_dir, fold, pid)
-        fg = 0
-        with records.ShardWriter(path) as writer:
-            for rec in volumes.volume_records(volume, pid, fold, label_values):
-                writer.write(rec)
-                fg += int(rec.mask.any())
-    except volumes.PatientSkipped as e:
-        return {**outcome, "status": "skipped", "message": str(e)}
-    except Exception as e:  # one patient's failure never stops the others
-        if isinstance(e, PrepareError):
-            msg = str(e)
-        else:  # not an input check: name the patient's input and the exception type
-            where = next((v for v in patient.sources.values() if v), pid)
-            msg = f"{where}: {type(e).__name__}: {e}"
-        return {**outcome, "status": "failed", "message": msg}
-    details = {
-        "fold": int(fold), "slices": writer.count, "slices_with_target": fg,
-        "shape": list(volume.hu.shape), "spacing": [round(float(s), 6) for s in volume.spacing],
-        "shard": records.shard_name(fold, pid), "sources": patient.sources,
-        "skipped_files": [list(s) for s in volume.skipped_files], "notes": list(volume.notes),
-    }
-    return {**outcome, "status": "prepared", "details": details,
-            "label_values_found": sorted(int(v) for v in np.unique(volume.labels))}
-
-
 def _prepare_element(element, out_dir: str, label_values=None):
     """Beam: one (PatientSource, fold) -> its outcome, tagged ``failed`` or ``skipped`` unless
     prepared (the main output)."""
@@ -277,7 +239,7 @@ def _prepare_element(element, out_dir: str, label_values=None):
     from apache_beam.metrics import Metrics
 
     patient, fold = element
-    outcome = prepare_patient(patient, fold, out_dir, label_values)
+    outcome = volumes.prepare_patient(patient, fold, out_dir, label_values)
     status = outcome["status"]
     Metrics.counter(METRICS_NAMESPACE, f"patients_{status}").inc()
     if status == "prepared":
@@ -293,7 +255,7 @@ def _prepare_element(element, out_dir: str, label_values=None):
 
 def summary_of(outcomes, folds: int, assignment: dict, notes=(),
                label_values=None) -> volumes.Summary:
-    """The run's `volumes.Summary` from per-patient outcomes (`prepare_patient`), with the notes
+    """The run's `volumes.Summary` from per-patient outcomes (`volumes.prepare_patient`), with the notes
     ``prepare_patients`` adds (empty folds, label values found in no patient)."""
     summary = volumes.Summary(folds=int(folds), assignment=dict(assignment), notes=list(notes))
     n = len(assignment)

@@ -372,6 +372,45 @@ def existing_outputs(out_dir: str) -> list[str]:
     return sorted(found)
 
 
+def prepare_patient(patient: PatientSource, fold: int, out_dir: str, label_values=None) -> dict:
+    """Read, canonicalise and check one patient and write its shard ``out_dir/fold-K/<id>.tfrecord``
+    atomically; never raises for the patient's bad input.
+
+    Returns its outcome: ``patient``, ``fold``, ``status`` (``prepared``, ``skipped`` or
+    ``failed``), then ``details`` (the entry of ``dataset.json``'s ``patient_details``) and
+    ``label_values_found`` when prepared, ``message`` (the file and the reason) otherwise.
+    `prepare_patients` runs it for each patient in process, the Beam path of
+    ``python -m lsnet_tf.prepare`` on the workers.
+    """
+    pid = patient.patient_id
+    outcome = {"patient": pid, "fold": int(fold)}
+    try:
+        volume = patient.load()
+        path = records.shard_path(out_dir, fold, pid)
+        fg = 0
+        with records.ShardWriter(path) as writer:
+            for rec in volume_records(volume, pid, fold, label_values):
+                writer.write(rec)
+                fg += int(rec.mask.any())
+    except PatientSkipped as e:
+        return {**outcome, "status": "skipped", "message": str(e)}
+    except Exception as e:  # one patient's failure never stops the others
+        if isinstance(e, PrepareError):
+            msg = str(e)
+        else:  # not an input check: name the patient's input and the exception type
+            where = next((v for v in patient.sources.values() if v), pid)
+            msg = f"{where}: {type(e).__name__}: {e}"
+        return {**outcome, "status": "failed", "message": msg}
+    details = {
+        "fold": int(fold), "slices": writer.count, "slices_with_target": fg,
+        "shape": list(volume.hu.shape), "spacing": [round(float(s), 6) for s in volume.spacing],
+        "shard": records.shard_name(fold, pid), "sources": patient.sources,
+        "skipped_files": [list(s) for s in volume.skipped_files], "notes": list(volume.notes),
+    }
+    return {**outcome, "status": "prepared", "details": details,
+            "label_values_found": sorted(int(v) for v in np.unique(volume.labels))}
+
+
 def prepare_patients(patients: Sequence[PatientSource], out_dir: str, *, folds: int, seed: int = 0,
                      label_values=None, info: dict | None = None, overwrite: bool = False,
                      notes: Sequence[str] = (), log: Callable[[str], None] = print) -> Summary:
@@ -407,37 +446,22 @@ def prepare_patients(patients: Sequence[PatientSource], out_dir: str, *, folds: 
     for i, patient in enumerate(sorted(patients, key=lambda p: p.patient_id), start=1):
         pid, fold = patient.patient_id, assignment[patient.patient_id]
         head = f"[{i}/{n}] {pid} (fold {fold})"
-        try:
-            volume = patient.load()
-            path = records.shard_path(out_dir, fold, pid)
-            fg = 0
-            with records.ShardWriter(path) as writer:
-                for rec in volume_records(volume, pid, fold, label_values):
-                    writer.write(rec)
-                    fg += int(rec.mask.any())
-        except PatientSkipped as e:
-            summary.skipped[pid] = str(e)
-            log(f"{head}: skipped: {e}")
+        outcome = prepare_patient(patient, fold, out_dir, label_values)
+        if outcome["status"] == "skipped":
+            summary.skipped[pid] = outcome["message"]
+            log(f"{head}: skipped: {outcome['message']}")
             continue
-        except Exception as e:  # one patient's failure never stops the others
-            if isinstance(e, PrepareError):
-                msg = str(e)
-            else:  # not an input check: name the patient's input and the exception type
-                where = next((v for v in patient.sources.values() if v), pid)
-                msg = f"{where}: {type(e).__name__}: {e}"
-            summary.failed[pid] = msg
-            log(f"{head}: FAILED: {msg}")
+        if outcome["status"] == "failed":
+            summary.failed[pid] = outcome["message"]
+            log(f"{head}: FAILED: {outcome['message']}")
             continue
-        summary.label_values_found.update(int(v) for v in np.unique(volume.labels))
-        summary.prepared[pid] = {
-            "fold": fold, "slices": writer.count, "slices_with_target": fg,
-            "shape": list(volume.hu.shape), "spacing": [round(float(s), 6) for s in volume.spacing],
-            "shard": os.path.relpath(path, out_dir), "sources": patient.sources,
-            "skipped_files": [list(s) for s in volume.skipped_files], "notes": list(volume.notes),
-        }
-        extra = f"; skipped {len(volume.skipped_files)} files" if volume.skipped_files else ""
-        log(f"{head}: {writer.count} slices, {fg} with target -> {os.path.relpath(path, out_dir)}{extra}")
-        for note in volume.notes:
+        details = summary.prepared[pid] = outcome["details"]
+        summary.label_values_found.update(outcome["label_values_found"])
+        skipped = details["skipped_files"]
+        extra = f"; skipped {len(skipped)} files" if skipped else ""
+        log(f"{head}: {details['slices']} slices, {details['slices_with_target']} with target -> "
+            f"{details['shard']}{extra}")
+        for note in details["notes"]:
             log(f"    note: {note}")
     if label_values is not None and summary.prepared:
         absent = sorted(set(label_values) - summary.label_values_found)
