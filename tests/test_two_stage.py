@@ -219,6 +219,40 @@ def test_one_stage_boxes_are_its_mask_components_ranked_by_peak():
         assert not out[key][0].any(), key
 
 
+@pytest.mark.parametrize("valid, expected_batch", [
+    ([[False, False], [False, False]], 1),  # no RoI: one blank RoI, dropped again
+    ([[True, False], [False, False]], 1),
+    ([[True, True], [False, True]], 3),
+])
+def test_s_net_runs_once_on_exactly_the_valid_rois(valid, expected_batch):
+    """S-Net sees one row per valid RoI (a blank one only when there is none), and an image's
+    mask is its RoIs' pasted masks: here every RoI covers its whole image (identity θ) and S-Net
+    answers logit 10 everywhere, so an image with a RoI gets sigmoid(10) inside and one without
+    gets 0."""
+    seen = []
+
+    def snet(x, training=False):
+        seen.append(int(x.shape[0]))
+        return tf.fill([tf.shape(x)[0], 4, 4, 1], 10.0)
+
+    def take_rois(images, boxes):
+        n = tf.shape(images)[0]
+        theta = tf.tile(tf.constant([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]), [n, 1, 1])
+        return images[:, :4, :4], theta
+
+    images = tf.zeros([2, 8, 8, 1])
+    valid = tf.constant(valid)
+    boxes = tf.zeros([2, 2, 4])
+    mask = two_stage.segment_rois(snet, images, (8, 8), valid, take_rois, boxes).numpy()
+    assert seen == [expected_batch]
+    assert mask.shape == (2, 8, 8, 1)
+    for i, has_roi in enumerate(valid.numpy().any(axis=1)):
+        if has_roi:  # the border pixels blend with the zero padding of the bilinear paste
+            np.testing.assert_allclose(mask[i, 2:6, 2:6], 1 / (1 + np.exp(-10.0)), rtol=1e-6)
+        else:
+            assert not mask[i].any()
+
+
 # ----------------------------------------------------------------------------- 2. training RoIs
 
 # Per image, the three highest heatmap cells (row, column), best first, then a fourth that a

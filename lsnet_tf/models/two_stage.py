@@ -150,8 +150,10 @@ def segment_rois(snet, images, image_size, valid, take_rois, *per_roi):
     image_index = tf.gather(tf.repeat(tf.range(b), k), sel)
     flat = [tf.gather(tf.reshape(x, [-1, *x.shape[2:]]), sel) for x in per_roi]
     rois, theta = take_rois(tf.gather(images, image_index), *flat)
-    # One blank RoI is appended and dropped again: convolutions on an empty batch fail on the
-    # oneDNN CPU kernels, and a batch without any RoI must still give an (empty) mask.
-    padded = tf.pad(rois, [[0, 1], [0, 0], [0, 0], [0, 0]])
-    prob = tf.sigmoid(tf.cast(snet(padded, training=False), tf.float32))[:-1]
+    # Convolutions on an empty batch fail on the oneDNN CPU kernels, and a batch without any RoI
+    # must still give an (empty) mask: a blank RoI is appended only then, and dropped again.
+    # (Appending one always would run S-Net on two RoIs for a slice's one, twice its work.)
+    n = tf.shape(rois)[0]
+    padded = tf.pad(rois, [[0, tf.maximum(1 - n, 0)], [0, 0], [0, 0], [0, 0]])
+    prob = tf.sigmoid(tf.cast(snet(padded, training=False), tf.float32))[:n]
     return sampling.paste_masks(prob, theta, image_index, b, h, w)
