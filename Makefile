@@ -23,8 +23,12 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m lsnet_tf.train $(ARGS)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file in one of them, so
+# that its module fixtures are built once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)

@@ -527,7 +527,7 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
-def run_workers(cmd, tmp_path, n=2, timeout=500):
+def run_workers(cmd, tmp_path, n=2, timeout=900):
     """Run `cmd` as the `n` workers of one cluster; their logs' texts (each asserted to exit 0)."""
     ports = free_ports(n)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
