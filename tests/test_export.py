@@ -6,9 +6,11 @@ windowing and box scaling. A tiny random model (width 8, 64 x 64) whose heatmap 
 that several RoIs per image are valid exercises RR and the paste; the int8 check needs a model
 that predicts masks, so a module fixture trains one on an easy synthetic set (slow).
 """
+import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -26,6 +28,7 @@ from lsnet_tf.models.build import build_model
 TINY = [*SHARED_TINY, "model.width=8"]
 SIZE = 64
 VENV_BIN = os.path.dirname(sys.executable)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_model(overrides=()):
@@ -460,17 +463,45 @@ def test_int8_tflite_agrees_with_float32_on_validation_slices(trained_run, tmp_p
     model, cfg, _ = cli.load_run(run_dir)
     hu = validation_slices(cfg)
     ref = reference(model, cfg, hu)
-    # TensorFlow's interpreter: in a full suite run (a process that has run every earlier test
-    # module), LiteRT's int8 result once disagreed with float32 (DSC 0.056) while it agreed
-    # (0.998) in a fresh process; until that is understood this check pins the quantization
-    # itself, on the interpreter it has always passed on.
+    predict = lambda r: np.concatenate([r(hu[i:i + 1])["probability"]  # noqa: E731
+                                        for i in range(len(hu))])
+    for runtime in ("tensorflow", "litert"):
+        runs = {q: tflite.TFLiteModel(p, runtime=runtime) for q, p in paths.items()}
+        outs = {q: predict(r) for q, r in runs.items()}
+        np.testing.assert_allclose(outs["none"], ref["mask"], atol=1e-4)
+        float_mask, int8_mask = outs["none"] > 0.5, outs["int8"] > 0.5
+        assert float_mask.sum() > 1000  # enough foreground for the comparison to mean something
+        assert dice(float_mask, int8_mask) >= 0.98, runtime
+    # LiteRT in a fresh process, in the orders that broke its int8 masks under its default memory
+    # plan (DSC 0.056 against float32, in runs of the interpreter created second or of one that
+    # another was created after; TFLiteModel keeps every tensor of an int8 file since): A and B
+    # created, then run A, B, A, B. The defect depends on the memory layout: a plain process
+    # started in the repository showed it in every such order, a pytest process not always.
+    np.save(tmp_path / "hu.npy", hu)
+    np.save(tmp_path / "float_mask.npy", float_mask)
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        from lsnet_tf.export.litert import TFLiteModel
+        hu = np.load({str(tmp_path / "hu.npy")!r})
+        want = np.load({str(tmp_path / "float_mask.npy")!r})
+        paths = {paths!r}
+        scores = []
+        for a, b in (("none", "int8"), ("int8", "int8"), ("int8", "none")):
+            models = {{"A": TFLiteModel(paths[a]), "B": TFLiteModel(paths[b])}}
+            kinds = {{"A": a, "B": b}}
+            for x in "ABAB":
+                got = np.concatenate([models[x](hu[i:i + 1])["probability"]
+                                      for i in range(len(hu))]) > 0.5
+                if kinds[x] == "int8":
+                    scores.append(2.0 * (got & want).sum() / (got.sum() + want.sum()))
+        print(json.dumps(scores))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(scores) == 8 and min(scores) >= 0.98, scores
     runs = {q: tflite.TFLiteModel(p, runtime="tensorflow") for q, p in paths.items()}
-    outs = {q: np.concatenate([r(hu[i:i + 1])["probability"] for i in range(len(hu))])
-            for q, r in runs.items()}
-    np.testing.assert_allclose(outs["none"], ref["mask"], atol=1e-4)
-    float_mask, int8_mask = outs["none"] > 0.5, outs["int8"] > 0.5
-    assert float_mask.sum() > 1000  # enough foreground for the comparison to mean something
-    assert dice(float_mask, int8_mask) >= 0.98
     # The networks are int8 but for their output heads; the geometry (connected components in
     # WHILE, the sampler's segment max) is float32.
     interpreter = runs["int8"].interpreter
