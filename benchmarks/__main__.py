@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import lsnet_tf  # noqa: F401  (before TensorFlow: its quiet console, lsnet_tf.console)
 
 NAMES = ("sampler", "training", "profile", "pipeline", "memory", "export", "precision")
 

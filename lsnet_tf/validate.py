@@ -87,7 +87,7 @@ import re
 import sys
 from typing import Iterable, Sequence
 
-from lsnet_tf import beam
+from lsnet_tf import beam, console
 from lsnet_tf.data import records
 from lsnet_tf.files import write_bytes as _local_write_bytes
 from lsnet_tf.files import write_text as _local_write_text
@@ -885,10 +885,10 @@ def run_all(dataset_dir: str, val_fold: int = 0, out: str | None = None,
 def main(argv: Sequence[str] | None = None) -> int:
     own_argv, beam_argv = beam.split_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(own_argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import warnings
+    if not console.verbose():  # TFDV's and Beam's own FutureWarnings; LSNET_VERBOSE=1 shows them
+        import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         options = beam.pipeline_options(args, beam_argv)
         if options is not None:
