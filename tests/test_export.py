@@ -471,7 +471,7 @@ def test_int8_tflite_agrees_with_float32_on_validation_slices(trained_run, tmp_p
         np.testing.assert_allclose(outs["none"], ref["mask"], atol=1e-4)
         float_mask, int8_mask = outs["none"] > 0.5, outs["int8"] > 0.5
         assert float_mask.sum() > 1000  # enough foreground for the comparison to mean something
-        assert dice(float_mask, int8_mask) >= 0.98, runtime
+        assert dice(float_mask, int8_mask) >= 0.99, runtime
     # LiteRT in a fresh process, in the orders that broke its int8 masks under its default memory
     # plan (DSC 0.056 against float32, in runs of the interpreter created second or of one that
     # another was created after; TFLiteModel keeps every tensor of an int8 file since): A and B
@@ -500,7 +500,7 @@ def test_int8_tflite_agrees_with_float32_on_validation_slices(trained_run, tmp_p
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(scores) == 8 and min(scores) >= 0.98, scores
+    assert len(scores) == 8 and min(scores) >= 0.99, scores
     runs = {q: tflite.TFLiteModel(p, runtime="tensorflow") for q, p in paths.items()}
     # The networks are int8 but for their output heads; the geometry (connected components in
     # WHILE, the sampler's segment max) is float32.
