@@ -46,8 +46,10 @@ Outputs
 Resuming
 --------
 Running the same command again skips every case whose ``OUT/<case>/summary.json`` exists and
-names the same input (status ``skipped``, its slices, volume and seconds read from that
-summary); leftover ``.partial`` folders are removed and those cases redone. ``--overwrite``
+names the same input and the same model content (``model_sha256``, `lsnet_tf.files.fingerprint`
+of the model file or folder) (status ``skipped``, its slices, volume and seconds read from that
+summary); a case predicted by another model (retrained or re-exported at the same path) is
+predicted again, and leftover ``.partial`` folders are removed and those cases redone. ``--overwrite``
 redoes every case (the old folder is replaced only once the new one is complete). A case folder
 that holds the prediction of another input (same case name, other path) is an error before
 anything runs (choose another ``--out``, or ``--overwrite``).
@@ -294,10 +296,11 @@ def _old(out_dir: str, name: str) -> str:
     return os.path.join(out_dir, f".{name}.old")
 
 
-def _complete_cases(cases: Sequence[Case], out_dir: str) -> dict:
-    """``{name: summary}`` of the cases whose outputs are complete; `BatchError` when a case
-    folder holds the prediction of another input."""
-    complete, foreign = {}, []
+def _complete_cases(cases: Sequence[Case], out_dir: str, model_sha256: str | None = None):
+    """``({name: summary}, stale)``: the cases whose outputs are complete, and how many complete
+    ones another model predicted (`model_sha256` given and different: not in the dict, redone);
+    `BatchError` when a case folder holds the prediction of another input."""
+    complete, foreign, stale = {}, [], 0
     for case in cases:
         path = os.path.join(out_dir, case.name, "summary.json")
         if not os.path.isfile(path):
@@ -312,13 +315,15 @@ def _complete_cases(cases: Sequence[Case], out_dir: str) -> dict:
         if summary.get("input") != case.input:
             foreign.append(f"{os.path.join(out_dir, case.name)} holds {summary.get('input')}, "
                            f"not {case.input}")
+        elif model_sha256 is not None and summary.get("model_sha256") != model_sha256:
+            stale += 1
         else:
             complete[case.name] = summary
     if foreign:
         raise BatchError(f"{out_dir}: case folders hold the predictions of other inputs "
                          f"(choose another --out, or --overwrite to replace them): "
                          + "; ".join(foreign))
-    return complete
+    return complete, stale
 
 
 def _reason(error: Exception, case: Case) -> str:
@@ -365,8 +370,11 @@ def predict_one(case: Case, out_dir: str, predictor, predict: Callable, progress
 
 def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: Callable,
               overwrite: bool = False, progress: bool = True, log=print,
-              options=None) -> list[dict]:
+              options=None, model_sha256: str | None = None) -> list[dict]:
     """Predict `cases` into `out_dir` (see the module docstring); returns the summary rows.
+
+    `model_sha256`: the model's fingerprint; a complete case whose summary names another is
+    predicted again (None: any model's complete case is skipped).
 
     `load()` returns the predictor (called once, and only when a case is to be predicted);
     ``predict(predictor, input, folder, log=, t0=, shown_as=[, progress=None])`` writes one case
@@ -382,9 +390,11 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
         if os.path.isdir(old) and not os.path.lexists(final):
             os.rename(old, final)  # killed while replacing it: the previous outputs come back
         _remove(old)
-    complete = {} if overwrite else _complete_cases(cases, out_dir)
+    complete, stale = ({}, 0) if overwrite else _complete_cases(cases, out_dir, model_sha256)
     todo = [c for c in cases if c.name not in complete]
-    log(f"{len(cases)} cases: {len(todo)} to predict, {len(complete)} complete already "
+    log(f"{len(cases)} cases: {len(todo)} to predict"
+        + (f" ({stale} of them predicted by another model)" if stale else "")
+        + f", {len(complete)} complete already "
         f"(skipped{'; --overwrite redoes them' if complete else ''}) -> {out_dir}"
         + (f" with {beam.describe(options)}" if options is not None and todo else ""))
     if options is not None:

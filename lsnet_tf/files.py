@@ -3,7 +3,8 @@
 `atomic_write` writes to ``<path>.tmp`` in the same folder and renames it onto `path` only when
 the ``with`` block ends without an exception (``os.replace``: atomic on POSIX and Windows); on an
 exception the temporary file is removed and `path` keeps its previous content, if any.
-`write_text` and `write_json` are the common cases.
+`write_text` and `write_json` are the common cases. `fingerprint` names a file's or a folder's
+content (a model's: which model wrote a prediction).
 
 Folders (SavedModels) and files written by TensorFlow's own writers (TFRecord shards) cannot go
 through a Python file object; they follow the same write-then-rename rule in their own modules
@@ -12,6 +13,7 @@ through a Python file object; they follow the same write-then-rename rule in the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from typing import IO, Iterator
@@ -62,3 +64,25 @@ def write_json(path: str, data, sort_keys: bool = False) -> str:
     with atomic_write(path) as f:
         json.dump(data, f, indent=2, sort_keys=sort_keys)
     return path
+
+
+def fingerprint(path: str) -> str:
+    """SHA-256 (hex) of a file's bytes, or of a folder's files: each one's path relative to the
+    folder and its bytes, in sorted order (a SavedModel's graph, variables and assets)."""
+    digest = hashlib.sha256()
+
+    def add(file_path: str) -> None:
+        with open(file_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+
+    if os.path.isdir(path):
+        files = sorted(os.path.relpath(os.path.join(root, name), path)
+                       for root, _, names in os.walk(path) for name in names)
+        for rel in files:
+            digest.update(rel.replace(os.sep, "/").encode() + b"\0")
+            add(os.path.join(path, rel))
+            digest.update(b"\0")
+    else:
+        add(path)
+    return digest.hexdigest()

@@ -78,7 +78,7 @@ from lsnet_tf import batch_predict, beam, dicom_seg
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.export.litert import TFLitePredictor  # LiteRT and numpy: no TensorFlow
-from lsnet_tf.files import write_json
+from lsnet_tf.files import fingerprint, write_json
 
 __all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModelPredictor",
            "TFLitePredictor", "predict_volume", "predict_case", "run", "run_many", "main"]
@@ -359,11 +359,14 @@ def load_predictor(path: str, batch_size: int = 8):
     if not os.path.exists(path):
         raise PredictError(f"{path}: model not found")
     if os.path.isdir(path):
-        return SavedModelPredictor(path, batch_size)
-    if path.lower().endswith(".tflite"):
-        return TFLitePredictor(path, batch_size)
-    raise PredictError(f"{path}: unsupported model (expected a SavedModel folder or a .tflite "
-                       "file)")
+        predictor = SavedModelPredictor(path, batch_size)
+    elif path.lower().endswith(".tflite"):
+        predictor = TFLitePredictor(path, batch_size)
+    else:
+        raise PredictError(f"{path}: unsupported model (expected a SavedModel folder or a "
+                           ".tflite file)")
+    predictor.fingerprint = fingerprint(path)  # summary.json's model_sha256
+    return predictor
 
 
 # ----------------------------------------------------------------------------------- running
@@ -509,6 +512,7 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
         "input": os.path.abspath(input_path),
         "model": os.path.abspath(predictor.path),
         "model_format": predictor.format,
+        "model_sha256": getattr(predictor, "fingerprint", None),
         "mask_file": os.path.basename(mask_path),
         "dicom_seg_file": seg_file,
     })
@@ -563,7 +567,8 @@ def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8
         cases, out_dir, load=functools.partial(this.load_predictor, model_path, batch_size),
         predict=functools.partial(this.predict_case, spacing=spacing, overlays=overlays,
                                   dicom_seg_file=dicom_seg_file),
-        overwrite=overwrite, progress=progress, log=log, options=options)
+        overwrite=overwrite, progress=progress, log=log, options=options,
+        model_sha256=fingerprint(model_path) if os.path.exists(model_path) else None)
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from lsnet_tf import batch_predict, predict
+from lsnet_tf import batch_predict, files, predict
 
 CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 
@@ -358,6 +358,44 @@ def test_a_killed_run_is_resumed_and_overwrite_redoes_every_case(batch, model_pa
                                   read_mask(batch["out"] / "dicom__CT5N")[0])
     assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "dicom__CT5N", "liver_1",
                                        "liver_2"]
+
+
+def test_cases_predicted_by_another_model_are_predicted_again(batch, counted_loads, model_path,
+                                                              tmp_path, monkeypatch, capsys):
+    """A model re-exported at the same path (here: a file added to the SavedModel folder) makes
+    the complete cases stale; each summary names the content it was predicted with."""
+    loaded = counted_loads[0](model_path)
+
+    class Loaded:  # the module's loaded model, with the fingerprint of the path asked for
+        def __init__(self, path):
+            self.fingerprint = files.fingerprint(path)
+
+        def __getattr__(self, name):
+            return getattr(loaded, name)
+
+    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8: Loaded(path))
+    model = tmp_path / "model"
+    shutil.copytree(model_path, model)
+    cases = tmp_path / "cases"
+    make_cases(cases)
+    argv = ["--model", str(model), "--input", str(cases), "--out", str(tmp_path / "out")]
+    assert predict.main(argv) == 0
+    old = files.fingerprint(str(model))
+    assert read_json(tmp_path / "out" / "liver_1" / "summary.json")["model_sha256"] == old
+    assert predict.main(argv) == 0
+    assert [r["status"] for r in read_csv(tmp_path / "out")] == ["skipped"] * 3
+
+    (model / "1" / "note.txt").write_text("retrained\n")
+    capsys.readouterr()
+    assert predict.main(argv) == 0
+    assert "3 cases: 3 to predict (3 of them predicted by another model), 0 complete" in (
+        capsys.readouterr().out)
+    assert [r["status"] for r in read_csv(tmp_path / "out")] == ["done"] * 3
+    new = files.fingerprint(str(model))
+    assert new != old
+    assert read_json(tmp_path / "out" / "liver_1" / "summary.json")["model_sha256"] == new
+    assert predict.main(argv) == 0
+    assert [r["status"] for r in read_csv(tmp_path / "out")] == ["skipped"] * 3
 
 
 # ------------------------------------------------------------------ Apache Beam

@@ -1,6 +1,8 @@
-"""lsnet_tf.files: write-to-temporary-then-rename."""
+"""lsnet_tf.files: write-to-temporary-then-rename, and content fingerprints."""
+import hashlib
 import json
 import os
+import shutil
 
 import pytest
 
@@ -44,3 +46,22 @@ def test_write_json_creates_the_folder(tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         with files.atomic_write(path, "a"):
             pass
+
+
+def test_fingerprint_is_the_sha256_of_a_file_and_of_a_folder_s_paths_and_bytes(tmp_path):
+    fingerprint = files.fingerprint
+    (tmp_path / "m.tflite").write_bytes(b"\x00abc")
+    assert fingerprint(str(tmp_path / "m.tflite")) == hashlib.sha256(b"\x00abc").hexdigest()
+
+    model = tmp_path / "model"
+    (model / "1" / "variables").mkdir(parents=True)
+    (model / "1" / "saved_model.pb").write_bytes(b"graph")
+    (model / "1" / "variables" / "variables.index").write_bytes(b"index")
+    want = hashlib.sha256(b"1/saved_model.pb\0graph\0" + b"1/variables/variables.index\0index\0")
+    assert fingerprint(str(model)) == want.hexdigest()
+    shutil.copytree(model, tmp_path / "copy")  # the content, wherever it lies
+    assert fingerprint(str(tmp_path / "copy")) == want.hexdigest()
+    (model / "1" / "variables" / "variables.index").write_bytes(b"indeX")
+    assert fingerprint(str(model)) != want.hexdigest()
+    os.rename(tmp_path / "copy" / "1", tmp_path / "copy" / "2")  # another version number
+    assert fingerprint(str(tmp_path / "copy")) != want.hexdigest()
