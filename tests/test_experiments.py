@@ -151,7 +151,8 @@ def test_seed_curve_averages_the_seeds_bin_means():
 def test_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ex.ExperimentError, match="unknown table 'table9'"):
         ex.run_table("table9", "synthetic")
-    with pytest.raises(ex.ExperimentError, match="dataset must be one of synthetic, pancreas"):
+    with pytest.raises(ex.ExperimentError,
+                       match="dataset must be one of synthetic, synthetic-hard, pancreas"):
         ex.run_table("table1", "msd")
     with pytest.raises(ex.ExperimentError, match=r"table3 has no rows \['unet'\]"):
         ex.run_table("table3", "synthetic", rows=["unet"])
@@ -159,6 +160,36 @@ def test_errors_name_what_is_wrong(tmp_path):
         ex.run_row(ex.Row("nope", "Nope", {}), "synthetic", runs_dir=str(tmp_path))
     assert ex.main(["run", "table1", "--dataset", "synthetic", "--rows", "x",
                     "--runs-dir", str(tmp_path)]) == 2
+
+
+def test_margin_rows_differ_only_in_the_margin_scaled_to_the_slice():
+    for dataset, size, scaled in (("synthetic", 128, 3.75), ("synthetic-hard", 128, 3.75),
+                                  ("pancreas", 512, 15.0)):
+        folder = ex.DATASET_CONFIGS[dataset]
+        plain, wide = (load_config(os.path.join(CONFIGS, folder, r + ".yaml"))
+                       for r in ("lsnet_unet", "lsnet_unet_scaled"))
+        assert plain.data.image_size == wide.data.image_size == size
+        assert plain.model.input_margin(size) == 15.0
+        assert wide.model.input_margin(size) == pytest.approx(scaled)
+        a, b = plain.to_dict(), wide.to_dict()
+        for cfg in (a, b):
+            del cfg["model"]["margin_reference"], cfg["train"]["output_dir"], cfg["export"]["name"]
+        assert a == b, dataset
+
+
+def test_synthetic_hard_rows_come_from_configs_synthetic_hard(tmp_path):
+    rows = ("unet", "attention_unet", "c2f_unet", "lsnet_unet", "lsnet_unet_scaled")
+    for name in rows:
+        row = ex.Row(name, name, {})
+        path = ex._row_config_path(row, "synthetic-hard", None)
+        assert path == os.path.join(CONFIGS, "synthetic", "hard", name + ".yaml")
+        assert load_config(path).data.synthetic.preset == "hard"
+        assert load_config(ex._row_config_path(row, "synthetic", None)).data.synthetic.preset == \
+            "standard"
+    # Table 1's fcn rows have no hard config: the U-Net family is asked for with --rows.
+    with pytest.raises(ex.ExperimentError, match=r"no config for row 'fcn': .*synthetic/hard/fcn"):
+        ex.run_table("table1", "synthetic-hard", runs_dir=str(tmp_path))
+    assert os.listdir(tmp_path) == []
 
 
 def test_list_prints_every_table(capsys):
@@ -228,6 +259,11 @@ def test_the_claims_are_the_papers():
     assert claims["table4"] == [("lsnet_unet", "lsnet_unet_gamma0", "dsc"),
                                 ("lsnet_unet", "lsnet_unet_gamma0p01", "dsc"),
                                 ("lsnet_unet", "lsnet_unet_gamma1", "dsc")]
+    # Not the paper's: the scaled margin above 15 input pixels (its rows have no paper numbers).
+    assert claims["margin"] == [("lsnet_unet_scaled", "lsnet_unet", "dsc"),
+                                ("lsnet_unet_scaled", "lsnet_unet", "small"),
+                                ("lsnet_unet_scaled", "lsnet_unet", "miou")]
+    assert all(r.paper == {} for r in ex.TABLES["margin"].rows)
     for name, table in ex.TABLES.items():  # every claim is between rows of its table
         assert all({c.better, c.than} <= rows(name) and c.metric in ex.CLAIM_METRICS
                    for c in table.claims)
