@@ -14,5 +14,8 @@ export     per-slice latency of the SavedModel and TFLite float32 / fp16 / int8 
 precision  mixed precision and XLA as training options (`precision`)
 =========  ====================================================================================
 
-Results go to ``OUT/results.json`` and ``OUT/results.md`` (default ``docs/benchmarks``).
+Results go to ``OUT/results.json`` and ``OUT/results.md`` (default ``docs/benchmarks``). Naming
+some benchmarks refreshes their sections: the other sections of an earlier ``results.json`` in
+OUT (of the same sizes, full or ``--quick``) are kept, each with the command and start time it
+was measured with.
 """

@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     for name in names:
         print(f"[benchmarks] {name} ...", flush=True)
         t0 = time.time()
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         module = importlib.import_module(f"benchmarks.{name}")
         try:
             bench = module.run(quick=args.quick)
@@ -59,12 +60,13 @@ def main(argv=None) -> int:
             print(f"[benchmarks] {name} failed: {bench['error']}", file=sys.stderr, flush=True)
             if isinstance(e, AssertionError):
                 raise
+        bench["command"], bench["started"] = command, started
         bench["seconds"] = round(time.time() - t0, 1)
         bench["load"] = harness.load()
         results["benchmarks"][name] = bench
         print(f"[benchmarks] {name} done in {bench['seconds']:.0f} s", flush=True)
     results["seconds"] = round(time.time() - start, 1)
-    json_path, md_path = harness.write_results(results, out)
+    json_path, md_path = harness.write_results(results, out, NAMES)
     print(f"[benchmarks] wrote {json_path} and {md_path}")
     return 1 if failed else 0
 

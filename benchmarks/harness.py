@@ -16,8 +16,8 @@ from typing import Callable
 from lsnet_tf.files import write_text
 from lsnet_tf.machine import cpu_model
 
-__all__ = ["interleaved", "median_ms", "ratio", "machine", "load", "write_results",
-           "markdown", "scratch_dir"]
+__all__ = ["interleaved", "median_ms", "ratio", "machine", "load", "merge_results",
+           "write_results", "markdown", "scratch_dir"]
 
 
 def scratch_dir(*parts: str) -> str:
@@ -139,7 +139,10 @@ def markdown(results: dict) -> str:
         "# Benchmarks",
         "",
         f"Command: `{results['command']}` ({'quick sizes' if results['quick'] else 'full sizes'}); "
-        f"{results['seconds']:.0f} s in all, started {results['started']}.",
+        f"{results['seconds']:.0f} s in all, started {results['started']}."
+        + (f" Sections kept from earlier runs (each says when and how it was measured): "
+           f"{', '.join(results['kept_from_earlier_runs'])}."
+           if results.get("kept_from_earlier_runs") else ""),
         "",
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_gib']} GiB, "
         f"{m['gpus']} GPU; Python {m['python']}, TensorFlow {m['tensorflow']}, "
@@ -156,8 +159,10 @@ def markdown(results: dict) -> str:
             continue
         settings = ", ".join(f"{k} {_cell(v)}" for k, v in bench.get("settings", {}).items())
         ld = bench.get("load", {})
-        lines += [f"Settings: {settings}. Time {bench['seconds']:.0f} s; load: other processes "
-                  f"{ld.get('other_processes_cores', '?')} cores, load average "
+        when = (f"Measured by `{bench['command']}`, started {bench['started']}. "
+                if bench.get("command") else "")
+        lines += [f"{when}Settings: {settings}. Time {bench['seconds']:.0f} s; load: other "
+                  f"processes {ld.get('other_processes_cores', '?')} cores, load average "
                   f"{ld.get('load_average_1min', '?')}.", ""]
         lines += _table(bench.get("rows", []))
         if bench.get("targets"):
@@ -169,10 +174,38 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict, out_dir: str) -> tuple[str, str]:
-    """Write ``results.json`` and ``results.md`` into `out_dir`; returns their paths."""
+def merge_results(results: dict, previous: dict | None, order) -> dict:
+    """`results` with the sections of `previous` (an earlier results dict) that it did not run,
+    in the order of `order` (benchmark names). Sections are kept only between runs of the same
+    sizes (both quick or both full); each keeps the command and start time it was measured
+    with (``command`` and ``started`` of its section, or of its file for older files)."""
+    if not previous or previous.get("quick") != results.get("quick"):
+        return results
+    old = {name: {"command": previous.get("command"), "started": previous.get("started"), **bench}
+           for name, bench in previous.get("benchmarks", {}).items()}
+    new = results["benchmarks"]
+    names = [n for n in order if n in new or n in old] + [n for n in old if n not in order]
+    kept = [n for n in names if n not in new]
+    merged = dict(results)
+    merged["benchmarks"] = {n: new[n] if n in new else old[n] for n in names}
+    merged["kept_from_earlier_runs"] = kept
+    return merged
+
+
+def write_results(results: dict, out_dir: str, order=()) -> tuple[str, str]:
+    """Write ``results.json`` and ``results.md`` into `out_dir`; returns their paths. Sections
+    of an earlier ``results.json`` there that this run did not measure are kept
+    (``merge_results``), so ``python -m benchmarks NAME`` refreshes one section."""
     os.makedirs(out_dir, exist_ok=True)
     paths = (os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md"))
+    previous = None
+    if os.path.isfile(paths[0]):
+        with open(paths[0], encoding="utf-8") as f:
+            try:
+                previous = json.load(f)
+            except ValueError:  # an unreadable file is replaced, not merged
+                previous = None
+    results = merge_results(results, previous, order)
     for path, text in zip(paths, (json.dumps(results, indent=2) + "\n", markdown(results))):
         write_text(path, text)
     return paths

@@ -56,6 +56,7 @@ def test_quick_run_writes_json_and_markdown(tmp_path, monkeypatch):
     assert {"cpu", "usable_cores", "memory_gib", "tensorflow"} <= set(results["machine"])
     assert list(results["benchmarks"]) == ["sampler"]
     bench = results["benchmarks"]["sampler"]
+    assert bench["command"] == "python -m benchmarks sampler --quick" and bench["started"]
     assert {"other_processes_cores", "load_average_1min"} <= set(bench["load"])
     assert bench["seconds"] > 0
     modes = {"eager", "tf.function", "tf.function jit_compile"}
@@ -71,6 +72,40 @@ def test_quick_run_writes_json_and_markdown(tmp_path, monkeypatch):
     assert "## sampler" in md and "`python -m benchmarks sampler --quick`" in md
     header = next(line for line in md.splitlines() if line.startswith("| channels"))
     assert header.count("|") == len(bench["rows"][0]) + 1
+
+
+def test_naming_a_benchmark_refreshes_its_section_and_keeps_the_others(tmp_path):
+    from benchmarks import harness
+
+    def results(quick, **benches):
+        return {"command": "python -m benchmarks", "quick": quick, "started": "2026-01-01 00:00 UTC",
+                "seconds": 1.0, "machine": {"cpu": "c", "usable_cores": 2, "memory_gib": 1,
+                                            "gpus": 0, "python": "3", "tensorflow": "2",
+                                            "keras": "3"},
+                "benchmarks": {n: {"title": n, "seconds": 1.0, "rows": [{"v": v}], **extra}
+                               for n, (v, extra) in benches.items()}}
+
+    out = str(tmp_path)
+    harness.write_results(results(False, sampler=(1, {}), export=(2, {})), out, cli.NAMES)
+    new = results(False, sampler=(3, {"command": "python -m benchmarks sampler",
+                                      "started": "2026-02-02 00:00 UTC"}))
+    new["command"], new["started"] = "python -m benchmarks sampler", "2026-02-02 00:00 UTC"
+    harness.write_results(new, out, cli.NAMES)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert list(written["benchmarks"]) == ["sampler", "export"]  # the order of cli.NAMES
+    assert written["benchmarks"]["sampler"]["rows"] == [{"v": 3}]
+    kept = written["benchmarks"]["export"]
+    assert kept["rows"] == [{"v": 2}] and written["kept_from_earlier_runs"] == ["export"]
+    # A kept section says when and how it was measured: its file's command and start.
+    assert (kept["command"], kept["started"]) == ("python -m benchmarks", "2026-01-01 00:00 UTC")
+    md = (tmp_path / "results.md").read_text()
+    assert "Sections kept from earlier runs (each says when and how it was measured): export." in md
+    assert "Measured by `python -m benchmarks`, started 2026-01-01 00:00 UTC." in md
+    assert "Measured by `python -m benchmarks sampler`, started 2026-02-02 00:00 UTC." in md
+    # Quick sizes never mix with full ones: a quick run replaces the file.
+    harness.write_results(results(True, memory=(4, {})), out, cli.NAMES)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert list(written["benchmarks"]) == ["memory"] and "kept_from_earlier_runs" not in written
 
 
 def test_unknown_benchmark_is_an_error(capsys):
