@@ -354,8 +354,10 @@ class SavedModelPredictor:
         return {k: v.numpy() for k, v in out.items()}
 
 
-def load_predictor(path: str, batch_size: int = 8):
-    """A `SavedModelPredictor` for a folder, a `TFLitePredictor` for a ``.tflite`` file."""
+def load_predictor(path: str, batch_size: int = 8, model_sha256: str | None = None):
+    """A `SavedModelPredictor` for a folder, a `TFLitePredictor` for a ``.tflite`` file; its
+    ``fingerprint`` (summary.json's ``model_sha256``) is `model_sha256` when the caller has
+    hashed the model already, else ``lsnet_tf.files.fingerprint(path)``."""
     if not os.path.exists(path):
         raise PredictError(f"{path}: model not found")
     if os.path.isdir(path):
@@ -365,7 +367,7 @@ def load_predictor(path: str, batch_size: int = 8):
     else:
         raise PredictError(f"{path}: unsupported model (expected a SavedModel folder or a "
                            ".tflite file)")
-    predictor.fingerprint = fingerprint(path)  # summary.json's model_sha256
+    predictor.fingerprint = fingerprint(path) if model_sha256 is None else model_sha256
     return predictor
 
 
@@ -563,12 +565,14 @@ def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8
     cases = batch_predict.find_cases(input_path, out_dir, log=log)
     if options is not None and not os.path.exists(model_path):  # before starting any worker
         raise PredictError(f"{model_path}: model not found")
+    # Hashed once: the skip decision and every case's summary.json use the same fingerprint.
+    sha256 = fingerprint(model_path) if os.path.exists(model_path) else None
     return batch_predict.run_batch(
-        cases, out_dir, load=functools.partial(this.load_predictor, model_path, batch_size),
+        cases, out_dir, load=functools.partial(this.load_predictor, model_path, batch_size,
+                                               model_sha256=sha256),
         predict=functools.partial(this.predict_case, spacing=spacing, overlays=overlays,
                                   dicom_seg_file=dicom_seg_file),
-        overwrite=overwrite, progress=progress, log=log, options=options,
-        model_sha256=fingerprint(model_path) if os.path.exists(model_path) else None)
+        overwrite=overwrite, progress=progress, log=log, options=options, model_sha256=sha256)
 
 
 def main(argv=None) -> int:

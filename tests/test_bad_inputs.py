@@ -511,7 +511,7 @@ def test_one_pixel_slice_is_the_bilinear_resize_of_the_model_output(served):
 ])
 def test_predict_cli_refuses_wrong_shaped_input(served, tmp_path, monkeypatch, capsys, make,
                                                 message):
-    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8: served)
+    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8, **_: served)
     path = make(tmp_path)
     assert predict.main(["--model", "m", "--input", str(path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
@@ -521,7 +521,7 @@ def test_predict_cli_refuses_wrong_shaped_input(served, tmp_path, monkeypatch, c
 
 @pytest.mark.slow
 def test_predict_cli_one_pixel_npy_gives_a_one_voxel_mask(served, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8: served)
+    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8, **_: served)
     np.save(tmp_path / "px.npy", np.full((1, 1), 60.0, np.float32))
     assert predict.main(["--model", "m", "--input", str(tmp_path / "px.npy"), "--out",
                          str(tmp_path / "o"), "--no-overlays"]) == 0
@@ -535,7 +535,7 @@ def test_predict_cli_one_pixel_npy_gives_a_one_voxel_mask(served, tmp_path, monk
 
 @pytest.mark.slow
 def test_predict_cli_refuses_a_slice_over_the_size_limit(served, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8: served)
+    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8, **_: served)
     monkeypatch.setattr(volumes, "MAX_SLICE_PIXELS", 30 * 30)
     np.save(tmp_path / "big.npy", np.zeros((31, 30), np.float32))
     assert predict.main(["--model", "m", "--input", str(tmp_path / "big.npy"), "--out",

@@ -81,7 +81,7 @@ def counted_loads(model_path):
     loaded = predict.load_predictor(model_path)
     calls = []
 
-    def load(path, batch_size=8):
+    def load(path, batch_size=8, model_sha256=None):
         calls.append(path)
         return loaded
 
@@ -366,14 +366,18 @@ def test_cases_predicted_by_another_model_are_predicted_again(batch, counted_loa
     the complete cases stale; each summary names the content it was predicted with."""
     loaded = counted_loads[0](model_path)
 
-    class Loaded:  # the module's loaded model, with the fingerprint of the path asked for
-        def __init__(self, path):
-            self.fingerprint = files.fingerprint(path)
+    class Loaded:  # the module's loaded model, with the fingerprint load_predictor would give
+        def __init__(self, path, model_sha256):
+            self.fingerprint = files.fingerprint(path) if model_sha256 is None else model_sha256
 
         def __getattr__(self, name):
             return getattr(loaded, name)
 
-    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8: Loaded(path))
+    monkeypatch.setattr(predict, "load_predictor",
+                        lambda path, batch_size=8, model_sha256=None: Loaded(path, model_sha256))
+    hashed = []  # the model is hashed once per command, not again when it is loaded
+    monkeypatch.setattr(predict, "fingerprint",
+                        lambda path: hashed.append(path) or files.fingerprint(path))
     model = tmp_path / "model"
     shutil.copytree(model_path, model)
     cases = tmp_path / "cases"
@@ -382,6 +386,7 @@ def test_cases_predicted_by_another_model_are_predicted_again(batch, counted_loa
     assert predict.main(argv) == 0
     old = files.fingerprint(str(model))
     assert read_json(tmp_path / "out" / "liver_1" / "summary.json")["model_sha256"] == old
+    assert hashed == [str(model)]
     assert predict.main(argv) == 0
     assert [r["status"] for r in read_csv(tmp_path / "out")] == ["skipped"] * 3
 
