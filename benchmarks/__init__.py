@@ -12,6 +12,8 @@ pipeline   tf.data throughput against the training step (`pipeline`)
 memory     peak RSS of training, and its change when the dataset grows 10x (`memory`)
 export     per-slice latency of the SavedModel and TFLite float32 / fp16 / int8 (`export`)
 precision  mixed precision and XLA as training options (`precision`)
+onednn     TensorFlow's oneDNN CPU kernels on against off: training steps, a process per
+           setting (`onednn`)
 =========  ====================================================================================
 
 Results go to ``OUT/results.json`` and ``OUT/results.md`` (default ``docs/benchmarks``). Naming

@@ -10,7 +10,8 @@ import time
 
 import lsnet_tf  # noqa: F401  (before TensorFlow: its quiet console, lsnet_tf.console)
 
-NAMES = ("sampler", "training", "profile", "pipeline", "memory", "export", "precision")
+NAMES = ("sampler", "training", "profile", "pipeline", "memory", "export", "precision",
+         "onednn")
 
 
 def parse_args(argv=None):

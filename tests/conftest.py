@@ -1,4 +1,6 @@
-"""Shared test settings: quiet TensorFlow, and two logical CPU devices for distribution tests.
+"""Shared test settings: quiet TensorFlow, TensorFlow's CPU kernels as the commands have them
+(``lsnet_tf`` imported first: ``lsnet_tf.machine.configure_cpu``), and two logical CPU devices
+for distribution tests.
 
 The logical devices must be configured before TensorFlow initialises its runtime, so it happens
 here, before any test module runs an op.
@@ -10,6 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import lsnet_tf  # noqa: E402,F401  (before TensorFlow, as every command: oneDNN kernels on)
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")

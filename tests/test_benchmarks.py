@@ -78,7 +78,8 @@ def test_naming_a_benchmark_refreshes_its_section_and_keeps_the_others(tmp_path)
     from benchmarks import harness
 
     def results(quick, **benches):
-        return {"command": "python -m benchmarks", "quick": quick, "started": "2026-01-01 00:00 UTC",
+        return {"command": "python -m benchmarks", "quick": quick,
+                "started": "2026-01-01 00:00 UTC",
                 "seconds": 1.0, "machine": {"cpu": "c", "usable_cores": 2, "memory_gib": 1,
                                             "gpus": 0, "python": "3", "tensorflow": "2",
                                             "keras": "3"},
@@ -106,6 +107,19 @@ def test_naming_a_benchmark_refreshes_its_section_and_keeps_the_others(tmp_path)
     harness.write_results(results(True, memory=(4, {})), out, cli.NAMES)
     written = json.loads((tmp_path / "results.json").read_text())
     assert list(written["benchmarks"]) == ["memory"] and "kept_from_earlier_runs" not in written
+
+
+@pytest.mark.slow
+def test_onednn_runs_each_setting_in_its_own_process(tmp_path, monkeypatch):
+    from benchmarks import onednn
+
+    monkeypatch.setenv("LSNET_BENCH_TMP", str(tmp_path / "scratch"))
+    bench = onednn.run(quick=True)  # raises if a child's oneDNN is not what it was asked for
+    assert [(r["round"], r["model"]) for r in bench["rows"]] == [(1, "U-Net")]
+    for row in bench["rows"]:
+        assert row["step ms, oneDNN off"] > 0 and row["step ms, oneDNN on"] > 0
+        assert row["on / off"] == pytest.approx(
+            row["step ms, oneDNN on"] / row["step ms, oneDNN off"], abs=1e-3)
 
 
 def test_unknown_benchmark_is_an_error(capsys):
