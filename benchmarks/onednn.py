@@ -1,10 +1,13 @@
-"""TensorFlow's oneDNN CPU kernels on and off: the training step of L-SNet and of the U-Net.
+"""TensorFlow's oneDNN CPU kernels on and off: training steps of L-SNet and of the U-Net, and
+L-SNet's inference per slice at batch 1 and batch 8.
 
 ``TF_ENABLE_ONEDNN_OPTS`` is read once, when TensorFlow loads, so each setting runs in a process
 of its own: rounds of one child process per setting (``python -m benchmarks.onednn --child``),
 the order alternating from round to round. A child builds ``configs/synthetic/lsnet_unet.yaml``
 and ``unet.yaml`` as ``benchmarks.training`` does, times each compiled training step on one fixed
-pipeline batch (median of `steps` after two untimed) and reports whether oneDNN was on
+pipeline batch (median of `steps` after two untimed), then times L-SNet's ``predict_masks``
+(``benchmarks.training.inference``: threshold 0, one RoI per slice) on one slice and on a batch of
+8 at the inference size (512² in full), per slice, and reports whether oneDNN was on
 (``IsMklEnabled``). Importing ``lsnet_tf`` turns the kernels on unless the variable is set
 (``lsnet_tf.machine.configure_cpu``); here the parent sets it to 0 or 1 explicitly.
 """
@@ -15,41 +18,60 @@ import os
 import subprocess
 import sys
 
-TITLE = ("TensorFlow's oneDNN CPU kernels on against off (TF_ENABLE_ONEDNN_OPTS): "
-         "training steps.")
+TITLE = ("TensorFlow's oneDNN CPU kernels on against off (TF_ENABLE_ONEDNN_OPTS): training "
+         "steps, and inference per slice at batch 1 and 8.")
 MODELS = {"L-SNet (U-Net)": "configs/synthetic/lsnet_unet.yaml",
           "U-Net": "configs/synthetic/unet.yaml"}
-FULL = dict(image=128, batch=8, steps=7, rounds=3, overrides=(), models=tuple(MODELS))
-QUICK = dict(image=64, batch=2, steps=2, rounds=1, models=("U-Net",),
+FULL = dict(image=128, batch=8, steps=7, rounds=3, overrides=(), models=tuple(MODELS),
+            infer_image=512, infer_batch=8)
+QUICK = dict(image=64, batch=2, steps=2, rounds=1, models=("U-Net",), infer_image=64,
+             infer_batch=2,
              overrides=("model.width=4", "model.decoder_width=8", "data.max_boxes=2"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def child(image: int, batch: int, steps: int, overrides, models=tuple(MODELS)) -> dict:
-    """In this process (TF_ENABLE_ONEDNN_OPTS already decided): {model: median ms} of the
-    `models` (keys of ``MODELS``), and whether oneDNN is on."""
+def _median_ms(call, n: int) -> float:
     import time
 
     import numpy as np
 
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return round(1000.0 * float(np.median(times)), 1)
+
+
+def child(size: dict) -> dict:
+    """In this process (TF_ENABLE_ONEDNN_OPTS already decided): {measure: median ms} (each
+    training step of ``size["models"]``, L-SNet's inference per slice at batch 1 and
+    ``size["infer_batch"]``) and whether oneDNN is on."""
     import lsnet_tf  # noqa: F401  (before TensorFlow)
     from benchmarks import datasets
-    from benchmarks.training import build, train_step
+    from benchmarks.training import build, inference, train_step
     from tensorflow.python.util import _pywrap_util_port
 
-    dataset = datasets.synthetic_dataset(image, patients=2, slices=4)
+    image, batch, steps, overrides = (size["image"], size["batch"], size["steps"],
+                                      tuple(size["overrides"]))
+    dataset = datasets.synthetic_dataset(image, patients=2, slices=8)
     out = {}
-    for name in models:
+    for name in size["models"]:
         cfg, model = build(MODELS[name], image, batch, dataset, overrides)
         step = train_step(model, datasets.first_batch(cfg))
         step()
         step()
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        out[name] = round(1000.0 * float(np.median(times)), 1)
+        out[f"{name} training step, {image}x{image}, batch {batch}"] = _median_ms(step, steps)
+    n, infer = size["infer_batch"], size["infer_image"]
+    dataset = datasets.synthetic_dataset(infer, patients=2, slices=8)
+    cfg, model = build(MODELS["L-SNet (U-Net)"], infer, n, dataset, overrides)
+    images = datasets.first_batch(cfg)["image"]
+    for k in (1, n):
+        call, _ = inference(model, images[:k])
+        call()
+        call()
+        ms = _median_ms(call, steps)
+        out[f"L-SNet (U-Net) inference per slice, {infer}x{infer}, batch {k}"] = round(ms / k, 1)
     return {"ms": out, "onednn": bool(_pywrap_util_port.IsMklEnabled())}
 
 
@@ -73,15 +95,17 @@ def run(quick: bool = False) -> dict:
             if got[s]["onednn"] != (s == "1"):
                 raise RuntimeError(f"TF_ENABLE_ONEDNN_OPTS={s} left oneDNN "
                                    f"{'on' if got[s]['onednn'] else 'off'}")
-        for name in size["models"]:
-            off, on = got["0"]["ms"][name], got["1"]["ms"][name]
+        for measure in got["0"]["ms"]:
+            off, on = got["0"]["ms"][measure], got["1"]["ms"][measure]
             rows.append({"round": r + 1, "first": "off" if order[0] == "0" else "on",
-                         "model": name, "step ms, oneDNN off": off, "step ms, oneDNN on": on,
+                         "measure": measure, "oneDNN off (ms)": off, "oneDNN on (ms)": on,
                          "on / off": round(on / off, 3)})
     return {
         "title": TITLE,
-        "settings": {"input": f"{size['image']}x{size['image']}", "batch": size["batch"],
-                     "timed steps": size["steps"], "rounds": size["rounds"]},
+        "settings": {"training input": f"{size['image']}x{size['image']}",
+                     "training batch": size["batch"],
+                     "inference input": f"{size['infer_image']}x{size['infer_image']}",
+                     "timed calls": size["steps"], "rounds": size["rounds"]},
         "rows": rows,
         "notes": [
             "Each setting in its own process (TensorFlow reads TF_ENABLE_ONEDNN_OPTS when it "
@@ -96,7 +120,6 @@ def run(quick: bool = False) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         spec = json.loads(sys.argv[2])
-        print(json.dumps(child(spec["image"], spec["batch"], spec["steps"],
-                               tuple(spec["overrides"]), tuple(spec["models"]))))
+        print(json.dumps(child(spec)))
     else:
         sys.exit("usage: python -m benchmarks onednn (this module's --child is internal)")

@@ -115,11 +115,14 @@ def test_onednn_runs_each_setting_in_its_own_process(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LSNET_BENCH_TMP", str(tmp_path / "scratch"))
     bench = onednn.run(quick=True)  # raises if a child's oneDNN is not what it was asked for
-    assert [(r["round"], r["model"]) for r in bench["rows"]] == [(1, "U-Net")]
+    assert [(r["round"], r["measure"]) for r in bench["rows"]] == [
+        (1, "U-Net training step, 64x64, batch 2"),
+        (1, "L-SNet (U-Net) inference per slice, 64x64, batch 1"),
+        (1, "L-SNet (U-Net) inference per slice, 64x64, batch 2")]
     for row in bench["rows"]:
-        assert row["step ms, oneDNN off"] > 0 and row["step ms, oneDNN on"] > 0
+        assert row["oneDNN off (ms)"] > 0 and row["oneDNN on (ms)"] > 0
         assert row["on / off"] == pytest.approx(
-            row["step ms, oneDNN on"] / row["step ms, oneDNN off"], abs=1e-3)
+            row["oneDNN on (ms)"] / row["oneDNN off (ms)"], abs=1e-3)
 
 
 def test_unknown_benchmark_is_an_error(capsys):
