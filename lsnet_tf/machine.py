@@ -25,8 +25,9 @@ def configure_cpu(environ=None) -> None:
     """Turn on TensorFlow's oneDNN CPU kernels unless the user chose (``TF_ENABLE_ONEDNN_OPTS``).
 
     TensorFlow 2.16 turns them on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX; on an
-    AVX2 CPU (this project's 2-core AMD EPYC) they made L-SNet's training step 1.1-1.6 × and the
-    one-stage U-Net's 1.4-2.0 × faster (README "Performance"). Called when ``lsnet_tf`` is
+    AVX2 CPU (this project's 2-core AMD EPYC) they made the training steps 1.2-1.9 × and L-SNet's
+    inference on batches of 8 slices about 1.9 × faster, and one slice alone 1.4-1.75 × slower
+    (``python -m benchmarks onednn``, README "Performance"). Called when ``lsnet_tf`` is
     imported; it only has an effect if that happens before TensorFlow is imported (as with
     ``python -m lsnet_tf.<command>``). ``TF_ENABLE_ONEDNN_OPTS=0`` turns them off; results then
     differ in float round-off only.
