@@ -31,16 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _median_ms(call, n: int) -> float:
-    import time
+    """Median ms of `n` calls after two untimed ones (``harness.interleaved`` of one variant)."""
+    from benchmarks import harness
 
-    import numpy as np
-
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return round(1000.0 * float(np.median(times)), 1)
+    return round(harness.median_ms(harness.interleaved({"call": call}, n, warmup=2)["call"]), 1)
 
 
 def child(size: dict) -> dict:
@@ -59,8 +53,6 @@ def child(size: dict) -> dict:
     for name in size["models"]:
         cfg, model = build(MODELS[name], image, batch, dataset, overrides)
         step = train_step(model, datasets.first_batch(cfg))
-        step()
-        step()
         out[f"{name} training step, {image}x{image}, batch {batch}"] = _median_ms(step, steps)
     n, infer = size["infer_batch"], size["infer_image"]
     dataset = datasets.synthetic_dataset(infer, patients=2, slices=8)
@@ -68,8 +60,6 @@ def child(size: dict) -> dict:
     images = datasets.first_batch(cfg)["image"]
     for k in (1, n):
         call, _ = inference(model, images[:k])
-        call()
-        call()
         ms = _median_ms(call, steps)
         out[f"L-SNet (U-Net) inference per slice, {infer}x{infer}, batch {k}"] = round(ms / k, 1)
     return {"ms": out, "onednn": bool(_pywrap_util_port.IsMklEnabled())}
