@@ -182,6 +182,11 @@ class ModelConfig:
     # coarse_to_fine: boxes from the coarse mask, "union" (one box around the whole mask, as the
     # fixed-point model of Zhou et al. 2017) or "components" (one box per connected component).
     crop_mode: str = "union"
+    # Prior probability pi of the mask heads' output layer (every segmentation network: S-Net,
+    # the one-stage baselines, the coarse network): its bias starts at log(pi / (1 - pi)), so
+    # the masks start near pi everywhere instead of 0.5 (the prior initialisation of Lin et al.,
+    # 2017, that L-Net's heatmap head already uses). 0: a zero bias (masks start at 0.5).
+    mask_prior: float = 0.0
 
     @property
     def one_stage(self) -> bool:
@@ -216,6 +221,8 @@ class ModelConfig:
                "model.train_crop must be truth or predicted", self.train_crop)
         _check(self.crop_mode in ("union", "components"),
                "model.crop_mode must be union or components", self.crop_mode)
+        _check(0 <= self.mask_prior < 1, "model.mask_prior must lie in [0, 1) (0: a zero bias)",
+               self.mask_prior)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,8 +233,11 @@ class LossConfig:
     focal_gamma: float = 2.0
     # The heatmap's focal loss per image: summed over cells and divided by the number of positive
     # cells (Y > 0.5; "positives", as Lin et al. 2017 normalise by the assigned anchors) or
-    # averaged over cells ("elements"). Masks always average over pixels.
+    # averaged over cells ("elements").
     heatmap_focal_normalizer: str = "positives"
+    # The same choice for the masks' focal loss (every model's segmentation loss): averaged over
+    # pixels ("elements") or summed and divided by the image's target pixels ("positives").
+    mask_focal_normalizer: str = "elements"
     dice_weight: float = 0.2
     # Heatmap positives for the box loss: Y > tau.
     tau: float = 0.5
@@ -240,6 +250,9 @@ class LossConfig:
         _check(self.heatmap_focal_normalizer in ("positives", "elements"),
                "loss.heatmap_focal_normalizer must be positives or elements",
                self.heatmap_focal_normalizer)
+        _check(self.mask_focal_normalizer in ("positives", "elements"),
+               "loss.mask_focal_normalizer must be positives or elements",
+               self.mask_focal_normalizer)
         _check(0 <= self.tau < 1, "loss.tau must lie in [0, 1)", self.tau)
 
 

@@ -197,6 +197,19 @@ def test_baseline_outputs_and_one_train_step(architecture, cls, networks):
     assert float(logs["dsc"]) == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("architecture, seg_networks", [
+    ("lsnet", ["snet"]), ("unet", ["snet"]), ("attention_unet", ["snet"]),
+    ("coarse_to_fine", ["coarse", "snet"]), ("lnet_crop", ["snet"])])
+def test_model_mask_prior_reaches_every_segmentation_head(architecture, seg_networks):
+    prior = 0.01
+    model = build_model(tiny_cfg(architecture, f"model.mask_prior={prior}"))
+    for name in seg_networks:
+        bias = model.networks[name].get_layer("mask_conv").bias.numpy()
+        np.testing.assert_allclose(bias, [np.log(prior / (1 - prior))], rtol=1e-6)
+    if "lnet" in model.networks:  # L-Net's heatmap keeps its own prior
+        assert model.networks["lnet"].get_layer("kp_logits").bias.numpy()[0] == pytest.approx(-2.19)
+
+
 @pytest.mark.parametrize("architecture, first", [("coarse_to_fine", "coarse"), ("lnet_crop", "lnet")])
 @pytest.mark.parametrize("train_crop", ["truth", "predicted"])
 def test_no_gradient_from_second_stage_into_first(architecture, first, train_crop):

@@ -70,8 +70,10 @@ def batch(mask):
             "boxes": tf.constant([[BOX], [BOX]], tf.float32), "num_boxes": tf.constant([1, 1])}
 
 
-def reference(kind, y, z):
-    """Float64 per-sample loss of logits `z` against `y` (both (S, S, 1)) and its gradient."""
+def reference(kind, y, z, normalizer="elements"):
+    """Float64 per-sample loss of logits `z` against `y` (both (S, S, 1)) and its gradient; the
+    focal term averaged over pixels, or (`normalizer` "positives") summed and divided by the
+    number of target pixels."""
     z = tf.constant(z, tf.float64)
     y = tf.constant(y, tf.float64)
     with tf.GradientTape() as tape:
@@ -85,7 +87,11 @@ def reference(kind, y, z):
             focal = -0.25 * y * (1.0 - p) ** 2 * log_p - 0.75 * (1.0 - y) * p ** 2 * log_q
             dice = 1.0 - (2.0 * tf.reduce_sum(y * p) + 1.0) / (tf.reduce_sum(y) + tf.reduce_sum(p)
                                                                 + 1.0)
-            loss = tf.reduce_mean(focal) + 0.2 * dice
+            if normalizer == "positives":
+                focal = tf.reduce_sum(focal) / tf.maximum(tf.reduce_sum(y), 1.0)
+            else:
+                focal = tf.reduce_mean(focal)
+            loss = focal + 0.2 * dice
     return float(loss), tape.gradient(loss, z).numpy()
 
 
@@ -100,12 +106,16 @@ def model_loss_and_grad(model, data, key, network):
     return float(loss), tape.gradient(loss, var).numpy()
 
 
-KINDS = ["bce", "focal_dice"]
+# BCE; focal + 0.2 Dice with the focal term averaged over pixels, or per target pixel
+KINDS = [LossConfig(kind="bce"), LossConfig(kind="focal_dice"),
+         LossConfig(kind="focal_dice", mask_focal_normalizer="positives")]
+KIND_IDS = ["bce", "focal_dice", "focal_dice-positives"]
 
 
 def check(model, data, key, network, y, z, scale=1.0):
     got, grad = model_loss_and_grad(model, data, key, network)
-    want, want_grad = reference(model.loss_config.kind, y, z)
+    want, want_grad = reference(model.loss_config.kind, y, z,
+                                model.loss_config.mask_focal_normalizer)
     np.testing.assert_allclose(got, want, rtol=2e-5)
     # both images contribute the same per-sample loss; the mean over them has the gradient of
     # one image's loss, times `scale` where the model's normaliser differs
@@ -114,14 +124,14 @@ def check(model, data, key, network, y, z, scale=1.0):
     assert np.all(np.abs(saturated[y[:4] > 0.5]) > 1e-6)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_one_stage_loss_is_the_logits_path(kind):
+@pytest.mark.parametrize("loss_cfg", KINDS, ids=KIND_IDS)
+def test_one_stage_loss_is_the_logits_path(loss_cfg):
     mask = np.zeros((S, S), np.float32)
     mask[:8, :32] = 1.0  # covers saturated negative logits (rows 0-3)
     mask[24:40, 24:40] = 1.0
     z = logits_pattern(0)
     snet = stub_segmenter(z, "unet")
-    model = OneStageSegmenter(snet, loss_config=LossConfig(kind=kind))
+    model = OneStageSegmenter(snet, loss_config=loss_cfg)
     check(model, batch(mask), "loss", snet, mask[..., None], z)
 
 
@@ -139,34 +149,34 @@ def test_bce_known_answer_on_a_hand_made_batch():
     assert grad[0, 1, 0] == pytest.approx(0.5 / (S * S), rel=1e-6)   # sigmoid(0) - 0
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_coarse_to_fine_losses_are_the_logits_path(kind):
+@pytest.mark.parametrize("loss_cfg", KINDS, ids=KIND_IDS)
+def test_coarse_to_fine_losses_are_the_logits_path(loss_cfg):
     ones = np.ones((S, S), np.float32)  # every crop inside the image samples a target of ones
     zc, zs = logits_pattern(1), logits_pattern(2)
     coarse, snet = stub_segmenter(zc, "coarse"), stub_segmenter(zs, "snet")
-    model = CoarseToFine(coarse, snet, loss_config=LossConfig(kind=kind))
+    model = CoarseToFine(coarse, snet, loss_config=loss_cfg)
     model.compile()  # the step seed reads the optimizer's counter
     data = batch(ones)
     check(model, data, "coarse_loss", coarse, ones[..., None], zc)
     check(model, data, "s_loss", snet, ones[..., None], zs)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_lnet_crop_second_stage_loss_is_the_logits_path(kind):
+@pytest.mark.parametrize("loss_cfg", KINDS, ids=KIND_IDS)
+def test_lnet_crop_second_stage_loss_is_the_logits_path(loss_cfg):
     ones = np.ones((S, S), np.float32)
     zs = logits_pattern(3)
     snet = stub_segmenter(zs, "snet")
     model = LNetCrop(stub_lnet(), snet, train_crop="predicted", top_k=1,
-                     loss_config=LossConfig(kind=kind))
+                     loss_config=loss_cfg)
     model.compile()
     check(model, batch(ones), "s_loss", snet, ones[..., None], zs)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_lsnet_second_stage_loss_is_the_logits_path(kind):
+@pytest.mark.parametrize("loss_cfg", KINDS, ids=KIND_IDS)
+def test_lsnet_second_stage_loss_is_the_logits_path(loss_cfg):
     ones = np.ones((S, S), np.float32)
     zs = logits_pattern(4)
     snet = stub_segmenter(zs, "snet")
-    model = LSNet(stub_lnet(), snet, top_k=1, loss_config=LossConfig(kind=kind))
+    model = LSNet(stub_lnet(), snet, top_k=1, loss_config=loss_cfg)
     model.compile()
     check(model, batch(ones), "s_loss", snet, ones[..., None], zs)

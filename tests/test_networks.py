@@ -11,7 +11,7 @@ from lsnet_tf.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbon
 from lsnet_tf.models.decoders import (attention_gate, decoder_channels, fcn_decoder,
                                       unet_decoder)
 from lsnet_tf.models.lnet import BBR_KERNEL_SIZE, HEATMAP_PRIOR_BIAS, STRIDE, build_lnet
-from lsnet_tf.models.snet import build_snet
+from lsnet_tf.models.snet import build_snet, prior_bias
 
 SHAPE = (64, 64, 1)
 WIDTH = 8
@@ -319,6 +319,34 @@ def test_snet_outputs(family, depth, num_classes, images):
     values = _np(logits)
     assert np.all(np.isfinite(values)) and np.std(values) > 0
     assert values.min() < 0 or values.max() > 1  # logits, not probabilities in [0, 1]
+
+
+def test_prior_bias_is_the_logit_of_the_prior():
+    assert prior_bias(0.0) == 0.0
+    assert prior_bias(0.5) == 0.0
+    assert prior_bias(0.01) == pytest.approx(-4.59512, abs=1e-5)  # -log(99), RetinaNet's pi
+    assert 1 / (1 + math.exp(-prior_bias(0.2))) == pytest.approx(0.2)
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"mask_prior must lie in \\[0, 1\\), received {bad}"):
+            prior_bias(bad)
+
+
+@pytest.mark.parametrize("family, head", [
+    ("unet", ["mask_conv"]), ("attention_unet", ["mask_conv"]),
+    ("fcn", ["decoder_score_p3", "decoder_score_p4", "decoder_score_p5"])])
+def test_snet_mask_prior_sets_the_initial_output(family, head, images):
+    # The output layers' biases start at the prior's logit (FCN: the sum of its three scores),
+    # so with zero head kernels the mask is the prior everywhere; without a prior, 0.5.
+    for prior, expected in ((0.01, 0.01), (0.0, 0.5)):
+        model = build_snet(SHAPE, family=family, depth=18, width=4, num_classes=2,
+                           mask_prior=prior)
+        biases = sum(_np(model.get_layer(name).bias) for name in head)
+        np.testing.assert_allclose(biases, [prior_bias(prior)] * 2, rtol=1e-6)
+        for name in head:
+            layer = model.get_layer(name)
+            layer.kernel.assign(tf.zeros_like(layer.kernel))
+        probs = _np(tf.sigmoid(model(images)))
+        np.testing.assert_allclose(probs, np.full((2, 64, 64, 2), expected), rtol=1e-5)
 
 
 def test_snet_name_and_dynamic_shape():

@@ -24,6 +24,9 @@ def test_validation_runs_every_n_epochs_and_after_the_last(epochs, every, expect
     ("train.eval_every", 0, "train.eval_every must be >= 1"),
     ("train.image_log_epochs", -1, "train.image_log_epochs must be >= 0"),
     ("model.threshold", 1.0, r"model.threshold must lie in \[0, 1\)"),
+    ("model.mask_prior", 1.0, r"model.mask_prior must lie in \[0, 1\) \(0: a zero bias\)"),
+    ("model.mask_prior", -0.01, r"model.mask_prior must lie in \[0, 1\)"),
+    ("loss.mask_focal_normalizer", "pixels", "loss.mask_focal_normalizer must be positives or elements"),
 ])
 def test_bad_settings_are_refused(key, value, message):
     with pytest.raises(ConfigError, match=message):

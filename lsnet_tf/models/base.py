@@ -131,7 +131,8 @@ class SegmentationModel(keras.Model):
         log-sigmoids, nothing clipped), times `weight` ``(B,)``, summed and divided by the
         weights' sum over replicas, or by `global_batch` when given.
         """
-        per = segmentation.per_sample_loss_from_logits(self.loss_config, mask, logits)
+        per = segmentation.per_sample_loss_from_logits(
+            self.loss_config, mask, logits, self.loss_config.mask_focal_normalizer)
         if global_batch is None:
             n = localization.global_sum(tf.reduce_sum(weight))
         else:

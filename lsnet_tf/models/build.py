@@ -57,7 +57,8 @@ def _build_model(cfg: Config):
 
     def snet(depth, preset, family, name):
         return build_snet(input_shape=shape, family=family, depth=depth, width=m.width,
-                          num_classes=m.num_classes, decoder_width=dec, preset=preset, name=name)
+                          num_classes=m.num_classes, decoder_width=dec, preset=preset,
+                          mask_prior=m.mask_prior, name=name)
 
     def lnet():
         return build_lnet(input_shape=shape, family=m.family, depth=m.lnet_depth, width=m.width,

@@ -122,7 +122,8 @@ def unet_decoder(pyramid: dict, out_stride: int = 4, decoder_width: int = 64,
     return x
 
 
-def fcn_decoder(pyramid: dict, out_stride: int = 8, channels: int = 64, name: str = "fcn"):
+def fcn_decoder(pyramid: dict, out_stride: int = 8, channels: int = 64, name: str = "fcn",
+                bias_initializer="zeros"):
     """FCN-8s decoder: summed 1x1 scores of P3, P4, P5, upsampled bilinearly to ``out_stride``.
 
     Args:
@@ -131,6 +132,8 @@ def fcn_decoder(pyramid: dict, out_stride: int = 8, channels: int = 64, name: st
         channels: channels of the score maps; ``num_classes`` gives FCN-8s' class scores, a
             feature width gives a feature map for a head.
         name: prefix of the layer names (``{name}_score_p3``, ``{name}_up16``, ...).
+        bias_initializer: of the P3 score's bias (P4's and P5's start at zero), hence the
+            initial bias of the sum.
 
     Returns:
         ``(batch, H / out_stride, W / out_stride, channels)``, linear in the pyramid features.
@@ -139,7 +142,8 @@ def fcn_decoder(pyramid: dict, out_stride: int = 8, channels: int = 64, name: st
         raise ValueError(f"out_stride must be one of 1, 2, 4, 8, received {out_stride!r}")
     _check_positive_int(channels, "channels")
     _check_pyramid(pyramid, ("P3", "P4", "P5"), "fcn_decoder")
-    score = {k: layers.Conv2D(channels, 1, name=f"{name}_score_{k.lower()}")(pyramid[k])
+    score = {k: layers.Conv2D(channels, 1, name=f"{name}_score_{k.lower()}",
+                              bias_initializer=bias_initializer if k == "P3" else "zeros")(pyramid[k])
              for k in ("P5", "P4", "P3")}
     x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up16")(score["P5"])
     x = layers.Add(name=f"{name}_add16")([x, score["P4"]])

@@ -17,6 +17,8 @@ The paper uses ResNet34 for S-Net and for the one-stage baselines.
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
@@ -25,9 +27,16 @@ from lsnet_tf.models.decoders import (check_family, fcn_decoder, resolve_decoder
                                       unet_decoder)
 
 
+def prior_bias(prior: float) -> float:
+    """The logit of ``prior`` (in [0, 1)); 0 for a prior of 0, which stands for "no prior"."""
+    if not 0 <= prior < 1:
+        raise ValueError(f"mask_prior must lie in [0, 1), received {prior!r}")
+    return 0.0 if prior == 0 else math.log(prior / (1.0 - prior))
+
+
 def build_snet(input_shape=(None, None, 1), family: str = "unet", depth: int = 34, width: int = 64,
                num_classes: int = 1, decoder_width: int | None = None, preset: str = "",
-               name: str = "snet") -> keras.Model:
+               mask_prior: float = 0.0, name: str = "snet") -> keras.Model:
     """Build S-Net (or a one-stage baseline of the same family).
 
     Args:
@@ -39,6 +48,8 @@ def build_snet(input_shape=(None, None, 1), family: str = "unet", depth: int = 3
         decoder_width: U-Net decoder channels at stride 4 (see
             ``lsnet_tf.models.decoders.decoder_channels``); unused by FCN. None or 0: ``width``.
         preset: keras-hub preset (name or folder) with ImageNet weights; "" = random init.
+        mask_prior: prior probability pi of the output: the output layer's bias starts at
+            ``prior_bias(pi) = log(pi / (1 - pi))`` (0: a zero bias, so the mask starts at 0.5).
         name: model name (``"unet"`` / ``"fcn"`` for the baselines, say).
 
     Returns:
@@ -50,15 +61,17 @@ def build_snet(input_shape=(None, None, 1), family: str = "unet", depth: int = 3
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, received {num_classes!r}")
     decoder_width = resolve_decoder_width(decoder_width, width)
+    bias = keras.initializers.Constant(prior_bias(mask_prior))
 
     image = keras.Input(shape=shape, name="image")
     pyramid = build_backbone(depth=depth, width=width, preset=preset, input_shape=shape,
                              name=f"resnet{depth}_encoder")(image)
     if family == "fcn":
-        scores = fcn_decoder(pyramid, out_stride=1, channels=num_classes, name="decoder")
+        scores = fcn_decoder(pyramid, out_stride=1, channels=num_classes, name="decoder",
+                             bias_initializer=bias)
     else:
         feature = unet_decoder(pyramid, out_stride=1, decoder_width=decoder_width,
                                attention=family == "attention_unet", name="decoder")
-        scores = layers.Conv2D(num_classes, 1, name="mask_conv")(feature)
+        scores = layers.Conv2D(num_classes, 1, bias_initializer=bias, name="mask_conv")(feature)
     logits = layers.Activation("linear", dtype="float32", name="logits")(scores)
     return keras.Model(image, logits, name=name)
