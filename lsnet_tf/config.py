@@ -229,7 +229,12 @@ class ModelConfig:
 class LossConfig:
     # "focal_dice" (the paper's: focal + dice_weight * Dice) or "bce" (the ablation).
     kind: str = "focal_dice"
-    focal_alpha: float = 0.25
+    # Focal weight of the target class (1 - alpha weighs the background), in every focal term:
+    # masks and L-Net's heatmap. The paper's value is lost. Lin et al.'s 0.25 (tuned for anchors
+    # in detection) weighs the target three times less than the background; with it one-stage
+    # U-Nets sat for up to 13 of 36 epochs with nothing above 0.5 (docs/experiments.md, "What we
+    # tried against the plateau"). 0.75 weighs the target three times more.
+    focal_alpha: float = 0.75
     focal_gamma: float = 2.0
     # The heatmap's focal loss per image: summed over cells and divided by the number of positive
     # cells (Y > 0.5; "positives", as Lin et al. 2017 normalise by the assigned anchors) or

@@ -243,9 +243,10 @@ def test_lnet_crop_heatmap_loss_is_taken_from_logits():
     expected, terms = localization.localization_loss(
         out["heatmap_logits"], out["ltrb"], data["heatmap"], data["ltrb"], model.loss_config, 2, 4)
     np.testing.assert_allclose(float(losses["heatmap_loss"]), float(terms["heatmap"]), rtol=1e-5)
-    # Each image's one peak costs alpha * -log(sigmoid(-50)) = 0.25 * 50 (the focal weight
+    # Each image's one peak costs alpha * -log(sigmoid(-50)) = 50 alpha (the focal weight
     # (1 - p)^2 is 1 there; the negatives cost ~0), plus at most dice_weight * 1 = 0.2.
-    assert 12.5 - 1e-3 < float(losses["heatmap_loss"]) < 12.7 + 1e-3
+    alpha = model.loss_config.focal_alpha
+    assert 50 * alpha - 1e-3 < float(losses["heatmap_loss"]) < 50 * alpha + 0.2 + 1e-3
     grad = tape.gradient(losses["l_loss"], kp.bias)
     assert grad is not None and float(grad[0]) < -0.1, "the gradient must not die in saturation"
 

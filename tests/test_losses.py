@@ -271,7 +271,7 @@ def test_focal_from_logits_matches_probabilities_and_keeps_gradient():
                                per_sample_loss(cfg, y4, tf.sigmoid(z4)).numpy(), rtol=1e-5)
     # "positives": the focal sum divided by the count of y > 0.5 (1 in each sample here).
     pos = LossConfig(dice_weight=0.0)
-    fl = focal_loss(y4, tf.sigmoid(z4)).numpy().reshape(2, -1)
+    fl = focal_loss(y4, tf.sigmoid(z4), alpha=pos.focal_alpha).numpy().reshape(2, -1)
     np.testing.assert_allclose(per_sample_loss_from_logits(pos, y4, z4, "positives").numpy(),
                                fl.sum(1) / 1.0, rtol=1e-5)
     bce = LossConfig(kind="bce")

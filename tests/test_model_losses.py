@@ -70,10 +70,10 @@ def batch(mask):
             "boxes": tf.constant([[BOX], [BOX]], tf.float32), "num_boxes": tf.constant([1, 1])}
 
 
-def reference(kind, y, z, normalizer="elements"):
+def reference(kind, y, z, normalizer="elements", alpha=0.75):
     """Float64 per-sample loss of logits `z` against `y` (both (S, S, 1)) and its gradient; the
-    focal term averaged over pixels, or (`normalizer` "positives") summed and divided by the
-    number of target pixels."""
+    focal term (target weight `alpha`, gamma 2) averaged over pixels, or (`normalizer`
+    "positives") summed and divided by the number of target pixels."""
     z = tf.constant(z, tf.float64)
     y = tf.constant(y, tf.float64)
     with tf.GradientTape() as tape:
@@ -84,7 +84,8 @@ def reference(kind, y, z, normalizer="elements"):
         if kind == "bce":
             loss = tf.reduce_mean(-y * log_p - (1.0 - y) * log_q)
         else:
-            focal = -0.25 * y * (1.0 - p) ** 2 * log_p - 0.75 * (1.0 - y) * p ** 2 * log_q
+            focal = (-alpha * y * (1.0 - p) ** 2 * log_p
+                     - (1.0 - alpha) * (1.0 - y) * p ** 2 * log_q)
             dice = 1.0 - (2.0 * tf.reduce_sum(y * p) + 1.0) / (tf.reduce_sum(y) + tf.reduce_sum(p)
                                                                 + 1.0)
             if normalizer == "positives":
@@ -108,14 +109,15 @@ def model_loss_and_grad(model, data, key, network):
 
 # BCE; focal + 0.2 Dice with the focal term averaged over pixels, or per target pixel
 KINDS = [LossConfig(kind="bce"), LossConfig(kind="focal_dice"),
+         LossConfig(kind="focal_dice", focal_alpha=0.25),
          LossConfig(kind="focal_dice", mask_focal_normalizer="positives")]
-KIND_IDS = ["bce", "focal_dice", "focal_dice-positives"]
+KIND_IDS = ["bce", "focal_dice", "focal_dice-alpha0.25", "focal_dice-positives"]
 
 
 def check(model, data, key, network, y, z, scale=1.0):
     got, grad = model_loss_and_grad(model, data, key, network)
-    want, want_grad = reference(model.loss_config.kind, y, z,
-                                model.loss_config.mask_focal_normalizer)
+    cfg = model.loss_config
+    want, want_grad = reference(cfg.kind, y, z, cfg.mask_focal_normalizer, cfg.focal_alpha)
     np.testing.assert_allclose(got, want, rtol=2e-5)
     # both images contribute the same per-sample loss; the mean over them has the gradient of
     # one image's loss, times `scale` where the model's normaliser differs
