@@ -364,7 +364,8 @@ def reference_gradients(model, cfg, batch, gamma):
         rois, theta = rr([images, points, dist])
         roi_mask = bilinear_sample(mask, affine_grid(tf.stop_gradient(theta), *roi_size))
         logits = model.snet(rois, training=True)
-        per_image = per_sample_loss_from_logits(cfg.loss, roi_mask, logits)
+        per_image = per_sample_loss_from_logits(cfg.loss, roi_mask, logits,
+                                                cfg.loss.mask_focal_normalizer)
         s_loss = tf.reduce_sum(per_image * has_target) / tf.maximum(tf.reduce_sum(has_target), 1.0)
         total = l_loss + gamma * s_loss
     l_grads = tape.gradient(total, model.lnet.trainable_variables)
@@ -373,17 +374,24 @@ def reference_gradients(model, cfg, batch, gamma):
 
 
 def assert_grads_close(got, ref, what):
-    """Per tensor: |got - ref| <= 1e-5 · max|ref| + 1e-9 (the tensors' entries span decades, so
-    the bound is relative to each tensor's largest entry)."""
+    """Per tensor: |got - ref| <= 2e-4 · max|ref| + 1e-9 (the tensors' entries span decades, so
+    the bound is relative to each tensor's largest entry).
+
+    The model sums ∇L_L and γ∇L_S after two backward passes, the reference differentiates
+    L_L + γ·L_S once: the same sum in float32 in another order. Over eight weight draws of this
+    tiny model the largest L-Net difference was 2e-6 to 2e-5 of its tensor's largest entry
+    (3.7e-5 once in a full suite run). Leaving γ·∇L_S out, or using γ = 0.01 instead of 0.1,
+    moves it by 0.13 and 0.12 of that entry on this model."""
     assert len(got) == len(ref), what
     for k, (g, r) in enumerate(zip(got, ref)):
         g, r = np.asarray(g), np.asarray(r)
-        bound = 1e-5 * np.abs(r).max() + 1e-9
+        bound = 2e-4 * np.abs(r).max() + 1e-9
         assert np.abs(g - r).max() <= bound, (what, k, np.abs(g - r).max(), bound)
 
 
 @pytest.fixture(scope="module")
 def gradient_model():
+    keras.utils.set_random_seed(3)  # the same weights whichever tests ran before
     cfg = tiny_cfg("train.gamma=0.1", "train.seed=3")
     model = compiled(cfg)
     model.optimizer.iterations.assign(5)  # the step seed is [seed, iterations] = [3, 5]
