@@ -51,7 +51,12 @@ def test_gamma_zero_blocks_s_net_gradient_exactly():
 
 
 def test_gamma_scales_the_rr_gradient_linearly():
-    """L-Net's gradient is ∇L_L + γ∇L_S: the γ part doubles when γ doubles."""
+    """L-Net's gradient is ∇L_L + γ∇L_S: the γ part doubles when γ doubles.
+
+    Per tensor, |(g₁ − g₀) − 2(g½ − g₀)| <= 1e-3 · max|g₁|: the backward pass of ∇L_L + γ∇L_S
+    sums in float32, so the three runs round differently. Over ten weight draws of this model the
+    difference was 2e-5 to 5e-5 of the tensor's largest entry; γ² in place of γ gives 0.3-0.8."""
+    keras.utils.set_random_seed(5)  # the same weights whichever tests ran before
     batch = make_batch()
     model = compiled(tiny_cfg())
     grads = {}
@@ -59,7 +64,7 @@ def test_gamma_scales_the_rr_gradient_linearly():
         model.gamma = gamma  # eager calls read it afresh
         grads[gamma] = _lnet_grads(model, batch)
     for g0, gh, g1 in zip(grads[0.0], grads[0.5], grads[1.0]):
-        np.testing.assert_allclose(g1 - g0, 2 * (gh - g0), rtol=1e-3, atol=5e-5)
+        assert np.abs((g1 - g0) - 2 * (gh - g0)).max() <= 1e-3 * np.abs(g1).max() + 1e-9
     assert any(np.abs(a - b).max() > 0 for a, b in zip(grads[1.0], grads[0.0]))
 
 
