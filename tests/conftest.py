@@ -20,6 +20,30 @@ tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 
+# ------------------------------------------------------------------------------- one seed
+# Every test, and every fixture it creates, starts from the same seed (Python, NumPy, TensorFlow
+# and Keras): random weights and data do not depend on which tests ran before in the same worker,
+# so a test passes or fails alike alone, in its file, in the suite and under any xdist split.
+
+
+def _seed_everything():
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_setup(item):
+    _seed_everything()  # the fixtures this test creates
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_call(item):
+    _seed_everything()  # the test body, whichever fixtures were created before it
+    yield
+
+
 # ----------------------------------------------------------------------------- tiny models
 # Shared by the model tests (importable as ``from conftest import ...``: pytest puts tests/ on
 # sys.path, there being no tests/__init__.py). Files that need other settings add them to these.
