@@ -220,6 +220,44 @@ def test_cache_key_holds_the_preset_and_its_settings(tmp_path):
     assert os.path.getmtime(os.path.join(difficult, records.INFO_FILE)) == stamp
 
 
+def test_a_generation_that_starts_during_another_gives_one_whole_dataset(tmp_path, monkeypatch):
+    """Two runs that start on an empty cache at once (here the second starts while the first
+    writes its first shard) each write their own copy; both get the same, complete folder, every
+    slice once, and no work folder is left behind."""
+    import tensorflow as tf
+
+    tiny = SyntheticConfig(num_patients=3, slices_per_patient=2, image_size=64,
+                           max_target_size=24.0, folds=2)
+    real, started, inner = synthetic.generate_patient, [], []
+
+    def generate(cfg, index):
+        if not started:
+            started.append(index)
+            inner.append(synthetic.ensure_dataset(tiny, str(tmp_path), progress=False))
+        yield from real(cfg, index)
+
+    monkeypatch.setattr(synthetic, "generate_patient", generate)
+    out = synthetic.ensure_dataset(tiny, str(tmp_path), progress=False)
+    assert inner == [out] and os.listdir(tmp_path) == [os.path.basename(out)]
+    shards = records.list_shards(out, range(tiny.folds))
+    assert len(shards) == 3
+    assert [sum(1 for _ in tf.data.TFRecordDataset(s)) for s in shards] == [2, 2, 2]
+    assert sum(records.read_info(out)["num_slices"].values()) == 6
+
+
+def test_an_interrupted_generation_is_redone(tmp_path):
+    """A folder without dataset.json (a generation killed half-way) is replaced, not read."""
+    tiny = SyntheticConfig(num_patients=2, slices_per_patient=2, image_size=64,
+                           max_target_size=24.0, folds=2)
+    half = tmp_path / synthetic.config_key(tiny)
+    (half / "fold-0").mkdir(parents=True)
+    (half / "fold-0" / "synthetic-0000.tfrecord").write_bytes(b"cut short")
+    out = synthetic.ensure_dataset(tiny, str(tmp_path), progress=False)
+    assert out == str(half) and os.listdir(tmp_path) == [half.name]
+    assert sum(records.read_info(out)["num_slices"].values()) == 4
+    assert all(os.path.getsize(p) > 100 for p in records.list_shards(out, range(2)))
+
+
 @pytest.mark.parametrize("override, message", [
     ("data.synthetic.preset=medium",
      "data.synthetic.preset must be standard or hard (received 'medium')"),

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -259,15 +261,32 @@ def write_dataset(cfg: SyntheticConfig, out_dir: str, progress: bool = False) ->
 def ensure_dataset(cfg: SyntheticConfig, cache_dir: str, progress: bool = True) -> str:
     """The cached synthetic dataset for `cfg`, generated on first use.
 
-    The folder name carries a hash of the settings, and `dataset.json` is written last, so an
-    interrupted generation is redone rather than read half-finished.
+    The folder name carries a hash of the settings. The dataset is written into a folder of
+    this call's own beside it and renamed into place whole, so an interrupted generation is
+    redone rather than read half-finished, and two processes that start on an empty cache (two
+    training runs at once) never write into the same files: the first to finish wins, and the
+    other's copy, identical, is dropped.
     """
     out = os.path.join(cache_dir, config_key(cfg))
-    if os.path.isfile(os.path.join(out, records.INFO_FILE)):
+    info = os.path.join(out, records.INFO_FILE)
+    if os.path.isfile(info):
         return out
     if progress:
         print(f"generating the synthetic dataset into {out}")
-    return write_dataset(cfg, out, progress=progress)
+    os.makedirs(cache_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=cache_dir)
+    try:
+        write_dataset(cfg, work, progress=progress)
+        if os.path.isdir(out) and not os.path.isfile(info):
+            shutil.rmtree(out, ignore_errors=True)  # an interrupted generation's folder
+        try:
+            os.rename(work, out)
+        except OSError:
+            if not os.path.isfile(info):  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # gone already when it was renamed
+    return out
 
 
 def _figure_slices(cfg: SyntheticConfig, count: int) -> list[dict]:
