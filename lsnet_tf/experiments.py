@@ -28,9 +28,9 @@ For each (row, seed): train with ``lsnet_tf.train.run`` into
 ``<runs-dir>/<dataset>[-e<N>]/<row>/seed<k>/`` (``-e<N>`` with ``--budget-epochs N``), then
 evaluate the latest checkpoint with ``lsnet_tf.evaluate`` (validation fold; also the training
 folds for Table 4's training mIoU) into ``evaluation-<split>-<empty-slices>.json`` beside it; the
-process CPU time of the training goes to ``train-cpu.json``. Resumable: a run whose folder has
-its ``eval.json`` (written by the trainer when training is complete) is not trained again, an
-evaluation file that exists is not recomputed, and an interrupted training resumes from its
+process CPU time of the training, and the commit each session ran at, go to ``train-cpu.json``.
+Resumable: a run whose folder has its ``eval.json`` (written by the trainer when training is
+complete) is not trained again, an evaluation file that exists is not recomputed, and an interrupted training resumes from its
 latest checkpoint. A run folder whose saved config differs from the row's (in anything but
 logging, export and the folder's own path) is an error, found before anything trains (choose
 another ``--runs-dir``), so numbers of different settings never mix. A run of the layout before
@@ -324,15 +324,27 @@ def _row_config_path(row: Row, dataset: str, configs_dir: str | None) -> str:
 CPU_FILE = "train-cpu.json"  # beside a run's eval.json: process CPU time of its training
 
 
-def _add_cpu_seconds(run_dir: str, seconds: float) -> None:
-    """Add one training session's process CPU time to ``<run_dir>/train-cpu.json``."""
+def _commit_label(commit: dict | None) -> str | None:
+    """``sha`` (``sha+dirty`` with uncommitted changes) of a ``_git_commit`` result."""
+    if commit is None:
+        return None
+    return commit["sha"] + ("+dirty" if commit["dirty"] else "")
+
+
+def _add_cpu_seconds(run_dir: str, seconds: float, commit: dict | None = None) -> None:
+    """Add one training session's process CPU time, and the commit it ran at (`commit`, a
+    ``_git_commit`` result), to ``<run_dir>/train-cpu.json``."""
     path = os.path.join(run_dir, CPU_FILE)
     total = {"cpu_seconds": 0.0, "sessions": 0}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             total = json.load(f)
+    commits = list(total.get("commits", []))
+    label = _commit_label(commit)
+    if label is not None and label not in commits:
+        commits.append(label)
     total = {"cpu_seconds": round(total["cpu_seconds"] + seconds, 1),
-             "sessions": total["sessions"] + 1}
+             "sessions": total["sessions"] + 1, "commits": commits}
     if os.path.isdir(run_dir):
         write_json(path, total)
 
@@ -356,11 +368,11 @@ def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/exper
         log(f"[{name}] already trained ({run_dir})")
     else:
         log(f"[{name}] training {cfg.model.architecture} from {path} into {run_dir}")
-        start = time.process_time()
+        start, commit = time.process_time(), _git_commit()
         try:
             train.run(cfg, log=log)
         finally:  # an interrupted session's CPU time counts too
-            _add_cpu_seconds(run_dir, time.process_time() - start)
+            _add_cpu_seconds(run_dir, time.process_time() - start, commit)
     results = {}
     for split in splits:
         out = os.path.join(run_dir, f"evaluation-{split}-{empty_slices}.json")
@@ -678,14 +690,23 @@ def provenance(command: str, seeds: dict, runs: list) -> dict:
     Args:
       command: the command line.
       seeds: ``{row: [seed, ...]}``.
-      runs: every (row, seed) run's ``{"train_seconds", "cpu_seconds"}`` (None where unknown).
+      runs: every (row, seed) run's ``{"train_seconds", "cpu_seconds", "commits"}`` (None
+        where unknown).
     """
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     cpu = [r["cpu_seconds"] for r in runs if r["cpu_seconds"] is not None]
+    trained_at = {}  # commit label: how many runs had a training session at it
+    for r in runs:
+        for label in r.get("commits") or ():
+            trained_at[label] = trained_at.get(label, 0) + 1
     return {
         "commit": _git_commit(),
+        # The commits the runs were trained at (train-cpu.json; runs of older versions of this
+        # command did not record it), and how many runs were not recorded.
+        "trained_at": trained_at,
+        "trained_at_unknown": sum(1 for r in runs if not r.get("commits")),
         "command": command,
         "seeds": {row: list(s) for row, s in seeds.items()},
         "machine": f"{platform.machine()}, {cpu_model() or 'CPU'}, {os.cpu_count()} CPU cores, "
@@ -719,7 +740,22 @@ def _provenance_note(p: dict) -> str:
     return (f"Made by `{p['command']}` at {at}; {seed}; {p['machine']}; Python {p['python']}, "
             f"TensorFlow {p['tensorflow']}; written {p['written']}. Training "
             f"({_count(p['runs'], 'run', 'runs')}): {p['train_seconds'] / 60:.1f} min of "
-            f"wall-clock time (each run's last session, its eval.json){cpu}.")
+            f"wall-clock time (each run's last session, its eval.json){cpu}."
+            + _trained_at_note(p, commit))
+
+
+def _trained_at_note(p: dict, commit: dict | None) -> str:
+    """Where the runs were trained, when it differs from (or cannot be checked against) the
+    commit the table was written at."""
+    trained_at, unknown = p.get("trained_at") or {}, p.get("trained_at_unknown", 0)
+    if list(trained_at) == [_commit_label(commit)] and not unknown:
+        return " Every run was trained at that commit."
+    parts = [f"{label[:12]}{' (with uncommitted changes)' if label.endswith('+dirty') else ''}:"
+             f" {_count(n, 'run', 'runs')}" for label, n in sorted(trained_at.items())]
+    if unknown:
+        parts.append(f"not recorded: {_count(unknown, 'run', 'runs')}")
+    return (" Runs trained at (a resumed run counts at each commit it ran at): "
+            + "; ".join(parts) + ".")
 
 
 def _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for) -> dict:
@@ -738,13 +774,16 @@ def _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for) ->
 
 
 def _run_times(run_dir: str) -> dict:
-    """``{"train_seconds", "cpu_seconds"}`` of a finished run (None where not recorded)."""
-    times = {"train_seconds": None, "cpu_seconds": None}
-    for name, key in (("eval.json", "train_seconds"), (CPU_FILE, "cpu_seconds")):
+    """``{"train_seconds", "cpu_seconds", "commits"}`` of a finished run (None where not
+    recorded)."""
+    times = {"train_seconds": None, "cpu_seconds": None, "commits": None}
+    for name, keys in (("eval.json", ("train_seconds",)), (CPU_FILE, ("cpu_seconds", "commits"))):
         path = os.path.join(run_dir, name)
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                times[key] = json.load(f).get(key)
+                doc = json.load(f)
+            for key in keys:
+                times[key] = doc.get(key)
     return times
 
 

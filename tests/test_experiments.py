@@ -428,6 +428,11 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     assert prov["train_seconds"] == pytest.approx(sum(seconds), abs=0.11)
     assert prov["cpu_seconds_runs"] == 4 and prov["cpu_seconds"] > 0
     assert f"at commit {head[:12]}" in md and "seeds 0, 1 for every row" in md and "CPU cores" in md
+    label = head + ("+dirty" if prov["commit"]["dirty"] else "")  # each run records its commit
+    assert all(json.loads((runs / r / f"seed{k}" / ex.CPU_FILE).read_text())["commits"] == [label]
+               for r in ("unet", "fcn") for k in (0, 1))
+    assert prov["trained_at"] == {label: 4} and prov["trained_at_unknown"] == 0
+    assert "Every run was trained at that commit." in md
     plot = out / "tiny-synthetic-e1-dsc-vs-size.png"  # U-Net is a row of SIZE_PLOT_ROWS
     assert doc["plot"] == plot.name and f"]({plot.name})" in md
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -443,6 +448,7 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     assert trained == [str(fcn1)] and (fcn1 / "eval.json").is_file()
     assert os.path.getmtime(fcn1 / "checkpoints" / "checkpoint") == checkpoint
     assert json.loads((fcn1 / ex.CPU_FILE).read_text())["sessions"] == 2
+    assert json.loads((fcn1 / ex.CPU_FILE).read_text())["commits"] == [label]  # once per commit
 
     # 4. Nothing left to do: nothing trains or evaluates, the same table is written; a run of
     # the layout before seed folders is named and left alone.
@@ -468,3 +474,22 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     assert ex.main(argv) == 0
     assert redone == [str(runs / "unet" / "seed1")]
     assert json.loads(path.read_text())["slices"] == old["slices"]
+
+
+def test_the_commits_runs_were_trained_at_are_stated():
+    """A table written at one commit from runs trained at others (or not recorded, as runs of
+    before the record) says so, with how many runs each."""
+    a, b = "a" * 40, "b" * 40
+    at_a = {"sha": a, "dirty": False}
+    same = {"trained_at": {a: 3}, "trained_at_unknown": 0}
+    assert ex._trained_at_note(same, at_a) == " Every run was trained at that commit."
+    mixed = {"trained_at": {a: 2, b + "+dirty": 1}, "trained_at_unknown": 1}
+    assert ex._trained_at_note(mixed, at_a) == (
+        " Runs trained at (a resumed run counts at each commit it ran at): aaaaaaaaaaaa: 2 runs;"
+        " bbbbbbbbbbbb (with uncommitted changes): 1 run; not recorded: 1 run.")
+    assert ex._trained_at_note(same, {"sha": a, "dirty": True}) == (
+        " Runs trained at (a resumed run counts at each commit it ran at): aaaaaaaaaaaa: 3 runs.")
+    assert ex._trained_at_note({"trained_at": {}, "trained_at_unknown": 2}, None) == (
+        " Runs trained at (a resumed run counts at each commit it ran at): not recorded: 2 runs.")
+    assert ex._commit_label({"sha": a, "dirty": True}) == a + "+dirty"
+    assert ex._commit_label(None) is None
