@@ -26,16 +26,16 @@ other.
 
 For each (row, seed): train with ``lsnet_tf.train.run`` into
 ``<runs-dir>/<dataset>[-e<N>]/<row>/seed<k>/`` (``-e<N>`` with ``--budget-epochs N``), then
-evaluate the latest checkpoint with ``lsnet_tf.evaluate`` (validation fold; also the training
-folds for Table 4's training mIoU) into ``evaluation-<split>-<empty-slices>.json`` beside it; the
-process CPU time of the training, and the commit each session ran at, go to ``train-cpu.json``.
-Resumable: a run whose folder has its ``eval.json`` (written by the trainer when training is
-complete) is not trained again, an evaluation file that exists is not recomputed, and an
-interrupted training resumes from its latest checkpoint. A run folder whose saved config differs from the row's (in anything but
-logging, export and the folder's own path) is an error, found before anything trains (choose
-another ``--runs-dir``), so numbers of different settings never mix. A run of the layout before
-seed folders (``<row>/eval.json``) is not read; moving its files into ``<row>/seed<k>/`` (``k``
-its ``train.seed``) makes it that seed's run.
+evaluate the latest checkpoint with ``lsnet_tf.evaluate`` (validation fold; also the training folds
+for Table 4's training mIoU) into ``evaluation-<split>-<empty-slices>.json`` beside it; the process
+CPU time of the training, and the commit each session ran at, go to ``train-cpu.json``. Resumable:
+a run whose folder has its ``eval.json`` (written by the trainer when training is complete) is not
+trained again, an evaluation file that exists is not recomputed, and an interrupted training
+resumes from its latest checkpoint. A run folder whose saved config differs from the row's (in
+anything but logging, export and the folder's own path) is an error, found before anything trains
+(choose another ``--runs-dir``), so numbers of different settings never mix. A run of the layout
+before seed folders (``<row>/eval.json``) is not read; moving its files into ``<row>/seed<k>/``
+(``k`` its ``train.seed``) makes it that seed's run.
 
 ``--budget-epochs N`` trains N epochs instead of the config's and scales the learning-rate decay
 step with it (``lr_decay_epochs`` becomes ``max(1, round(N * lr_decay_epochs / epochs))``);
