@@ -256,6 +256,9 @@ def test_an_interrupted_generation_is_redone(tmp_path):
     assert out == str(half) and os.listdir(tmp_path) == [half.name]
     assert sum(records.read_info(out)["num_slices"].values()) == 4
     assert all(os.path.getsize(p) > 100 for p in records.list_shards(out, range(2)))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o777 & ~umask  # as os.makedirs would make it
 
 
 @pytest.mark.parametrize("override, message", [

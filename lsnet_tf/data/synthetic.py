@@ -275,6 +275,9 @@ def ensure_dataset(cfg: SyntheticConfig, cache_dir: str, progress: bool = True) 
         print(f"generating the synthetic dataset into {out}")
     os.makedirs(cache_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=cache_dir)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # a folder's usual mode, not mkdtemp's owner-only 0700
     try:
         write_dataset(cfg, work, progress=progress)
         if os.path.isdir(out) and not os.path.isfile(info):
