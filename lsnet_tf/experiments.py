@@ -754,6 +754,8 @@ def _trained_at_note(p: dict, commit: dict | None) -> str:
              f" {_count(n, 'run', 'runs')}" for label, n in sorted(trained_at.items())]
     if unknown:
         parts.append(f"not recorded: {_count(unknown, 'run', 'runs')}")
+    if not parts:  # no runs
+        return ""
     return (" Runs trained at (a resumed run counts at each commit it ran at): "
             + "; ".join(parts) + ".")
 

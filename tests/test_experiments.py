@@ -491,5 +491,6 @@ def test_the_commits_runs_were_trained_at_are_stated():
         " Runs trained at (a resumed run counts at each commit it ran at): aaaaaaaaaaaa: 3 runs.")
     assert ex._trained_at_note({"trained_at": {}, "trained_at_unknown": 2}, None) == (
         " Runs trained at (a resumed run counts at each commit it ran at): not recorded: 2 runs.")
+    assert ex._trained_at_note({"trained_at": {}, "trained_at_unknown": 0}, at_a) == ""
     assert ex._commit_label({"sha": a, "dirty": True}) == a + "+dirty"
     assert ex._commit_label(None) is None
