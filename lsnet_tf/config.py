@@ -279,6 +279,9 @@ class TrainConfig:
     # "auto": multi-worker when TF_CONFIG is set, mirrored over the GPUs when there are several,
     # else the default (single-device) strategy; or "mirrored", "multi_worker", "default".
     strategy: str = "auto"
+    # Over several replicas, batch norm normalises with the statistics of the global batch
+    # (all-reduced every step), as one device would; false: each replica its own share.
+    sync_batch_norm: bool = True
     seed: int = 0
     output_dir: str = "runs/default"
     # The validation pass of fit (every loss term and the DSC of the validation fold, in the logs
@@ -312,6 +315,8 @@ class TrainConfig:
                self.image_log_epochs)
         _check(self.strategy in ("auto", "mirrored", "multi_worker", "default"),
                "train.strategy must be auto, mirrored, multi_worker or default", self.strategy)
+        _check(isinstance(self.sync_batch_norm, bool), "train.sync_batch_norm must be true or false",
+               self.sync_batch_norm)
         _check(isinstance(self.mixed_precision, bool), "train.mixed_precision must be true or false",
                self.mixed_precision)
         _check(isinstance(self.jit_compile, bool), "train.jit_compile must be true or false",

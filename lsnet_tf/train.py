@@ -28,7 +28,8 @@ from lsnet_tf.config import ConfigError, load_config
 from lsnet_tf.data import records
 from lsnet_tf.files import write_json
 from lsnet_tf.metrics.evaluation import evaluate_model
-from lsnet_tf.models.build import build_model, compile_model, parameter_counts
+from lsnet_tf.models.build import (build_model, compile_model, parameter_counts,
+                                   synchronize_batch_norm)
 
 
 def make_strategy(name: str):
@@ -49,6 +50,20 @@ def make_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def build_for(cfg, strategy, steps: int, log=print):
+    """The compiled model of `cfg` for `strategy` (call it in the strategy's scope), `steps`
+    training steps per epoch. Over several replicas with ``train.sync_batch_norm`` (the
+    default) its batch-norm layers normalise with the global batch's statistics."""
+    model = build_model(cfg)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.train.sync_batch_norm and replicas > 1:
+        n = synchronize_batch_norm(model)
+        log(f"batch norm: {n} layers normalise with the statistics of the global batch over "
+            f"{replicas} replicas (train.sync_batch_norm)")
+    compile_model(model, cfg, steps)
+    return model
 
 
 def run(cfg, log=print, timeline=None) -> dict:
@@ -112,8 +127,7 @@ def run(cfg, log=print, timeline=None) -> dict:
                 f"{n_train} training slices skipped")
 
     with strategy.scope():
-        model = build_model(cfg)
-        compile_model(model, cfg, steps)
+        model = build_for(cfg, strategy, steps, log)
         counts = parameter_counts(model)
         log("parameters: " + "  ".join(f"{k} {v:,}" for k, v in counts.items()))
         mark("model")

@@ -169,7 +169,12 @@ def test_train_option_values_are_checked():
         load_config(None, ["train.jit_compile=1"])
     with pytest.raises(ConfigError, match="train.mixed_precision must be true or false"):
         dataclasses.replace(TrainConfig(), mixed_precision="yes").validate()
+    with pytest.raises(ConfigError, match="'train.sync_batch_norm' must be true or false"):
+        load_config(None, ["train.sync_batch_norm=yes please"])
+    with pytest.raises(ConfigError, match="train.sync_batch_norm must be true or false"):
+        dataclasses.replace(TrainConfig(), sync_batch_norm=1).validate()
     assert not TrainConfig().mixed_precision and not TrainConfig().jit_compile
+    assert TrainConfig().sync_batch_norm
 
 
 @pytest.mark.slow

@@ -478,6 +478,9 @@ def test_two_workers_end_with_identical_weights(cache, tmp_path):
     cmd = cli(cache, out, "train.strategy=multi_worker", "train.epochs=1", *UNET)
     texts = run_workers(cmd, tmp_path)
     assert "2 replica(s)" in texts[0] and "worker worker-1" in texts[1]
+    # Batch norm all-reduces its statistics over the two workers (train.sync_batch_norm).
+    assert all(re.search(r"batch norm: \d+ layers normalise with the statistics of the global "
+                         r"batch over 2 replicas", t) for t in texts), texts[0][-2000:]
 
     # The chief (worker 0) writes the run folder, worker 1 only its own checkpoints.
     chief = tf.train.latest_checkpoint(str(out / "checkpoints"))

@@ -41,6 +41,24 @@ def build_model(cfg: Config):
         keras.config.set_dtype_policy(previous)
 
 
+def synchronize_batch_norm(model) -> int:
+    """Make every BatchNormalization layer of `model` normalise, in training mode, with the
+    statistics of the global batch (summed over all replicas with an all-reduce; Keras's
+    ``synchronized``) instead of its replica's share; returns the number of layers.
+
+    ``lsnet_tf.train`` calls it under several replicas when ``train.sync_batch_norm`` is on.
+    Inference (moving statistics) is unchanged; on one device it only swaps TensorFlow's
+    variance for Keras's E[x²] - E[x]², so the trainer leaves it off there.
+    """
+    import keras
+
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.synchronized = True
+    return len(layers)
+
+
 def _build_model(cfg: Config):
     from lsnet_tf.models.cascades import CoarseToFine, LNetCrop
     from lsnet_tf.models.lnet import build_lnet
