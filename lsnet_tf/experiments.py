@@ -8,6 +8,8 @@
         [--seeds 0,1,2] [--seeds-for ROW,ROW=0,1,2,3,4 ...] [--rows a,b]
         [--runs-dir runs/experiments] [--out docs/results] [--empty-slices exclude|include]
         [--no-flops] [--set key=value ...]
+    python -m lsnet_tf.experiments curves TABLE --dataset D [--seeds ...] [--seeds-for ...]
+        [--rows a,b] [--budget-epochs N] [--runs-dir runs/experiments] [--out docs/results]
 
 TABLE is ``table1`` (main comparison), ``table2`` (ablation), ``table3`` (detection vs
 segmentation as the first stage), ``table4`` (the decay factor γ) or ``margin`` (not the
@@ -61,6 +63,11 @@ When the table has any of the U-Net-family rows of ``SIZE_PLOT_ROWS``, a plot of
 against the target's area goes beside it (``...-dsc-vs-size.png``): per bin, the mean over seeds
 of each seed's mean, with bars of ± 1 standard deviation across seeds. ``--rows`` restricts a run
 to some rows (the written table then has only those, and only the claims between them).
+
+``curves`` trains nothing: it draws the runs of the same rows and seeds that ``run`` would train,
+as far as they have got (``lsnet_tf.curves``: each seed's validation DSC and training loss
+against the epoch, and the row's mean), into ``<out>/<table>-<dataset>[-e<N>]-curves.png`` and
+``.json``; runs not started yet are named and left out.
 """
 from __future__ import annotations
 
@@ -77,6 +84,7 @@ import time
 
 import numpy as np
 
+from lsnet_tf import curves
 from lsnet_tf import evaluate as ev
 from lsnet_tf import train
 from lsnet_tf.config import ConfigError, load_config
@@ -789,6 +797,57 @@ def _run_times(run_dir: str) -> dict:
     return times
 
 
+def _table_rows(table, dataset: str, rows=None) -> tuple:
+    """(the ``Table``, its rows named in `rows` or all of them); checks the names."""
+    if isinstance(table, str):
+        if table not in TABLES:
+            raise ExperimentError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        table = TABLES[table]
+    if dataset not in DATASETS:
+        raise ExperimentError(f"dataset must be one of {', '.join(DATASETS)}, received {dataset!r}")
+    chosen = list(table.rows)
+    if rows:
+        known = {r.config for r in table.rows}
+        unknown = [r for r in rows if r not in known]
+        if unknown:
+            raise ExperimentError(f"{table.name} has no rows {unknown}; rows: {', '.join(sorted(known))}")
+        chosen = [r for r in table.rows if r.config in rows]
+    return table, chosen
+
+
+def table_curves(table, dataset: str, budget_epochs: int | None = None,
+                 runs_dir: str = "runs/experiments", out_dir: str = "docs/results", rows=None,
+                 configs_dir: str | None = None, seeds=None, seeds_for=None, log=print) -> dict:
+    """Draw the training curves (``lsnet_tf.curves``) of `table`'s rows at their seeds (as
+    ``run_table`` chooses them) into ``<out>/<table>-<dataset>[-e<N>]-curves.png`` and ``.json``:
+    per row, each seed's validation DSC and training loss against the epoch, and their mean.
+    Trains nothing: a run folder without logs yet is named in the log and left out, and a table
+    with none at all is an error. Returns the JSON's document."""
+    table, chosen = _table_rows(table, dataset, rows)
+    suffix = f"-e{budget_epochs}" if budget_epochs else ""
+    runs = os.path.join(runs_dir, dataset + suffix)
+    row_seeds = _seeds_of_rows(chosen, dataset, configs_dir, (), seeds, seeds_for)
+    groups, missing = {}, []
+    for row in chosen:
+        found = {}
+        for seed in row_seeds[row.config]:
+            run_dir = run_folder(runs, row.config, seed)
+            try:
+                found[f"seed {seed}"] = curves.run_curves(run_dir)
+            except curves.CurvesError:
+                missing.append(run_dir)
+        if found:
+            groups[f"{row.label} ({row.config})"] = found
+    for run_dir in missing:
+        log(f"no training logs in {run_dir}: left out")
+    if not groups:
+        raise ExperimentError(f"no run of {table.name} on {dataset} has training logs under {runs}")
+    path = os.path.join(out_dir, f"{table.name}-{dataset}{suffix}-curves.png")
+    doc = curves.plot_curves(path, groups, f"{table.name}, {dataset}: training curves")
+    log(f"wrote {path} and {os.path.splitext(path)[0]}.json")
+    return doc
+
+
 def run_table(table, dataset: str, budget_epochs: int | None = None,
               runs_dir: str = "runs/experiments", out_dir: str = "docs/results",
               rows=None, overrides=(), empty_slices: str = "exclude", flops: bool = True,
@@ -809,22 +868,10 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
       metric, paper, DSC by size over seeds, and ``per_seed``: each seed's run folder, cells,
       DSC by size and training time), claims, the bootstrap's settings, provenance, the plot.
     """
-    if isinstance(table, str):
-        if table not in TABLES:
-            raise ExperimentError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
-        table = TABLES[table]
-    if dataset not in DATASETS:
-        raise ExperimentError(f"dataset must be one of {', '.join(DATASETS)}, received {dataset!r}")
     if empty_slices not in EMPTY_SLICE_MODES:
         raise ExperimentError(f"empty_slices must be one of {', '.join(EMPTY_SLICE_MODES)}, "
                               f"received {empty_slices!r}")
-    chosen = list(table.rows)
-    if rows:
-        known = {r.config for r in table.rows}
-        unknown = [r for r in rows if r not in known]
-        if unknown:
-            raise ExperimentError(f"{table.name} has no rows {unknown}; rows: {', '.join(sorted(known))}")
-        chosen = [r for r in table.rows if r.config in rows]
+    table, chosen = _table_rows(table, dataset, rows)
     suffix = f"-e{budget_epochs}" if budget_epochs else ""
     runs = os.path.join(runs_dir, dataset + suffix)
     row_seeds = _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for)
@@ -936,6 +983,18 @@ def main(argv=None) -> int:
                      help="these seeds instead of --seeds for the rows named, e.g. "
                           "lsnet_unet,unet,c2f_unet=0,1,2,3,4 (repeatable; rows of other tables "
                           "are ignored)")
+    cur = sub.add_parser("curves", help="draw the training curves of a table's runs (trains "
+                                        "nothing)")
+    cur.add_argument("table", choices=sorted(TABLES))
+    cur.add_argument("--dataset", required=True, choices=DATASETS)
+    cur.add_argument("--budget-epochs", type=int, default=None)
+    cur.add_argument("--rows", help="comma-separated row names (config names) to draw")
+    cur.add_argument("--runs-dir", default="runs/experiments")
+    cur.add_argument("--out", default="docs/results", help="folder of the written figure")
+    cur.add_argument("--configs-dir", default=None, help="default: the repository's configs/")
+    cur.add_argument("--seeds", default=None, metavar="S,S,...", help="as for run")
+    cur.add_argument("--seeds-for", dest="seeds_for", action="append", default=[],
+                     metavar="ROW,ROW=S,S,...", help="as for run")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name in [args.table] if args.table else sorted(TABLES):
@@ -944,6 +1003,11 @@ def main(argv=None) -> int:
     try:
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
         seeds_for = parse_seeds_for(args.seeds_for)
+        if args.command == "curves":
+            table_curves(args.table, args.dataset, args.budget_epochs, args.runs_dir, args.out,
+                         args.rows.split(",") if args.rows else None, args.configs_dir, seeds,
+                         seeds_for)
+            return 0
         doc = run_table(args.table, args.dataset, args.budget_epochs, args.runs_dir, args.out,
                         args.rows.split(",") if args.rows else None, args.overrides,
                         args.empty_slices, not args.no_flops, args.configs_dir,

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from lsnet_tf import train
+from lsnet_tf import curves, train
 from lsnet_tf.models.build import lr_schedule
 from lsnet_tf.config import load_config
 
@@ -79,6 +79,13 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     # lr decays x0.1 every epoch here: after two epochs it is 1e-3 * 0.1 ** 2.
     lr = float(model.optimizer.learning_rate.numpy())
     assert lr == pytest.approx(1e-5, rel=1e-4)
+    # The curves of the two sessions (lsnet_tf.curves reads the trainer's own tags): the training
+    # loss of epochs 1 and 2, the validation pass after each (the last epoch of each session).
+    got = curves.run_curves(str(run))
+    assert sorted(got["train_loss"]) == [1, 2] and sorted(got["validation_dsc"]) == [1, 2]
+    assert sorted(got["validation_loss"]) == [1, 2]
+    assert all(np.isfinite(v) and v > 0 for v in got["train_loss"].values())
+    assert all(0.0 <= v <= 1.0 for v in got["validation_dsc"].values())
 
 
 def test_bad_config_exits_2_with_message(tmp_path, capsys):

@@ -1,0 +1,175 @@
+"""Training curves of finished or running runs: ``python -m lsnet_tf.curves``.
+
+::
+
+    python -m lsnet_tf.curves RUN [RUN ...] --out curves.png [--title TEXT]
+    python -m lsnet_tf.curves --group "U-Net=runs/a/seed0,runs/a/seed1" \\
+        --group "L-SNet=runs/b/seed0,runs/b/seed1" --out curves.png
+
+Reads the TensorBoard logs that ``python -m lsnet_tf.train`` writes into a run folder
+(``RUN/logs/train``: the training loss of every epoch; ``RUN/logs/validation``: the validation
+pass's loss and per-slice DSC, every ``train.eval_every`` epochs and after the last) and draws
+the validation DSC and the training loss against the epoch. Each RUN is its own curve; a
+``--group LABEL=RUN,RUN,...`` (e.g. one row's seeds) draws one thin line per run and its mean
+over the runs (at the epochs that all of them have) as a thick one. ``python -m lsnet_tf.experiments
+curves`` draws a table's rows this way. A run that is still training is drawn up to its last
+logged epoch.
+
+Beside the PNG, ``<out>.json`` (the PNG's name with ``.json``) holds every value drawn: per group,
+per run, ``{"validation_dsc": {epoch: value}, "validation_loss": ..., "train_loss": ...}`` (epochs
+1-based, DSC as a fraction). An epoch logged twice (a run stopped after TensorBoard wrote the epoch
+and before its checkpoint, then resumed) keeps the value written last. A run folder without
+logs is an error naming it; an event file cut short by a crash is read up to the cut.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+# TensorBoard tags of the trainer's logs (Keras's TensorBoard callback, update_freq="epoch").
+TAGS = {"train_loss": ("train", "epoch_loss"),
+        "validation_loss": ("validation", "epoch_loss"),
+        "validation_dsc": ("validation", "epoch_dsc")}
+
+
+class CurvesError(ValueError):
+    """A run folder or log that cannot be drawn; the message names it."""
+
+
+def read_scalars(log_dir: str) -> dict:
+    """``{tag: {step: value}}`` of every scalar summary in the event files of `log_dir`.
+
+    Values written later (by wall-clock time) replace earlier ones at the same step; an event
+    file cut short is read up to the cut. A folder without event files gives ``{}``.
+    """
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    found = {}
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                for value in event.summary.value:
+                    kind = value.WhichOneof("value")
+                    if kind == "simple_value":
+                        number = float(value.simple_value)
+                    elif kind == "tensor" and not value.tensor.tensor_shape.dim:
+                        number = float(tf.make_ndarray(value.tensor))
+                    else:  # images, histograms, text
+                        continue
+                    found.setdefault(value.tag, []).append((event.wall_time, event.step, number))
+        except tf.errors.DataLossError:
+            pass  # a truncated last record: keep what was read
+    return {tag: {step: v for _, step, v in sorted(points, key=lambda p: p[0])}
+            for tag, points in found.items()}
+
+
+def run_curves(run_dir: str) -> dict:
+    """``{name: {epoch: value}}`` for each name of ``TAGS`` (epochs 1-based; a name the run has
+    not logged is empty). Raises CurvesError when `run_dir` has no logs."""
+    logs = os.path.join(run_dir, "logs")
+    if not os.path.isdir(run_dir):
+        raise CurvesError(f"{run_dir}: no such run folder")
+    scalars = {sub: read_scalars(os.path.join(logs, sub)) for sub in ("train", "validation")}
+    if not any(scalars.values()):
+        raise CurvesError(f"{run_dir}: no TensorBoard scalars under {logs}/train or "
+                          f"{logs}/validation (is it a run folder of python -m lsnet_tf.train?)")
+    return {name: {int(step) + 1: value
+                   for step, value in sorted(scalars[sub].get(tag, {}).items())}
+            for name, (sub, tag) in TAGS.items()}
+
+
+def group_mean(curves: list) -> dict:
+    """``{epoch: mean}`` over `curves` (``{epoch: value}`` each) at the epochs all of them have."""
+    if not curves:
+        return {}
+    epochs = sorted(set.intersection(*(set(c) for c in curves)))
+    return {e: sum(c[e] for c in curves) / len(curves) for e in epochs}
+
+
+def plot_curves(path: str, groups: dict, title: str) -> dict:
+    """Draw `groups` (``{label: {run_name: run_curves(...)}}``) into the PNG `path` and write
+    the values drawn to ``<path without .png>.json``; returns that JSON's document."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lsnet_tf.files import atomic_write, write_json
+
+    if not groups or not any(groups.values()):
+        raise CurvesError("no runs to draw")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    doc = {"title": title, "groups": {}}
+    for k, (label, runs) in enumerate(groups.items()):
+        colour = colours[k % len(colours)]
+        doc["groups"][label] = {"runs": runs, "mean": {}}
+        for name, ax, scale in (("validation_dsc", top, 100.0), ("train_loss", bottom, 1.0)):
+            series = [c[name] for c in runs.values() if c[name]]
+            many = len(series) > 1
+            for s in series:
+                ax.plot(list(s), [scale * v for v in s.values()], color=colour,
+                        linewidth=0.8 if many else 1.8, alpha=0.45 if many else 1.0,
+                        marker="." if name == "validation_dsc" else None,
+                        label=None if many else f"{label} ({len(runs)} run)")
+            mean = group_mean(series)
+            doc["groups"][label]["mean"][name] = mean
+            if many and mean:
+                ax.plot(list(mean), [scale * v for v in mean.values()], color=colour,
+                        linewidth=2.2, label=f"{label}: mean of {len(series)} runs")
+    top.set_ylabel("validation per-slice DSC (%)")
+    top.set_ylim(-2, 102)
+    top.set_title(title)
+    top.legend(loc="lower right", fontsize=8)
+    bottom.set_ylabel("training loss (each model's own)")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("epoch")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    write_json(os.path.splitext(path)[0] + ".json", doc)
+    return doc
+
+
+def _parse_group(spec: str) -> tuple:
+    label, sep, runs = spec.partition("=")
+    if not sep or not label.strip() or not runs.strip():
+        raise CurvesError(f"--group takes LABEL=RUN,RUN,..., received {spec!r}")
+    return label.strip(), [r for r in runs.split(",") if r]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lsnet_tf.curves", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="run folders, one curve each")
+    parser.add_argument("--group", action="append", default=[], metavar="LABEL=RUN,RUN",
+                        help="runs drawn together with their mean (repeatable)")
+    parser.add_argument("--out", required=True, help="the PNG to write (and its .json)")
+    parser.add_argument("--title", default="Training curves")
+    args = parser.parse_args(argv)
+    try:
+        if not args.out.endswith(".png"):
+            raise CurvesError(f"--out must name a .png file, received {args.out!r}")
+        specs = [(os.path.normpath(r), [r]) for r in args.runs]
+        specs += [_parse_group(g) for g in args.group]
+        if not specs:
+            raise CurvesError("give run folders or --group LABEL=RUN,RUN")
+        groups = {label: {r: run_curves(r) for r in runs} for label, runs in specs}
+        plot_curves(args.out, groups, args.title)
+    except CurvesError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Training curves (``lsnet_tf.curves``, ``python -m lsnet_tf.experiments curves``) from
+TensorBoard event files written here with known values; ``tests/test_train.py`` reads a real
+training run's logs with them."""
+import json
+import os
+
+import matplotlib.image
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lsnet_tf import curves, experiments
+
+
+def write_scalars(log_dir, tag, values, start=0):
+    """Scalars `values` at steps start, start+1, ... as the Keras TensorBoard callback writes
+    them (tensor summaries), in a new event file of `log_dir`."""
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        for step, value in enumerate(values, start):
+            tf.summary.scalar(tag, value, step=step)
+    writer.close()
+
+
+def fake_run(run, train_loss, dsc, every=2):
+    """A run folder with the trainer's tags: `train_loss` every epoch, the validation pass's
+    `dsc` (and a loss of 1 - dsc) every `every` epochs from epoch `every`."""
+    write_scalars(run / "logs" / "train", "epoch_loss", train_loss)
+    writer = tf.summary.create_file_writer(str(run / "logs" / "validation"))
+    with writer.as_default():
+        for k, value in enumerate(dsc):
+            step = (k + 1) * every - 1
+            tf.summary.scalar("epoch_dsc", value, step=step)
+            tf.summary.scalar("epoch_loss", 1.0 - value, step=step)
+    writer.close()
+    return str(run)
+
+
+def test_read_scalars_later_values_win_and_images_are_skipped(tmp_path):
+    write_scalars(tmp_path, "epoch_loss", [0.5, 0.4, 0.3])
+    # A resumed session writes epoch 3 (step 2) again, and epoch 4; then an image summary.
+    write_scalars(tmp_path, "epoch_loss", [0.25, 0.2], start=2)
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        tf.summary.image("input", tf.zeros([1, 4, 4, 1]), step=0)
+    writer.close()
+    got = curves.read_scalars(str(tmp_path))
+    assert list(got) == ["epoch_loss"]
+    assert got["epoch_loss"] == pytest.approx({0: 0.5, 1: 0.4, 2: 0.25, 3: 0.2})
+    assert curves.read_scalars(str(tmp_path / "none")) == {}
+
+
+def test_a_truncated_event_file_is_read_up_to_the_cut(tmp_path):
+    write_scalars(tmp_path, "epoch_loss", [0.5, 0.4, 0.3])
+    path, = [p for p in tmp_path.iterdir() if p.name.startswith("events.out")]
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])  # the last record (step 2) cut short, as by a crash
+    assert curves.read_scalars(str(tmp_path))["epoch_loss"] == pytest.approx({0: 0.5, 1: 0.4})
+
+
+def test_run_curves_reads_the_trainer_tags_by_epoch(tmp_path):
+    run = fake_run(tmp_path / "run", [0.9, 0.5, 0.3, 0.2], [0.25, 0.75])
+    got = curves.run_curves(run)
+    assert got["train_loss"] == pytest.approx({1: 0.9, 2: 0.5, 3: 0.3, 4: 0.2})
+    assert got["validation_dsc"] == pytest.approx({2: 0.25, 4: 0.75})
+    assert got["validation_loss"] == pytest.approx({2: 0.75, 4: 0.25})
+
+
+def test_run_curves_errors_name_the_folder(tmp_path):
+    with pytest.raises(curves.CurvesError, match=f"{tmp_path / 'absent'}: no such run folder"):
+        curves.run_curves(str(tmp_path / "absent"))
+    (tmp_path / "empty" / "logs" / "train").mkdir(parents=True)
+    with pytest.raises(curves.CurvesError, match="empty: no TensorBoard scalars under"):
+        curves.run_curves(str(tmp_path / "empty"))
+
+
+def test_group_mean_is_taken_at_the_epochs_every_run_has():
+    assert curves.group_mean([{1: 0.2, 2: 0.4, 3: 0.9}, {2: 0.6, 3: 0.5}]) == pytest.approx(
+        {2: 0.5, 3: 0.7})
+    assert curves.group_mean([]) == {}
+
+
+def test_cli_draws_runs_and_groups(tmp_path, capsys):
+    a = fake_run(tmp_path / "a", [0.9, 0.5], [0.5])
+    b = fake_run(tmp_path / "b", [0.8, 0.4], [0.7])
+    c = fake_run(tmp_path / "c", [0.6, 0.2, 0.1, 0.05], [0.1, 0.3])
+    out = tmp_path / "fig" / "curves.png"
+    assert curves.main([c, "--group", f"two={a},{b}", "--out", str(out)]) == 0
+    image = matplotlib.image.imread(str(out))
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300
+    doc = json.loads((tmp_path / "fig" / "curves.json").read_text())
+    assert list(doc["groups"]) == [os.path.normpath(c), "two"]
+    two = doc["groups"]["two"]
+    assert two["mean"]["validation_dsc"] == pytest.approx({"2": 0.6})
+    assert two["mean"]["train_loss"] == pytest.approx({"1": 0.85, "2": 0.45})
+    assert two["runs"][a]["validation_dsc"] == pytest.approx({"2": 0.5})
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "x.png"], "give run folders or --group"),
+    (["--group", "nolabel", "--out", "x.png"], "--group takes LABEL=RUN,RUN"),
+    (["RUN", "--out", "x.svg"], "--out must name a .png file"),
+])
+def test_cli_errors(tmp_path, capsys, args, message):
+    assert curves.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_error_for_a_folder_without_logs(tmp_path, capsys):
+    assert curves.main([str(tmp_path), "--out", str(tmp_path / "c.png")]) == 2
+    assert "no TensorBoard scalars" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_experiments_curves_draws_the_rows_seeds_and_names_the_missing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    root = runs / "synthetic"
+    fake_run(root / "unet" / "seed0", [0.5, 0.3], [0.6])
+    fake_run(root / "unet" / "seed1", [0.7, 0.5], [0.8])
+    fake_run(root / "lsnet_unet" / "seed0", [1.5, 1.0], [0.9])
+    out = tmp_path / "out"
+    assert experiments.main(["curves", "table1", "--dataset", "synthetic", "--rows",
+                             "unet,lsnet_unet", "--seeds", "0,1", "--runs-dir", str(runs),
+                             "--out", str(out)]) == 0
+    assert f"no training logs in {root / 'lsnet_unet' / 'seed1'}: left out" in \
+        capsys.readouterr().out
+    doc = json.loads((out / "table1-synthetic-curves.json").read_text())
+    assert list(doc["groups"]) == ["U-Net (unet)", "L-SNet (U-Net) (lsnet_unet)"]
+    unet = doc["groups"]["U-Net (unet)"]
+    assert sorted(unet["runs"]) == ["seed 0", "seed 1"]
+    assert unet["mean"]["validation_dsc"] == pytest.approx({"2": 0.7})
+    assert (out / "table1-synthetic-curves.png").is_file()
+    # Nothing trained at all: an error, exit status 2.
+    assert experiments.main(["curves", "table4", "--dataset", "synthetic", "--rows",
+                             "lsnet_unet_gamma1", "--runs-dir", str(runs), "--out",
+                             str(out)]) == 2
+    assert "no run of table4 on synthetic has training logs" in capsys.readouterr().err
