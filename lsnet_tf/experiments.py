@@ -7,7 +7,7 @@
         [--budget-epochs N]
         [--seeds 0,1,2] [--seeds-for ROW,ROW=0,1,2,3,4 ...] [--rows a,b]
         [--runs-dir runs/experiments] [--out docs/results] [--empty-slices exclude|include]
-        [--no-flops] [--set key=value ...]
+        [--no-flops] [--set key=value ...] [--parallel]
     python -m lsnet_tf.experiments curves TABLE --dataset D [--seeds ...] [--seeds-for ...]
         [--rows a,b] [--budget-epochs N] [--runs-dir runs/experiments] [--out docs/results]
 
@@ -63,6 +63,14 @@ When the table has any of the U-Net-family rows of ``SIZE_PLOT_ROWS``, a plot of
 against the target's area goes beside it (``...-dsc-vs-size.png``): per bin, the mean over seeds
 of each seed's mean, with bars of ± 1 standard deviation across seeds. ``--rows`` restricts a run
 to some rows (the written table then has only those, and only the claims between them).
+
+``--parallel`` lets several processes run the same command at once, e.g. one per GPU
+(``CUDA_VISIBLE_DEVICES=0 ... --parallel & CUDA_VISIBLE_DEVICES=1 ... --parallel``) or one per
+machine on shared storage: each (row, seed) is trained and evaluated by the process that locks
+it first (``<run>.lock`` beside its folder, an ``fcntl`` lock that ends with its process, so a
+killed worker leaves nothing to clean up), and the others go on to the next. A process that is
+done while others still hold runs says which and ends without writing the table; the one that
+finishes last writes it (or run the command again once they are all done).
 
 ``curves`` trains nothing: it draws the runs of the same rows and seeds that ``run`` would train,
 as far as they have got (``lsnet_tf.curves``: each seed's validation DSC and training loss
@@ -355,6 +363,43 @@ def _add_cpu_seconds(run_dir: str, seconds: float, commit: dict | None = None) -
              "sessions": total["sessions"] + 1, "commits": commits}
     if os.path.isdir(run_dir):
         write_json(path, total)
+
+
+class RunLock:
+    """An exclusive lock on one run folder for ``run_table(parallel=True)``: ``<run>.lock``
+    beside it, held with ``fcntl.flock`` while the run trains and is evaluated. The operating
+    system releases it when its process ends, however it ends, so a killed worker leaves no
+    stale claim. ``held``: whether this process got it; ``owner``: the holder's host, pid and
+    start time as it wrote them (for messages)."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.normpath(run_dir) + ".lock"
+        self.held, self.owner, self._fd = False, None, None
+
+    def __enter__(self):
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.owner = os.pread(self._fd, 512, 0).decode("utf-8", "replace").strip() or "?"
+            os.close(self._fd)
+            self._fd = None
+            return self
+        self.held = True
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"host {platform.node()}, pid {os.getpid()}, since {started}\n"
+                  .encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the lock
+            self._fd = None
+        return False
 
 
 def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/experiments",
@@ -852,7 +897,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
               runs_dir: str = "runs/experiments", out_dir: str = "docs/results",
               rows=None, overrides=(), empty_slices: str = "exclude", flops: bool = True,
               configs_dir: str | None = None, log=print, command: str | None = None,
-              seeds=None, seeds_for=None) -> dict:
+              seeds=None, seeds_for=None, parallel: bool = False) -> dict | None:
     """Train and evaluate every row of `table` (a ``Table`` or a key of ``TABLES``) at each of
     its seeds and write the table (mean ± sd over seeds), its size breakdown, its claims
     (``evaluate_claims``) and (see ``SIZE_PLOT_ROWS``) its DSC-against-size plot.
@@ -862,6 +907,10 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
       seeds_for: ``{row: seeds}`` instead of `seeds` for the rows named (``parse_seeds_for``;
         rows not in the table are ignored).
       command: the command line recorded in the table.
+      parallel: several processes run this table at once (``--parallel``): each (row, seed) is
+        run by the process that locks it first (``RunLock``); a process that finds runs still
+        held by others when it is done returns None without writing the table, so the one that
+        finishes last writes it.
 
     Returns:
       the table's JSON: title, dataset, rows (each with its seeds, ours as ``mean_sd`` per
@@ -887,12 +936,36 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
                 "seed folders: not used (move its files into seed<k>/ to use it)")
     # Seed by seed, the rows one after the other: an early stop leaves whole seeds.
     evaluations = {row.config: {} for row in chosen}
-    for seed in sorted({s for v in row_seeds.values() for s in v}):
-        for row in chosen:
-            if seed in row_seeds[row.config]:
-                evaluations[row.config][seed] = run_row(
-                    row, dataset, table.splits, runs, configs_dir, overrides, budget_epochs,
-                    empty_slices, flops, log, seed=seed)
+    units = [(row, seed) for seed in sorted({s for v in row_seeds.values() for s in v})
+             for row in chosen if seed in row_seeds[row.config]]
+
+    def run_unit(row, seed, say_held=True):
+        """True when (row, seed) is evaluated; False when another process holds it."""
+        if not parallel:
+            evaluations[row.config][seed] = run_row(
+                row, dataset, table.splits, runs, configs_dir, overrides, budget_epochs,
+                empty_slices, flops, log, seed=seed)
+            return True
+        with RunLock(run_folder(runs, row.config, seed)) as lock:
+            if not lock.held:
+                if say_held:
+                    log(f"[{row.config} seed {seed}] being run by another process "
+                        f"({lock.owner}): left to it")
+                return False
+            evaluations[row.config][seed] = run_row(
+                row, dataset, table.splits, runs, configs_dir, overrides, budget_epochs,
+                empty_slices, flops, log, seed=seed)
+            return True
+
+    left = [(row, seed) for row, seed in units if not run_unit(row, seed)]
+    # --parallel: the runs other processes held may have finished meanwhile (read, not trained
+    # again); any still held leave the table to the process that finishes last.
+    left = [(row, seed) for row, seed in left if not run_unit(row, seed, say_held=False)]
+    if left:
+        log(f"{_count(len(left), 'run is', 'runs are')} still being run by other processes "
+            f"({', '.join(f'{r.config} seed {s}' for r, s in left)}): the table is written by "
+            "the process that finishes last (or run this command again)")
+        return None
     for row in chosen:  # each row's seeds in the order given
         evaluations[row.config] = {s: evaluations[row.config][s] for s in row_seeds[row.config]}
     summary = {row.config: summarize_row(table, evaluations[row.config]) for row in chosen}
@@ -983,6 +1056,10 @@ def main(argv=None) -> int:
                      help="these seeds instead of --seeds for the rows named, e.g. "
                           "lsnet_unet,unet,c2f_unet=0,1,2,3,4 (repeatable; rows of other tables "
                           "are ignored)")
+    run.add_argument("--parallel", action="store_true",
+                     help="several processes run this command at once (e.g. one per GPU): each "
+                          "(row, seed) is run by the first that locks it, and the process that "
+                          "finishes last writes the table")
     cur = sub.add_parser("curves", help="draw the training curves of a table's runs (trains "
                                         "nothing)")
     cur.add_argument("table", choices=sorted(TABLES))
@@ -1013,10 +1090,12 @@ def main(argv=None) -> int:
                         args.empty_slices, not args.no_flops, args.configs_dir,
                         command="python -m lsnet_tf.experiments " + shlex.join(
                             sys.argv[1:] if argv is None else argv),
-                        seeds=seeds, seeds_for=seeds_for)
+                        seeds=seeds, seeds_for=seeds_for, parallel=args.parallel)
     except (ExperimentError, ConfigError, ev.EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if doc is None:  # --parallel: other processes still run some rows
+        return 0
     print(json.dumps(doc["rows"], indent=2))
     if doc["claims_summary"]:
         print(doc["claims_summary"])

@@ -494,3 +494,90 @@ def test_the_commits_runs_were_trained_at_are_stated():
     assert ex._trained_at_note({"trained_at": {}, "trained_at_unknown": 0}, at_a) == ""
     assert ex._commit_label({"sha": a, "dirty": True}) == a + "+dirty"
     assert ex._commit_label(None) is None
+
+
+# ----------------------------------------------------------------------------- --parallel
+
+PARALLEL = ex.Table("par", "Two rows", ("Method",), ("dsc",), (
+    ex.Row("fcn", "FCN", {}), ex.Row("attention_unet", "Attention U-Net", {})), ())
+
+
+def test_parallel_processes_share_the_runs_and_the_last_one_writes_the_table(
+        tmp_path, monkeypatch, capsys):
+    """``--parallel``: a run another process holds is left to it; a process done while a run is
+    still held writes no table; one that finds every run done writes it; a run released while a
+    process works is picked up before it ends."""
+    monkeypatch.setitem(ex.TABLES, "par", PARALLEL)
+    ran = []
+
+    def fake_run_row(row, dataset, splits, runs, *args, seed=None, **kw):
+        ran.append((row.config, seed))
+        if (row.config, seed) == ("attention_unet", 1) and hook:
+            hook.pop()()
+        return _evaluation(0.5 + 0.1 * seed, 0.4)
+
+    hook = []
+    monkeypatch.setattr(ex, "run_row", fake_run_row)
+    runs = tmp_path / "runs"
+    out = tmp_path / "out"
+    argv = ["run", "par", "--dataset", "synthetic", "--seeds", "0,1", "--no-flops", "--parallel",
+            "--runs-dir", str(runs), "--out", str(out)]
+    other = ex.RunLock(ex.run_folder(str(runs / "synthetic"), "fcn", 1))
+    with other:  # another process trains FCN at seed 1 throughout
+        assert other.held
+        assert ex.main(argv) == 0
+        text = capsys.readouterr().out
+    assert ran == [("fcn", 0), ("attention_unet", 0), ("attention_unet", 1)]
+    assert text.count(f"[fcn seed 1] being run by another process (host ") == 1
+    assert f", pid {os.getpid()}, since " in text
+    assert text.splitlines()[-1] == (
+        "1 run is still being run by other processes (fcn seed 1): the table is written by the "
+        "process that finishes last (or run this command again)")
+    assert not out.exists()
+    assert (runs / "synthetic" / "fcn" / "seed1.lock").is_file()
+
+    # FCN's seed 1 is released while this process runs its last unit: it is picked up at the
+    # end, and the table is written.
+    ran.clear()
+    other = ex.RunLock(ex.run_folder(str(runs / "synthetic"), "fcn", 1)).__enter__()
+    hook.append(lambda: other.__exit__(None, None, None))
+    assert ex.main(argv) == 0
+    assert ran == [("fcn", 0), ("attention_unet", 0), ("attention_unet", 1), ("fcn", 1)]
+    doc = json.loads((out / "par-synthetic.json").read_text())
+    assert [r["seeds"] for r in doc["rows"]] == [[0, 1], [0, 1]]
+    assert "still being run" not in capsys.readouterr().out
+    # Without --parallel no lock is consulted.
+    with ex.RunLock(ex.run_folder(str(runs / "synthetic"), "fcn", 0)):
+        ran.clear()
+        assert ex.main([a for a in argv if a != "--parallel"]) == 0
+        assert ("fcn", 0) in ran
+
+
+def test_a_run_lock_ends_with_its_process(tmp_path):
+    """The lock of a killed worker is free at once; while it lives, its owner is named."""
+    import signal
+    import subprocess
+    import sys
+
+    run = str(tmp_path / "runs" / "unet" / "seed0")
+    code = ("import sys, time\n"
+            "from lsnet_tf.experiments import RunLock\n"
+            f"lock = RunLock({run!r}).__enter__()\n"
+            "print('held' if lock.held else 'not held', flush=True)\n"
+            "time.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(CONFIGS))
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with ex.RunLock(run) as lock:
+            assert not lock.held and f"pid {child.pid}, since " in lock.owner
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        with ex.RunLock(run) as lock:
+            assert lock.held and lock.owner is None
+            with ex.RunLock(run) as again:  # a second lock of a held run, in one process too
+                assert not again.held
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
