@@ -1030,6 +1030,25 @@ def describe(table: Table, dataset: str = "synthetic") -> str:
     return "\n".join(lines)
 
 
+def _table_arguments(parser, verb: str, out_help: str) -> None:
+    """The arguments that choose a table's runs (``run`` and ``curves``)."""
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--budget-epochs", type=int, default=None)
+    parser.add_argument("--rows", help=f"comma-separated row names (config names) to {verb}")
+    parser.add_argument("--runs-dir", default="runs/experiments")
+    parser.add_argument("--out", default="docs/results", help=out_help)
+    parser.add_argument("--configs-dir", default=None, help="default: the repository's configs/")
+    parser.add_argument("--seeds", default=None, metavar="S,S,...",
+                        help="every row at each of these seeds (train.seed), e.g. 0,1,2; "
+                             "default: each row config's train.seed")
+    parser.add_argument("--seeds-for", dest="seeds_for", action="append", default=[],
+                        metavar="ROW,ROW=S,S,...",
+                        help="these seeds instead of --seeds for the rows named, e.g. "
+                             "lsnet_unet,unet,c2f_unet=0,1,2,3,4 (repeatable; rows of other "
+                             "tables are ignored)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lsnet_tf.experiments", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1037,41 +1056,18 @@ def main(argv=None) -> int:
     ls = sub.add_parser("list", help="print the tables and their rows")
     ls.add_argument("table", nargs="?", choices=sorted(TABLES))
     run = sub.add_parser("run", help="train and evaluate every row of a table")
-    run.add_argument("table", choices=sorted(TABLES))
-    run.add_argument("--dataset", required=True, choices=DATASETS)
-    run.add_argument("--budget-epochs", type=int, default=None)
-    run.add_argument("--rows", help="comma-separated row names (config names) to run")
-    run.add_argument("--runs-dir", default="runs/experiments")
-    run.add_argument("--out", default="docs/results", help="folder of the written tables")
-    run.add_argument("--configs-dir", default=None, help="default: the repository's configs/")
+    _table_arguments(run, "run", "folder of the written tables")
     run.add_argument("--empty-slices", default="exclude", choices=EMPTY_SLICE_MODES)
     run.add_argument("--no-flops", action="store_true")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value of every row (repeatable)")
-    run.add_argument("--seeds", default=None, metavar="S,S,...",
-                     help="run every row at each of these seeds (train.seed), e.g. 0,1,2; "
-                          "default: each row config's train.seed")
-    run.add_argument("--seeds-for", dest="seeds_for", action="append", default=[],
-                     metavar="ROW,ROW=S,S,...",
-                     help="these seeds instead of --seeds for the rows named, e.g. "
-                          "lsnet_unet,unet,c2f_unet=0,1,2,3,4 (repeatable; rows of other tables "
-                          "are ignored)")
     run.add_argument("--parallel", action="store_true",
                      help="several processes run this command at once (e.g. one per GPU): each "
                           "(row, seed) is run by the first that locks it, and the process that "
                           "finishes last writes the table")
     cur = sub.add_parser("curves", help="draw the training curves of a table's runs (trains "
                                         "nothing)")
-    cur.add_argument("table", choices=sorted(TABLES))
-    cur.add_argument("--dataset", required=True, choices=DATASETS)
-    cur.add_argument("--budget-epochs", type=int, default=None)
-    cur.add_argument("--rows", help="comma-separated row names (config names) to draw")
-    cur.add_argument("--runs-dir", default="runs/experiments")
-    cur.add_argument("--out", default="docs/results", help="folder of the written figure")
-    cur.add_argument("--configs-dir", default=None, help="default: the repository's configs/")
-    cur.add_argument("--seeds", default=None, metavar="S,S,...", help="as for run")
-    cur.add_argument("--seeds-for", dest="seeds_for", action="append", default=[],
-                     metavar="ROW,ROW=S,S,...", help="as for run")
+    _table_arguments(cur, "draw", "folder of the written figure")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name in [args.table] if args.table else sorted(TABLES):
