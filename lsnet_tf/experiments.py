@@ -80,6 +80,7 @@ against the epoch, and the row's mean), into ``<out>/<table>-<dataset>[-e<N>]-cu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -941,13 +942,9 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
 
     def run_unit(row, seed, say_held=True):
         """True when (row, seed) is evaluated; False when another process holds it."""
-        if not parallel:
-            evaluations[row.config][seed] = run_row(
-                row, dataset, table.splits, runs, configs_dir, overrides, budget_epochs,
-                empty_slices, flops, log, seed=seed)
-            return True
-        with RunLock(run_folder(runs, row.config, seed)) as lock:
-            if not lock.held:
+        with (RunLock(run_folder(runs, row.config, seed)) if parallel
+              else contextlib.nullcontext()) as lock:
+            if lock is not None and not lock.held:
                 if say_held:
                     log(f"[{row.config} seed {seed}] being run by another process "
                         f"({lock.owner}): left to it")
