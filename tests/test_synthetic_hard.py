@@ -318,8 +318,9 @@ def test_hard_rows_are_the_synthetic_rows_on_the_hard_preset(row):
     a, b = flat(on_hard.to_dict()), flat(plain.to_dict())
     differ = {k for k in a if a[k] != b[k]}
     assert differ == {"data.synthetic.preset", "train.output_dir", "export.name",
-                      "model.mask_prior"}
+                      "model.mask_prior", "model.decoder_width"}
     assert plain.model.mask_prior == 0.0 and on_hard.model.mask_prior == 0.01
+    assert plain.model.decoder_width == 0 and on_hard.model.decoder_width == 32
     assert on_hard.data.synthetic.preset == "hard" and on_hard.data.synthetic == SyntheticConfig(
         preset="hard")  # the preset's defaults, spelled out in hard/base.yaml
     assert on_hard.train.output_dir == plain.train.output_dir.replace("runs/synthetic/",
