@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 
@@ -32,6 +33,7 @@ import sys
 TAGS = {"train_loss": ("train", "epoch_loss"),
         "validation_loss": ("validation", "epoch_loss"),
         "validation_dsc": ("validation", "epoch_dsc")}
+CURVES_FILE = "curves.json"  # a run's curves kept without its logs (see the module's doc)
 
 
 class CurvesError(ValueError):
@@ -69,12 +71,19 @@ def read_scalars(log_dir: str) -> dict:
 
 def run_curves(run_dir: str) -> dict:
     """``{name: {epoch: value}}`` for each name of ``TAGS`` (epochs 1-based; a name the run has
-    not logged is empty). Raises CurvesError when `run_dir` has no logs."""
+    not logged is empty), from its logs or, without them, its ``CURVES_FILE``. Raises
+    CurvesError when `run_dir` has neither."""
     logs = os.path.join(run_dir, "logs")
     if not os.path.isdir(run_dir):
         raise CurvesError(f"{run_dir}: no such run folder")
     scalars = {sub: read_scalars(os.path.join(logs, sub)) for sub in ("train", "validation")}
     if not any(scalars.values()):
+        kept = os.path.join(run_dir, CURVES_FILE)
+        if os.path.isfile(kept):
+            with open(kept, encoding="utf-8") as f:
+                doc = json.load(f)
+            return {name: {int(epoch): float(value) for epoch, value in doc.get(name, {}).items()}
+                    for name in TAGS}
         raise CurvesError(f"{run_dir}: no TensorBoard scalars under {logs}/train or "
                           f"{logs}/validation (is it a run folder of python -m lsnet_tf.train?)")
     return {name: {int(step) + 1: value

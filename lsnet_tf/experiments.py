@@ -10,6 +10,7 @@
         [--no-flops] [--set key=value ...] [--parallel]
     python -m lsnet_tf.experiments curves TABLE --dataset D [--seeds ...] [--seeds-for ...]
         [--rows a,b] [--budget-epochs N] [--runs-dir runs/experiments] [--out docs/results]
+    python -m lsnet_tf.experiments keep [--runs-dir runs/experiments] --to docs/results/runs
 
 TABLE is ``table1`` (main comparison), ``table2`` (ablation), ``table3`` (detection vs
 segmentation as the first stage), ``table4`` (the decay factor γ) or ``margin`` (not the
@@ -76,6 +77,16 @@ finishes last writes it (or run the command again once they are all done).
 as far as they have got (``lsnet_tf.curves``: each seed's validation DSC and training loss
 against the epoch, and the row's mean), into ``<out>/<table>-<dataset>[-e<N>]-curves.png`` and
 ``.json``; runs not started yet are named and left out.
+
+``keep`` trains nothing: it copies each finished run's record, the small files its table rows
+are made from (``config.yaml``, ``eval.json``, ``train-cpu.json``, every ``evaluation-*.json``,
+and its curves as ``curves.json``; no checkpoints, no logs: 25 KB a run on the synthetic set,
+110 KB with Table 4's evaluation of the training folds), from
+``<runs-dir>/<dataset>/<row>/seed<k>/`` to the same place under ``--to``. A folder of records is a
+``--runs-dir`` like any other: ``run`` finds its runs trained and evaluated and writes the table
+again (its plot and claims too), and ``curves`` draws them, on a machine without the checkpoints.
+Keep the records where they outlive the runs (a repository, shared storage) as each run finishes,
+and a table can be made from runs trained in several sessions or on several machines.
 """
 from __future__ import annotations
 
@@ -83,6 +94,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import glob
 import json
 import os
 import platform
@@ -894,6 +906,47 @@ def table_curves(table, dataset: str, budget_epochs: int | None = None,
     return doc
 
 
+RECORD_FILES = ("config.yaml", "eval.json", CPU_FILE)  # and evaluation-*.json, curves.json
+
+
+def keep_records(runs_dir: str, to: str, log=print) -> list:
+    """Copy the record of every finished run under `runs_dir` (a folder
+    ``<dataset>/<row>/seed<k>/`` with its ``eval.json``) to the same place under `to`: the files
+    of ``RECORD_FILES``, every ``evaluation-*.json``, and the run's curves (``lsnet_tf.curves``)
+    as ``curves.json``. Files already there are replaced; unfinished runs are left out. Returns
+    the record folders written."""
+    found = sorted(glob.glob(os.path.join(runs_dir, "*", "*", "seed*", "eval.json")))
+    if not found:
+        raise ExperimentError(f"no finished run (<dataset>/<row>/seed<k>/eval.json) under "
+                              f"{runs_dir}")
+    if os.path.abspath(to) == os.path.abspath(runs_dir):
+        raise ExperimentError(f"--to must be another folder than --runs-dir ({runs_dir})")
+    kept = []
+    for path in found:
+        run_dir = os.path.dirname(path)
+        dest = os.path.join(to, os.path.relpath(run_dir, runs_dir))
+        names = [n for n in RECORD_FILES if os.path.isfile(os.path.join(run_dir, n))]
+        names += sorted(os.path.basename(p)
+                        for p in glob.glob(os.path.join(run_dir, "evaluation-*.json")))
+        os.makedirs(dest, exist_ok=True)
+        for name in names:
+            with open(os.path.join(run_dir, name), "rb") as f:
+                data = f.read()
+            with atomic_write(os.path.join(dest, name), "wb") as f:
+                f.write(data)
+        try:
+            run = curves.run_curves(run_dir)
+        except curves.CurvesError:
+            log(f"{run_dir}: no training logs, its curves are not kept")
+        else:
+            write_json(os.path.join(dest, curves.CURVES_FILE),
+                       {name: {str(epoch): value for epoch, value in values.items()}
+                        for name, values in run.items()})
+        kept.append(dest)
+    log(f"kept the records of {_count(len(kept), 'run', 'runs')} in {to}")
+    return kept
+
+
 def run_table(table, dataset: str, budget_epochs: int | None = None,
               runs_dir: str = "runs/experiments", out_dir: str = "docs/results",
               rows=None, overrides=(), empty_slices: str = "exclude", flops: bool = True,
@@ -1065,12 +1118,19 @@ def main(argv=None) -> int:
     cur = sub.add_parser("curves", help="draw the training curves of a table's runs (trains "
                                         "nothing)")
     _table_arguments(cur, "draw", "folder of the written figure")
+    keep = sub.add_parser("keep", help="copy the finished runs' records (no checkpoints, no "
+                                       "logs) into another folder")
+    keep.add_argument("--runs-dir", default="runs/experiments")
+    keep.add_argument("--to", required=True, help="the folder of records, e.g. docs/results/runs")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name in [args.table] if args.table else sorted(TABLES):
             print(describe(TABLES[name]))
         return 0
     try:
+        if args.command == "keep":
+            keep_records(args.runs_dir, args.to)
+            return 0
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
         seeds_for = parse_seeds_for(args.seeds_for)
         if args.command == "curves":

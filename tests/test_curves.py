@@ -136,3 +136,61 @@ def test_experiments_curves_draws_the_rows_seeds_and_names_the_missing(tmp_path,
                              "lsnet_unet_gamma1", "--runs-dir", str(runs), "--out",
                              str(out)]) == 2
     assert "no run of table4 on synthetic has training logs" in capsys.readouterr().err
+
+
+def test_keep_copies_each_finished_runs_record_and_its_curves(tmp_path, capsys):
+    """``experiments keep``: the record files byte for byte and the curves as ``curves.json``,
+    which ``run_curves`` reads back equal to the logs; no checkpoints or logs, no unfinished
+    run; ``experiments curves`` draws the records as it draws the runs."""
+    runs = tmp_path / "runs"
+    finished = runs / "synthetic" / "unet" / "seed0"
+    fake_run(finished, [0.9, 0.5, 0.3, 0.2], [0.25, 0.75])
+    record = {"config.yaml": "model:\n  architecture: unet\n", "eval.json": '{"dsc": 0.5}',
+              "train-cpu.json": '{"cpu_seconds": 3.0}', "evaluation-val-exclude.json": '{"a": 1}',
+              "evaluation-train-exclude.json": '{"b": 2}'}
+    for name, text in record.items():
+        (finished / name).write_text(text)
+    (finished / "checkpoints").mkdir()
+    (finished / "checkpoints" / "ckpt-1.index").write_bytes(b"weights")
+    (finished / "notes.txt").write_text("not a record file")
+    unfinished = runs / "synthetic" / "unet" / "seed1"  # still training: no eval.json
+    fake_run(unfinished, [0.9], [])
+    (unfinished / "config.yaml").write_text("x")
+
+    to = tmp_path / "records"
+    assert experiments.main(["keep", "--runs-dir", str(runs), "--to", str(to)]) == 0
+    assert "kept the records of 1 run in" in capsys.readouterr().out
+    kept = to / "synthetic" / "unet" / "seed0"
+    assert sorted(p.name for p in kept.iterdir()) == sorted([*record, curves.CURVES_FILE])
+    assert all((kept / name).read_text() == text for name, text in record.items())
+    assert not (to / "synthetic" / "unet" / "seed1").exists()
+    assert curves.run_curves(str(kept)) == curves.run_curves(str(finished))
+    assert curves.run_curves(str(kept))["validation_dsc"] == pytest.approx({2: 0.25, 4: 0.75})
+    # Keeping again (the records themselves, or the runs) gives the same files.
+    again = tmp_path / "again"
+    experiments.keep_records(str(to), str(again), log=lambda *a: None)
+    assert (again / "synthetic" / "unet" / "seed0" / curves.CURVES_FILE).read_text() == \
+        (kept / curves.CURVES_FILE).read_text()
+    for root in (runs, to):
+        out = tmp_path / f"curves-{root.name}"
+        assert experiments.main(["curves", "table1", "--dataset", "synthetic", "--rows", "unet",
+                                 "--seeds", "0", "--runs-dir", str(root), "--out", str(out)]) == 0
+    drawn = [json.loads((tmp_path / f"curves-{r}" / "table1-synthetic-curves.json").read_text())
+             ["groups"] for r in ("runs", "records")]
+    assert drawn[0] == drawn[1]
+
+
+def test_keep_errors(tmp_path, capsys):
+    assert experiments.main(["keep", "--runs-dir", str(tmp_path), "--to", str(tmp_path / "r")]) == 2
+    assert "no finished run (<dataset>/<row>/seed<k>/eval.json) under" in capsys.readouterr().err
+    run = tmp_path / "synthetic" / "unet" / "seed0"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text("{}")
+    assert experiments.main(["keep", "--runs-dir", str(tmp_path), "--to", str(tmp_path)]) == 2
+    assert "--to must be another folder than --runs-dir" in capsys.readouterr().err
+    # A finished run without logs is kept without its curves, and says so.
+    assert experiments.main(["keep", "--runs-dir", str(tmp_path), "--to",
+                             str(tmp_path / "r")]) == 0
+    assert "no training logs, its curves are not kept" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "r" / "synthetic" / "unet" / "seed0").iterdir()) \
+        == ["eval.json"]

@@ -475,6 +475,21 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     assert redone == [str(runs / "unet" / "seed1")]
     assert json.loads(path.read_text())["slices"] == old["slices"]
 
+    # 5. The runs' records (``keep``: no checkpoints, no logs) write the same table elsewhere.
+    records = tmp_path / "records"
+    assert ex.main(["keep", "--runs-dir", str(tmp_path / "runs"), "--to", str(records)]) == 0
+    assert not list(records.glob("**/checkpoints")) and not list(records.glob("**/logs"))
+    monkeypatch.setattr(evaluate, "evaluate_run", fail)
+    elsewhere = tmp_path / "docs-from-records"
+    argv_records = [str(records) if a == str(tmp_path / "runs") else
+                    str(elsewhere) if a == str(out) else a for a in argv]
+    assert ex.main(argv_records) == 0
+    doc, _ = table_files()
+    again = json.loads((elsewhere / "tiny-synthetic-e1.json").read_text())
+    assert again["claims"] == doc["claims"] and [r["ours"] for r in again["rows"]] == \
+        [r["ours"] for r in doc["rows"]]
+    assert again["provenance"]["trained_at"] == doc["provenance"]["trained_at"]
+
 
 def test_the_commits_runs_were_trained_at_are_stated():
     """A table written at one commit from runs trained at others (or not recorded, as runs of
