@@ -51,6 +51,9 @@ The table goes to ``<out>/<table>-<dataset>[-e<N>].md`` and ``.json``:
   beside the paper's number, in percent; the JSON keeps each seed's values (``per_seed``);
 - DSC by target size (small / medium / large: the target's share of the slice below 1 %,
   below 5 %, from 5 %), mean ± sd over seeds;
+- where the misses are (``finding``): the share of slices with a target on which the model put
+  some pixel on the target, nothing at all, or pixels only elsewhere, the DSC of the found ones
+  and the share of small targets found, mean ± sd over seeds;
 - "Claims": each claim of the paper that the table tests (``Table.claims``, e.g. L-SNet (U-Net)
   above U-Net in DSC and in DSC on small targets) as the paired difference over the seeds both
   rows have, its mean, a 95 % percentile bootstrap interval (10,000 resamples of the seed pairs,
@@ -113,7 +116,7 @@ from lsnet_tf.files import atomic_write, write_json, write_text
 from lsnet_tf.machine import cpu_model
 from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES, SIZE_BUCKETS
 from lsnet_tf.metrics import statistics
-from lsnet_tf.metrics.segmentation import scores_from_counts
+from lsnet_tf.metrics.segmentation import scores_from_counts, size_bucket
 
 
 class ExperimentError(RuntimeError):
@@ -521,13 +524,59 @@ def size_markdown(rows, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+FINDING = ("found", "missed", "elsewhere", "dsc_found", "small_found")
+FINDING_TITLES = {"found": "found(%)", "missed": "missed(%)", "elsewhere": "only elsewhere(%)",
+                  "dsc_found": "DSC where found(%)", "small_found": "small targets found(%)"}
+
+
+def finding(slices) -> dict:
+    """Where a model's misses are, over the slices with a target of one evaluation's ``slices``
+    (``tp``, ``n_true``, ``n_pred``, ``pixels``), in %: ``found`` (some predicted pixel on the
+    target, ``tp > 0``), ``missed`` (nothing predicted), ``elsewhere`` (pixels predicted, none on
+    the target: a look-alike or another place taken for it); ``dsc_found``, the mean per-slice
+    DSC of the found slices (how well a found target is delineated); ``small_found``, ``found``
+    among the small targets (``metrics.segmentation.size_bucket``). None where no slice counts.
+    """
+    target = [r for r in slices if r["n_true"] > 0]
+    found = [r for r in target if r["tp"] > 0]
+    small = [r for r in target if size_bucket(r["n_true"], r["pixels"]) == "small"]
+
+    def share(part, whole):
+        return _pct(len(part) / len(whole)) if whole else None
+
+    return {"found": share(found, target),
+            "missed": share([r for r in target if r["n_pred"] == 0], target),
+            "elsewhere": share([r for r in target if r["n_pred"] > 0 and r["tp"] == 0], target),
+            "dsc_found": _pct(float(np.mean([scores_from_counts(r["tp"], r["n_true"], r["n_pred"])
+                                             ["dsc"] for r in found]))) if found else None,
+            "small_found": share([r for r in small if r["tp"] > 0], small)}
+
+
+def finding_markdown(rows, summary: dict) -> str:
+    """Each row's ``finding`` over seeds (`summary`: ``{row: {"seeds", "finding": {key:
+    mean_sd}}}``): mean ± sd per column."""
+    lines = ["| Method | n | " + " | ".join(FINDING_TITLES[k] for k in FINDING) + " |",
+             "|---|---|" + "---|" * len(FINDING)]
+    for row in rows:
+        n = len(summary[row.config]["seeds"])
+        lines.append("| " + " | ".join([row.label, str(n)] + [
+            _mean_sd_text(summary[row.config]["finding"][k], n) for k in FINDING]) + " |")
+    lines += ["", "Over the validation slices with a target: found, some predicted pixel on the "
+              "target; missed, nothing predicted; only elsewhere, pixels predicted but none on the "
+              "target (a look-alike or another place taken for it); DSC where found, the mean "
+              "per-slice DSC of the found slices; mean ± sample standard deviation over the row's "
+              "n seeds."]
+    return "\n".join(lines) + "\n"
+
+
 def summarize_row(table: Table, evaluations: dict) -> dict:
     """One row's cells over seeds, from ``{seed: {split: evaluation result}}``.
 
     Returns:
       ``{"seeds": [...], "values": {seed: {metric key: value (%)}}, "ours": {metric key:
-      mean_sd}, "dsc_by_size": {bucket: {"mean", "sd", "n", "slices"}}}`` (percent; ``slices``
-      the bucket's slices, one number when every seed has the same, else ``"lo–hi"``).
+      mean_sd}, "dsc_by_size": {bucket: {"mean", "sd", "n", "slices"}}, "finding_per_seed":
+      {seed: finding(...)}, "finding": {key: mean_sd}}`` (percent; ``slices`` the bucket's slices,
+      one number when every seed has the same, else ``"lo–hi"``).
     """
     seeds = list(evaluations)
     values = {s: {c: METRICS[c][1](evaluations[s]) for c in table.columns} for s in seeds}
@@ -538,9 +587,11 @@ def summarize_row(table: Table, evaluations: dict) -> dict:
         by_size[b] = dict(statistics.mean_sd([_pct(v["dsc"]) for v in buckets]),
                           slices=(slices[0] if len(slices) == 1
                                   else f"{slices[0]}–{slices[-1]}") if slices else 0)
+    found = {s: finding(evaluations[s]["val"]["slices"]) for s in seeds}
     return {"seeds": seeds, "values": values,
             "ours": {c: statistics.mean_sd([values[s][c] for s in seeds]) for c in table.columns},
-            "dsc_by_size": by_size}
+            "dsc_by_size": by_size, "finding_per_seed": found,
+            "finding": {k: statistics.mean_sd([found[s][k] for s in seeds]) for k in FINDING}}
 
 
 def evaluate_claims(claims, values: dict, resamples: int = BOOTSTRAP["resamples"],
@@ -1047,11 +1098,13 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
                   "seeds": list(row_seeds[r.config]),
                   "ours": summary[r.config]["ours"], "paper": r.paper,
                   "dsc_by_size": summary[r.config]["dsc_by_size"],
+                  "finding": summary[r.config]["finding"],
                   "run": os.path.abspath(os.path.join(runs, r.config)),
                   "per_seed": [{"seed": s,
                                 "run": os.path.abspath(run_folder(runs, r.config, s)),
                                 "ours": summary[r.config]["values"][s],
                                 "dsc_by_size": evaluations[r.config][s]["val"]["dsc_by_size"],
+                                "finding": summary[r.config]["finding_per_seed"][s],
                                 **times[r.config][s]}
                                for s in row_seeds[r.config]]} for r in chosen],
         "bootstrap": dict(BOOTSTRAP),
@@ -1060,6 +1113,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
     }
     text = table_markdown(table, dataset, chosen, summary, empty_slices, note)
     text += "\n#### DSC by target size\n\n" + size_markdown(chosen, summary)
+    text += "\n#### Found, missed, elsewhere\n\n" + finding_markdown(chosen, summary)
     if plot:
         text += (f"\n![DSC against target size]({os.path.basename(plot)})\n\n"
                  "Plot: per bin, the mean over seeds of each seed's mean per-slice DSC; bars "

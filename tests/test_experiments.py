@@ -277,7 +277,32 @@ def _evaluation(dsc, small, miou=None):
     by_size = {"small": {"n": 4, "dsc": small}, "medium": {"n": 3, "dsc": dsc},
                "large": {"n": 2, "dsc": None}}
     return {"val": {"dsc": {"mean": dsc}, "box_miou": miou, "per_case": {"mean": dsc},
-                    "dsc_by_size": by_size}}
+                    "dsc_by_size": by_size, "slices": []}}
+
+
+def test_finding_sorts_the_target_slices_into_found_missed_and_elsewhere():
+    """Hand-made slices: 4 with a target found (one small: 4 of 1,000 pixels), 1 missed, 1
+    predicted only elsewhere, 2 empty (not counted); 100 pixels unless said."""
+    def s(tp, n_true, n_pred, pixels=100):
+        return {"tp": tp, "n_true": n_true, "n_pred": n_pred, "pixels": pixels}
+
+    slices = [s(10, 10, 10), s(5, 10, 10), s(2, 20, 2), s(1, 4, 1, pixels=1000),  # found
+              s(0, 30, 0), s(0, 0, 7), s(0, 8, 9)]  # missed, empty, only elsewhere
+    slices.append(s(0, 0, 0))
+    got = ex.finding(slices)
+    dsc_found = np.mean([1.0, 2 * 5 / 20, 2 * 2 / 22, 2 * 1 / 5])
+    assert got == {"found": 66.67, "missed": 16.67, "elsewhere": 16.67,
+                   "dsc_found": round(100 * dsc_found, 2), "small_found": 100.0}
+    assert ex.finding([s(0, 0, 3)]) == dict.fromkeys(ex.FINDING)  # no slice with a target
+    assert ex.finding([s(0, 4, 3, pixels=1000)])["small_found"] == 0.0  # small, not found
+    table = ex.Table("t", "T", ("Method",), ("dsc",), (ex.Row("unet", "U-Net", {}),))
+    row = ex.summarize_row(table, {0: {"val": dict(_evaluation(0.8, 0.5)["val"], slices=slices)},
+                                   1: {"val": dict(_evaluation(0.8, 0.5)["val"],
+                                                   slices=slices[:1])}})
+    assert row["finding_per_seed"][0] == got and row["finding"]["found"]["mean"] == pytest.approx(
+        (66.67 + 100.0) / 2)
+    md = ex.finding_markdown(table.rows, {"unet": row})
+    assert "| U-Net | 2 | 83.34 ± 23.57 | 8.34 ± 11.79 |" in md  # (66.67 + 100) / 2, ...
 
 
 def test_cells_over_seeds_and_claims_paired_by_seed():
@@ -400,6 +425,7 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
             assert p["run"] == str(runs / row / f"seed{p['seed']}")
             assert p["ours"]["dsc"] == round(100 * result["dsc"]["mean"], 2)
             assert p["dsc_by_size"] == result["dsc_by_size"]
+            assert p["finding"] == ex.finding(result["slices"])
             dsc.append(p["ours"]["dsc"])
         ours = next(r for r in doc["rows"] if r["config"] == row)["ours"]["dsc"]
         assert ours["n"] == 2 and ours["mean"] == pytest.approx(np.mean(dsc))
@@ -413,6 +439,7 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     assert dsc_claim["differences"] == [round(u["ours"]["dsc"] - f["ours"]["dsc"], 4)
                                         for u, f in zip(per_seed["unet"], per_seed["fcn"])]
     assert dsc_claim["verdict"] in ("holds", "does not hold", "undecided")
+    assert "#### Found, missed, elsewhere" in md
     assert "#### Claims" in md and f"| U-Net > FCN | DSC | 2 | {dsc_claim['mean']:+.2f} | " in md
     assert f"| {dsc_claim['verdict']} |" in md and "**In plain words.** Of 2 claims tested" in md
     assert doc["bootstrap"] == {"resamples": 10_000, "seed": 0, "level": 0.95}
