@@ -389,6 +389,14 @@ def assert_grads_close(got, ref, what):
         assert np.abs(g - r).max() <= bound, (what, k, np.abs(g - r).max(), bound)
 
 
+def gradient_batch():
+    """Four images, the third without a target. An even batch: on CPUs with AVX-512, TensorFlow
+    2.16's oneDNN kernels abort the process in the backward pass of a 1x1 stride-2 convolution
+    with 4 or 8 channels at an odd batch (3 or 5 here); widths of 16 and more, the configs'
+    smallest, train at any batch (README, "Known issues")."""
+    return make_batch(n=4, with_target=(True, True, False))
+
+
 @pytest.fixture(scope="module")
 def gradient_model():
     keras.utils.set_random_seed(3)  # the same weights whichever tests ran before
@@ -413,7 +421,7 @@ def test_lsnet_gradients_equal_one_tape_over_l_l_plus_gamma_l_s(gradient_model, 
     cfg, model = gradient_model
     if gamma != model.gamma:
         model = with_gamma(model, cfg, gamma)
-    batch = make_batch(n=3, with_target=(True, True, False))
+    batch = gradient_batch()
     l_grads, s_grads, losses = model.gradients(batch)
     l_ref, s_ref, ref_losses = reference_gradients(model, cfg, batch, gamma)
     for name in ("l_loss", "s_loss"):
@@ -425,9 +433,9 @@ def test_lsnet_gradients_equal_one_tape_over_l_l_plus_gamma_l_s(gradient_model, 
 
 def test_gamma_matters_and_gamma_zero_is_the_localization_gradient(gradient_model):
     """γ = 0 gives ∇L_L alone (the reference without L_S); γ = 1 adds ∇L_S through RR, which is
-    not small (23% of ∇L_L's norm on this model and batch; the bound is 0.1%)."""
+    not small (the bound is 0.1% of ∇L_L's norm)."""
     cfg, model = gradient_model
-    batch = make_batch(n=3, with_target=(True, True, False))
+    batch = gradient_batch()
     g1, _, _ = with_gamma(model, cfg, 1.0).gradients(batch)
     g0, _, _ = with_gamma(model, cfg, 0.0).gradients(batch)
     ref0, _, _ = reference_gradients(model, cfg, batch, 0.0)
