@@ -110,13 +110,8 @@ def run(cfg, log=print, timeline=None) -> dict:
     log(f"dataset {dataset_dir}: {n_train} training slices, {n_val} validation slices "
         f"(fold {cfg.data.val_fold}); {steps} steps per epoch; {replicas} replica(s)"
         + (f"; worker {worker}" if worker else ""))
-    if cfg.data.on_corrupt == "error" and not multi_worker.is_multi_worker(strategy):
-        # The validation pass's length, so that Keras knows where it ends instead of running
-        # into the end of the data (a warning, and an aborted iterator, every epoch).
-        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(-(-n_val // global_batch)))
-    mark("datasets")
     corrupt = []
-    if cfg.data.on_corrupt == "skip":
+    if cfg.data.on_corrupt == "skip":  # raises if a validation shard is corrupt
         checks = pipeline.check_training_shards(cfg.data, dataset_dir)
         corrupt = [c for c in checks if not c.ok]
         for c in corrupt:
@@ -125,6 +120,13 @@ def run(cfg, log=print, timeline=None) -> dict:
             lost = n_train - sum(c.records for c in checks)
             log(f"data.on_corrupt=skip: {len(corrupt)} corrupt training shard(s), {lost} of "
                 f"{n_train} training slices skipped")
+    if not multi_worker.is_multi_worker(strategy):
+        # The validation pass's length, so that Keras knows where it ends instead of running
+        # into the end of the data (a warning, and an aborted iterator, every epoch). The
+        # validation shards are whole here: read as they are (data.on_corrupt=error) or checked
+        # above (skip).
+        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(-(-n_val // global_batch)))
+    mark("datasets")
 
     with strategy.scope():
         model = build_for(cfg, strategy, steps, log)

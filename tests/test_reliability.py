@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import keras
 import pytest
 import tensorflow as tf
 
@@ -382,11 +383,19 @@ def dataset_copy(cache, tmp_path):
 @pytest.mark.slow
 def test_skip_policies_end_to_end(cache, tmp_path, monkeypatch):
     """train.on_nonfinite=skip and data.on_corrupt=skip in one run: both are counted and
-    reported, training completes, and the checkpoint is finite."""
+    reported, training completes, the checkpoint is finite, and the validation pass still knows
+    its length (its shards are whole)."""
     data = dataset_copy(cache, tmp_path)
     shard = records.list_shards(data, [1])[0]
     corrupt(shard, 2)  # records 0 and 1 stay readable: 2 of the 8 training slices are lost
     with_nan_at(monkeypatch, 1)
+    fit, lengths = keras.Model.fit, []
+
+    def recording_fit(model, *args, **kwargs):
+        lengths.append(int(kwargs["validation_data"].cardinality()))
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
     out = tmp_path / "run"
     lines = []
     cfg = tiny_cfg(cache, out, f"data.dataset={data}", "train.epochs=2",
@@ -397,6 +406,7 @@ def test_skip_policies_end_to_end(cache, tmp_path, monkeypatch):
     assert "1 corrupt training shard(s), 2 of 8 training slices skipped" in text
     assert re.search(r"epoch 1, batch 2 \(optimizer step 1\): non-finite loss; batch "
                      r"skipped \(no weight update\), 1 skipped so far", text), text
+    assert lengths == [2]  # 8 validation slices in batches of 4
     assert summary["skipped_batches"] == 1
     assert len(summary["corrupt_shards"]) == 1 and shard in summary["corrupt_shards"][0]
     on_disk = json.loads((out / "eval.json").read_text())
