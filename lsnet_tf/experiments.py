@@ -958,6 +958,9 @@ def table_curves(table, dataset: str, budget_epochs: int | None = None,
 
 
 RECORD_FILES = ("config.yaml", "eval.json", CPU_FILE)  # and evaluation-*.json, curves.json
+# Written by ``keep`` at the top of a records folder: ``run`` reads such a folder, never trains
+# into it (a run trained there would put its checkpoints and logs among the records).
+RECORDS_MARKER = ".lsnet-records"
 
 
 def keep_records(runs_dir: str, to: str, log=print) -> list:
@@ -994,6 +997,9 @@ def keep_records(runs_dir: str, to: str, log=print) -> list:
                        {name: {str(epoch): value for epoch, value in values.items()}
                         for name, values in run.items()})
         kept.append(dest)
+    with atomic_write(os.path.join(to, RECORDS_MARKER), "w") as f:
+        f.write("Run records kept by `python -m lsnet_tf.experiments keep`: tables are written from "
+                "them (--runs-dir), no run trains here.\n")
     log(f"kept the records of {_count(len(kept), 'run', 'runs')} in {to}")
     return kept
 
@@ -1039,6 +1045,15 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
         if os.path.isfile(os.path.join(runs, row.config, "eval.json")):
             log(f"[{row.config}] {os.path.join(runs, row.config)} is a run of the layout before "
                 "seed folders: not used (move its files into seed<k>/ to use it)")
+    if os.path.isfile(os.path.join(runs_dir, RECORDS_MARKER)):
+        missing = [f"{row.config} seed {seed}" for row in chosen for seed in row_seeds[row.config]
+                   if not os.path.isfile(os.path.join(run_folder(runs, row.config, seed),
+                                                      "eval.json"))]
+        if missing:
+            raise ExperimentError(
+                f"{runs_dir} holds run records (`experiments keep`), where nothing trains; no "
+                f"record of {', '.join(missing)}: train {'it' if len(missing) == 1 else 'them'} "
+                "in a runs folder (the default runs/experiments) and keep the records from there")
     # Seed by seed, the rows one after the other: an early stop leaves whole seeds.
     evaluations = {row.config: {} for row in chosen}
     units = [(row, seed) for seed in sorted({s for v in row_seeds.values() for s in v})

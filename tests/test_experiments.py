@@ -516,6 +516,16 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     assert again["claims"] == doc["claims"] and [r["ours"] for r in again["rows"]] == \
         [r["ours"] for r in doc["rows"]]
     assert again["provenance"]["trained_at"] == doc["provenance"]["trained_at"]
+    # A records folder never trains: a seed without a record is an error, before anything runs.
+    assert (records / ex.RECORDS_MARKER).is_file()
+    monkeypatch.setattr(train, "run", fail)
+    capsys.readouterr()
+    more_seeds = [("0,1,2" if a == "0,1" else a) for a in argv_records]
+    assert ex.main(more_seeds) == 2
+    err = capsys.readouterr().err
+    assert f"{records} holds run records (`experiments keep`), where nothing trains; no record " \
+           "of unet seed 2, fcn seed 2: train them in a runs folder" in err, err
+    assert not (records / "synthetic-e1" / "unet" / "seed2").exists()
 
 
 def test_the_commits_runs_were_trained_at_are_stated():
