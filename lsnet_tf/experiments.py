@@ -252,10 +252,120 @@ TABLES = {
         # targets, does better, overall, on small targets and in its boxes.
         _claims("lsnet_unet_scaled", ("lsnet_unet",), ("dsc", "small", "miou"))),
 }
-# The datasets of the tables and the folder of configs/ that holds each one's row configs.
-DATASET_CONFIGS = {"synthetic": "synthetic", "synthetic-hard": os.path.join("synthetic", "hard"),
-                   "pancreas": "pancreas"}
-DATASETS = tuple(DATASET_CONFIGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A dataset of the tables.
+
+    Attributes:
+      configs: the folder of ``configs/`` that holds its row configs.
+      role: ``"tuning"`` (settings may be chosen by watching it), ``"evidence"`` (drawn after
+        every setting was frozen; nothing is chosen by watching it) or ``"paper"`` (the paper's
+        data).
+      overrides: settings every row gets on it (``key=value``), on top of the row's config.
+      folds: k of the k-fold cross-validation by patient that its tables run (each (row, fold,
+        seed) one run, ``data.val_fold`` the held-out fold); None: the config's validation fold
+        alone.
+    """
+
+    configs: str
+    role: str
+    overrides: tuple = ()
+    folds: int | None = None
+
+
+# The evidence sets: the tuning sets' generator settings with generator seeds drawn at random
+# (secrets.randbits(31)) after every setting of configs/synthetic was frozen, split into 4 folds
+# by patient (10 of the 40 patients each) as the paper cross-validates Pancreas-CT.
+EVIDENCE_SEEDS = {"synthetic-evidence": 83267049, "synthetic-hard-evidence": 252499704}
+EVIDENCE_FOLDS = 4
+DATASET_INFO = {
+    "synthetic": Dataset("synthetic", "tuning"),
+    "synthetic-hard": Dataset(os.path.join("synthetic", "hard"), "tuning"),
+    "synthetic-evidence": Dataset(
+        "synthetic", "evidence", (f"data.synthetic.seed={EVIDENCE_SEEDS['synthetic-evidence']}",
+                                  f"data.synthetic.folds={EVIDENCE_FOLDS}"), EVIDENCE_FOLDS),
+    "synthetic-hard-evidence": Dataset(
+        os.path.join("synthetic", "hard"), "evidence",
+        (f"data.synthetic.seed={EVIDENCE_SEEDS['synthetic-hard-evidence']}",
+         f"data.synthetic.folds={EVIDENCE_FOLDS}"), EVIDENCE_FOLDS),
+    "pancreas": Dataset("pancreas", "paper", (), 4),
+}
+# The folder of configs/ that holds each dataset's row configs.
+DATASET_CONFIGS = {name: d.configs for name, d in DATASET_INFO.items()}
+DATASETS = tuple(DATASET_INFO)
+
+
+class Unit(tuple):
+    """One run of a row on a cross-validated dataset: the held-out ``fold`` and the ``seed``.
+    Units sort by seed, then fold. On a dataset without folds a run is its seed alone (an int)."""
+
+    __slots__ = ()
+
+    def __new__(cls, fold: int, seed: int):
+        return super().__new__(cls, (int(seed), int(fold)))
+
+    @property
+    def fold(self) -> int:
+        return self[1]
+
+    @property
+    def seed(self) -> int:
+        return self[0]
+
+    def __repr__(self) -> str:
+        return f"Unit(fold={self.fold}, seed={self.seed})"
+
+    def __str__(self) -> str:
+        return f"fold {self.fold} seed {self.seed}"
+
+
+def unit_seed(unit) -> int:
+    """The training seed of a unit (a ``Unit`` or a plain seed)."""
+    return unit.seed if isinstance(unit, Unit) else int(unit)
+
+
+def unit_fields(unit) -> dict:
+    """``{"fold", "seed"}`` of a ``Unit``, ``{"seed"}`` of a plain seed (the JSON's keys)."""
+    if isinstance(unit, Unit):
+        return {"fold": unit.fold, "seed": unit.seed}
+    return {"seed": int(unit)}
+
+
+def unit_json(unit):
+    """A unit as the tables' JSON keeps it: a plain seed as itself, a ``Unit`` as
+    ``{"fold", "seed"}``."""
+    return unit_fields(unit) if isinstance(unit, Unit) else int(unit)
+
+
+def units_text(units) -> str:
+    """``"seeds 0, 1"``, or ``"folds 0-3 × seeds 0, 1"`` for the ``Unit`` s of every fold and
+    seed, or the units one by one."""
+    units = list(units)
+    if not any(isinstance(u, Unit) for u in units):
+        return f"seed{'s' if len(units) != 1 else ''} {', '.join(map(str, units))}"
+    folds = sorted({u.fold for u in units})
+    seeds = sorted({u.seed for u in units})
+    if len(units) == len(folds) * len(seeds):
+        f = (f"{folds[0]}-{folds[-1]}" if folds == list(range(folds[0], folds[-1] + 1))
+             and len(folds) > 2 else ", ".join(map(str, folds)))
+        return (f"fold{'s' if len(folds) != 1 else ''} {f} × "
+                f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}")
+    return "; ".join(map(str, units))
+
+
+def repo_path(path: str) -> str:
+    """`path` relative to the repository when it lies inside it (the tables' JSON), else
+    absolute."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full, root)
+    return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def unit_name(unit) -> str:
+    return str(unit) if isinstance(unit, Unit) else f"seed {unit}"
 # Rows drawn in the DSC-against-size plot when a table has them.
 SIZE_PLOT_ROWS = ("unet", "c2f_unet", "lnet_crop", "lsnet_unet")
 
@@ -340,9 +450,36 @@ def parse_seeds_for(specs) -> dict:
     return out
 
 
-def run_folder(runs: str, row: str, seed: int) -> str:
-    """The run folder of `row` at `seed`: ``<runs>/<row>/seed<seed>``."""
-    return os.path.join(runs, row, f"seed{seed}")
+def parse_folds(text: str, dataset: str) -> tuple:
+    """``"0,2"`` -> ``(0, 2)`` (``--folds``): held-out folds of `dataset`'s cross-validation."""
+    folds = parse_seeds(text, "--folds")
+    k = DATASET_INFO[dataset].folds
+    if k is None:
+        raise ExperimentError(f"--folds: {dataset} is not cross-validated (its rows run on their "
+                              "config's validation fold)")
+    bad = [f for f in folds if f >= k]
+    if bad:
+        raise ExperimentError(f"--folds: {dataset} has folds 0-{k - 1}, received {bad}")
+    return folds
+
+
+def run_folder(runs: str, row: str, unit) -> str:
+    """The run folder of `row` at `unit`: ``<runs>/<row>/seed<k>`` for a plain seed,
+    ``<runs>/<row>/fold<f>/seed<k>`` for a ``Unit``."""
+    if isinstance(unit, Unit):
+        return os.path.join(runs, row, f"fold{unit.fold}", f"seed{unit.seed}")
+    return os.path.join(runs, row, f"seed{unit}")
+
+
+def unit_overrides(dataset: str, unit, overrides=()) -> list:
+    """The settings a run of `unit` on `dataset` gets on top of its row's config, in order: the
+    dataset's own, `overrides` (``--set``), the seed and (on a cross-validated dataset) the
+    held-out fold."""
+    out = list(DATASET_INFO[dataset].overrides) + list(overrides)
+    out.append(f"train.seed={unit_seed(unit)}")
+    if isinstance(unit, Unit):
+        out.append(f"data.val_fold={unit.fold}")
+    return out
 
 
 def _row_config_path(row: Row, dataset: str, configs_dir: str | None) -> str:
@@ -421,16 +558,17 @@ class RunLock:
 def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/experiments",
             configs_dir: str | None = None, overrides=(), budget_epochs: int | None = None,
             empty_slices: str = "exclude", flops: bool = True, log=print,
-            seed: int | None = None) -> dict:
-    """Train (unless trained) and evaluate (unless evaluated) one row at `seed` (None: the
-    config's ``train.seed``) in ``run_folder(runs_dir, row, seed)``; {split: result}."""
+            seed=None) -> dict:
+    """Train (unless trained) and evaluate (unless evaluated) one row at `seed` (a seed, a
+    ``Unit`` of a cross-validated dataset, or None: the config's ``train.seed``) in
+    ``run_folder(runs_dir, row, seed)``; {split: result}."""
     path = _row_config_path(row, dataset, configs_dir)
     overrides = list(overrides)
     if seed is None:
-        seed = load_config(path, overrides).train.seed
-    overrides.append(f"train.seed={seed}")
+        seed = load_config(path, list(DATASET_INFO[dataset].overrides) + overrides).train.seed
+    overrides = unit_overrides(dataset, seed, overrides)
     run_dir = run_folder(runs_dir, row.config, seed)
-    name = f"{row.config} seed {seed}"
+    name = f"{row.config} {unit_name(seed)}"
     cfg = row_config(path, run_dir, overrides, budget_epochs)
     _check_same_config(run_dir, cfg)
     if os.path.isfile(os.path.join(run_dir, "eval.json")):
@@ -793,7 +931,9 @@ def _git_commit() -> dict | None:
     try:
         sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=30, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", root, "status", "--porcelain"], capture_output=True,
+        # Untracked files (run folders, caches) are not changes of the code a run ran.
+        status = subprocess.run(["git", "-C", root, "status", "--porcelain",
+                                 "--untracked-files=no"], capture_output=True,
                                 text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -825,7 +965,8 @@ def provenance(command: str, seeds: dict, runs: list) -> dict:
         "trained_at": trained_at,
         "trained_at_unknown": sum(1 for r in runs if not r.get("commits")),
         "command": command,
-        "seeds": {row: list(s) for row, s in seeds.items()},
+        "seeds": {row: [unit_json(u) for u in s] for row, s in seeds.items()},
+        "units": {row: units_text(s) for row, s in seeds.items()},
         "machine": f"{platform.machine()}, {cpu_model() or 'CPU'}, {os.cpu_count()} CPU cores, "
                    f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''}, {platform.system()}",
         "python": platform.python_version(),
@@ -841,12 +982,11 @@ def provenance(command: str, seeds: dict, runs: list) -> dict:
 
 
 def _provenance_note(p: dict) -> str:
-    lists = {tuple(s) for s in p["seeds"].values()}
-    if len(lists) == 1:
-        seeds = ", ".join(map(str, next(iter(lists))))
-        seed = f"seed{'s' if len(next(iter(lists))) != 1 else ''} {seeds} for every row"
+    texts = p.get("units") or {k: units_text(v) for k, v in p["seeds"].items()}
+    if len(set(texts.values())) == 1:
+        seed = f"{next(iter(texts.values()))} for every row"
     else:
-        seed = "seeds " + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in p["seeds"].items())
+        seed = "; ".join(f"{k} {v}" for k, v in texts.items())
     commit = p["commit"]
     at = "commit unknown" if commit is None else f"commit {commit['sha'][:12]}"
     if commit is not None and commit["dirty"]:
@@ -877,18 +1017,25 @@ def _trained_at_note(p: dict, commit: dict | None) -> str:
             + "; ".join(parts) + ".")
 
 
-def _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for) -> dict:
-    """``{row: (seed, ...)}``: `seeds_for`'s seeds for the rows it names, else `seeds`, else
-    the row config's ``train.seed``."""
+def _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for,
+                   folds=None) -> dict:
+    """``{row: (unit, ...)}``: the seeds, `seeds_for`'s for the rows it names, else `seeds`,
+    else the row config's ``train.seed``; on a cross-validated dataset each seed at each of
+    `folds` (None: every fold) as ``Unit`` s, seed by seed."""
+    info = DATASET_INFO[dataset]
+    if info.folds is not None and folds is None:
+        folds = tuple(range(info.folds))
     out = {}
     for row in chosen:
         path = _row_config_path(row, dataset, configs_dir)
         if row.config in (seeds_for or {}):
-            out[row.config] = tuple(seeds_for[row.config])
+            row_seeds = tuple(seeds_for[row.config])
         elif seeds:
-            out[row.config] = tuple(seeds)
+            row_seeds = tuple(seeds)
         else:
-            out[row.config] = (load_config(path, list(overrides)).train.seed,)
+            row_seeds = (load_config(path, list(info.overrides) + list(overrides)).train.seed,)
+        out[row.config] = (row_seeds if info.folds is None
+                           else tuple(Unit(f, s) for s in row_seeds for f in folds))
     return out
 
 
@@ -904,6 +1051,21 @@ def _run_times(run_dir: str) -> dict:
             for key in keys:
                 times[key] = doc.get(key)
     return times
+
+
+def _dataset_note(dataset: str) -> str:
+    """What the table's data is: a tuning set, an evidence set (with its generator seed and
+    folds), or the paper's."""
+    info = DATASET_INFO[dataset]
+    if info.role == "tuning":
+        return ("On a tuning set: the settings of configs/ were chosen by watching its "
+                "validation fold. ")
+    if info.role == "evidence":
+        return (f"On an evidence set (generator seed {EVIDENCE_SEEDS[dataset]}, drawn after "
+                f"every setting was frozen; nothing was chosen by watching it), "
+                f"{info.folds}-fold cross-validation by patient: each (fold, seed) is one run "
+                "trained on the other folds and scored on its held-out fold. ")
+    return (f"{info.folds}-fold cross-validation by patient. " if info.folds else "")
 
 
 def _table_rows(table, dataset: str, rows=None) -> tuple:
@@ -926,7 +1088,8 @@ def _table_rows(table, dataset: str, rows=None) -> tuple:
 
 def table_curves(table, dataset: str, budget_epochs: int | None = None,
                  runs_dir: str = "runs/experiments", out_dir: str = "docs/results", rows=None,
-                 configs_dir: str | None = None, seeds=None, seeds_for=None, log=print) -> dict:
+                 configs_dir: str | None = None, seeds=None, seeds_for=None, log=print,
+                 folds=None) -> dict:
     """Draw the training curves (``lsnet_tf.curves``) of `table`'s rows at their seeds (as
     ``run_table`` chooses them) into ``<out>/<table>-<dataset>[-e<N>]-curves.png`` and ``.json``:
     per row, each seed's validation DSC and training loss against the epoch, and their mean.
@@ -935,14 +1098,14 @@ def table_curves(table, dataset: str, budget_epochs: int | None = None,
     table, chosen = _table_rows(table, dataset, rows)
     suffix = f"-e{budget_epochs}" if budget_epochs else ""
     runs = os.path.join(runs_dir, dataset + suffix)
-    row_seeds = _seeds_of_rows(chosen, dataset, configs_dir, (), seeds, seeds_for)
+    row_seeds = _seeds_of_rows(chosen, dataset, configs_dir, (), seeds, seeds_for, folds)
     groups, missing = {}, []
     for row in chosen:
         found = {}
         for seed in row_seeds[row.config]:
             run_dir = run_folder(runs, row.config, seed)
             try:
-                found[f"seed {seed}"] = curves.run_curves(run_dir)
+                found[unit_name(seed)] = curves.run_curves(run_dir)
             except curves.CurvesError:
                 missing.append(run_dir)
         if found:
@@ -969,10 +1132,11 @@ def keep_records(runs_dir: str, to: str, log=print) -> list:
     of ``RECORD_FILES``, every ``evaluation-*.json``, and the run's curves (``lsnet_tf.curves``)
     as ``curves.json``. Files already there are replaced; unfinished runs are left out. Returns
     the record folders written."""
-    found = sorted(glob.glob(os.path.join(runs_dir, "*", "*", "seed*", "eval.json")))
+    found = sorted(glob.glob(os.path.join(runs_dir, "*", "*", "seed*", "eval.json"))
+                   + glob.glob(os.path.join(runs_dir, "*", "*", "fold*", "seed*", "eval.json")))
     if not found:
-        raise ExperimentError(f"no finished run (<dataset>/<row>/seed<k>/eval.json) under "
-                              f"{runs_dir}")
+        raise ExperimentError(f"no finished run (<dataset>/<row>/[fold<f>/]seed<k>/eval.json) "
+                              f"under {runs_dir}")
     if os.path.abspath(to) == os.path.abspath(runs_dir):
         raise ExperimentError(f"--to must be another folder than --runs-dir ({runs_dir})")
     kept = []
@@ -1008,7 +1172,8 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
               runs_dir: str = "runs/experiments", out_dir: str = "docs/results",
               rows=None, overrides=(), empty_slices: str = "exclude", flops: bool = True,
               configs_dir: str | None = None, log=print, command: str | None = None,
-              seeds=None, seeds_for=None, parallel: bool = False) -> dict | None:
+              seeds=None, seeds_for=None, parallel: bool = False,
+              folds=None) -> dict | None:
     """Train and evaluate every row of `table` (a ``Table`` or a key of ``TABLES``) at each of
     its seeds and write the table (mean ± sd over seeds), its size breakdown, its claims
     (``evaluate_claims``) and (see ``SIZE_PLOT_ROWS``) its DSC-against-size plot.
@@ -1018,6 +1183,8 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
       seeds_for: ``{row: seeds}`` instead of `seeds` for the rows named (``parse_seeds_for``;
         rows not in the table are ignored).
       command: the command line recorded in the table.
+      folds: on a cross-validated dataset (``DATASET_INFO``), the held-out folds to run (None:
+        every fold); each (fold, seed) is one run (a ``Unit``) and the claims pair by it.
       parallel: several processes run this table at once (``--parallel``): each (row, seed) is
         run by the process that locks it first (``RunLock``); a process that finds runs still
         held by others when it is done returns None without writing the table, so the one that
@@ -1034,19 +1201,19 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
     table, chosen = _table_rows(table, dataset, rows)
     suffix = f"-e{budget_epochs}" if budget_epochs else ""
     runs = os.path.join(runs_dir, dataset + suffix)
-    row_seeds = _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for)
+    row_seeds = _seeds_of_rows(chosen, dataset, configs_dir, overrides, seeds, seeds_for, folds)
     # Every run folder is checked before anything trains.
     for row in chosen:
         path = _row_config_path(row, dataset, configs_dir)
         for seed in row_seeds[row.config]:
             run_dir = run_folder(runs, row.config, seed)
             _check_same_config(run_dir, row_config(
-                path, run_dir, list(overrides) + [f"train.seed={seed}"], budget_epochs))
+                path, run_dir, unit_overrides(dataset, seed, overrides), budget_epochs))
         if os.path.isfile(os.path.join(runs, row.config, "eval.json")):
             log(f"[{row.config}] {os.path.join(runs, row.config)} is a run of the layout before "
                 "seed folders: not used (move its files into seed<k>/ to use it)")
     if os.path.isfile(os.path.join(runs_dir, RECORDS_MARKER)):
-        missing = [f"{row.config} seed {seed}" for row in chosen for seed in row_seeds[row.config]
+        missing = [f"{row.config} {unit_name(seed)}" for row in chosen for seed in row_seeds[row.config]
                    if not os.path.isfile(os.path.join(run_folder(runs, row.config, seed),
                                                       "eval.json"))]
         if missing:
@@ -1065,7 +1232,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
               else contextlib.nullcontext()) as lock:
             if lock is not None and not lock.held:
                 if say_held:
-                    log(f"[{row.config} seed {seed}] being run by another process "
+                    log(f"[{row.config} {unit_name(seed)}] being run by another process "
                         f"({lock.owner}): left to it")
                 return False
             evaluations[row.config][seed] = run_row(
@@ -1079,7 +1246,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
     left = [(row, seed) for row, seed in left if not run_unit(row, seed, say_held=False)]
     if left:
         log(f"{_count(len(left), 'run is', 'runs are')} still being run by other processes "
-            f"({', '.join(f'{r.config} seed {s}' for r, s in left)}): the table is written by "
+            f"({', '.join(f'{r.config} {unit_name(s)}' for r, s in left)}): the table is written by "
             "the process that finishes last (or run this command again)")
         return None
     for row in chosen:  # each row's seeds in the order given
@@ -1094,7 +1261,9 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
         command = "lsnet_tf.experiments.run_table(" + repr(table.name) + ", " + repr(dataset) + ")"
     prov = provenance(command, row_seeds, [t for row in times.values() for t in row.values()])
     note = (f"{'Budget: ' + str(budget_epochs) + ' epochs per row. ' if budget_epochs else ''}"
-            f"Runs under `{runs}/<row>/seed<k>`. {_provenance_note(prov)}")
+            f"{_dataset_note(dataset)}Runs under `{repo_path(runs)}/<row>/"
+            f"{'fold<f>/' if DATASET_INFO[dataset].folds else ''}seed<k>`. "
+            f"{_provenance_note(prov)}")
     base = os.path.join(out_dir, f"{table.name}-{dataset}{suffix}")
     plotted = [r for r in chosen if r.config in SIZE_PLOT_ROWS]
     plot = None
@@ -1105,18 +1274,19 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
                   f"{table.name}, {dataset}: per-slice DSC against target size (validation)")
     doc = {
         "table": table.name, "title": table.title, "dataset": dataset,
-        "budget_epochs": budget_epochs, "empty_slices": empty_slices, "runs": os.path.abspath(runs),
+        "role": DATASET_INFO[dataset].role, "folds": DATASET_INFO[dataset].folds,
+        "budget_epochs": budget_epochs, "empty_slices": empty_slices, "runs": repo_path(runs),
         "provenance": prov,
         "plot": None if plot is None else os.path.basename(plot),
         "plot_error_bars": "± 1 sample standard deviation across seeds of the per-bin mean",
         "rows": [{"config": r.config, "label": r.label, "cells": list(r.cells),
-                  "seeds": list(row_seeds[r.config]),
+                  "seeds": [unit_json(u) for u in row_seeds[r.config]],
                   "ours": summary[r.config]["ours"], "paper": r.paper,
                   "dsc_by_size": summary[r.config]["dsc_by_size"],
                   "finding": summary[r.config]["finding"],
-                  "run": os.path.abspath(os.path.join(runs, r.config)),
-                  "per_seed": [{"seed": s,
-                                "run": os.path.abspath(run_folder(runs, r.config, s)),
+                  "run": repo_path(os.path.join(runs, r.config)),
+                  "per_seed": [{**unit_fields(s),
+                                "run": repo_path(run_folder(runs, r.config, s)),
                                 "ours": summary[r.config]["values"][s],
                                 "dsc_by_size": evaluations[r.config][s]["val"]["dsc_by_size"],
                                 "finding": summary[r.config]["finding_per_seed"][s],
@@ -1161,6 +1331,10 @@ def _table_arguments(parser, verb: str, out_help: str) -> None:
     parser.add_argument("--seeds", default=None, metavar="S,S,...",
                         help="every row at each of these seeds (train.seed), e.g. 0,1,2; "
                              "default: each row config's train.seed")
+    parser.add_argument("--folds", default=None, metavar="F,F,...",
+                        help="on a cross-validated dataset (synthetic-evidence, "
+                             "synthetic-hard-evidence, pancreas), the held-out folds to run, "
+                             "e.g. 0,1 (default: every fold); each (fold, seed) is one run")
     parser.add_argument("--seeds-for", dest="seeds_for", action="append", default=[],
                         metavar="ROW,ROW=S,S,...",
                         help="these seeds instead of --seeds for the rows named, e.g. "
@@ -1202,17 +1376,18 @@ def main(argv=None) -> int:
             return 0
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
         seeds_for = parse_seeds_for(args.seeds_for)
+        folds = None if args.folds is None else parse_folds(args.folds, args.dataset)
         if args.command == "curves":
             table_curves(args.table, args.dataset, args.budget_epochs, args.runs_dir, args.out,
                          args.rows.split(",") if args.rows else None, args.configs_dir, seeds,
-                         seeds_for)
+                         seeds_for, folds=folds)
             return 0
         doc = run_table(args.table, args.dataset, args.budget_epochs, args.runs_dir, args.out,
                         args.rows.split(",") if args.rows else None, args.overrides,
                         args.empty_slices, not args.no_flops, args.configs_dir,
                         command="python -m lsnet_tf.experiments " + shlex.join(
                             sys.argv[1:] if argv is None else argv),
-                        seeds=seeds, seeds_for=seeds_for, parallel=args.parallel)
+                        seeds=seeds, seeds_for=seeds_for, parallel=args.parallel, folds=folds)
     except (ExperimentError, ConfigError, ev.EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -152,7 +152,8 @@ def test_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ex.ExperimentError, match="unknown table 'table9'"):
         ex.run_table("table9", "synthetic")
     with pytest.raises(ex.ExperimentError,
-                       match="dataset must be one of synthetic, synthetic-hard, pancreas"):
+                       match="dataset must be one of synthetic, synthetic-hard, synthetic-evidence, "
+                       "synthetic-hard-evidence, pancreas"):
         ex.run_table("table1", "msd")
     with pytest.raises(ex.ExperimentError, match=r"table3 has no rows \['unet'\]"):
         ex.run_table("table3", "synthetic", rows=["unet"])
