@@ -3,9 +3,9 @@
 ::
 
     python -m lsnet_tf.experiments list [TABLE]
-    python -m lsnet_tf.experiments run TABLE --dataset synthetic|synthetic-hard|pancreas
+    python -m lsnet_tf.experiments run TABLE --dataset DATASET
         [--budget-epochs N]
-        [--seeds 0,1,2] [--seeds-for ROW,ROW=0,1,2,3,4 ...] [--rows a,b]
+        [--seeds 0,1,2] [--seeds-for ROW,ROW=0,1,2,3,4 ...] [--folds 0,1,2,3] [--rows a,b]
         [--runs-dir runs/experiments] [--out docs/results] [--empty-slices exclude|include]
         [--no-flops] [--set key=value ...] [--parallel]
     python -m lsnet_tf.experiments curves TABLE --dataset D [--seeds ...] [--seeds-for ...]
@@ -20,6 +20,15 @@ the paper's settings, ``configs/synthetic`` the same rows sized for a 2-core CPU
 ``synthetic-hard`` is the synthetic set's hard preset, its rows in ``configs/synthetic/hard``
 (the U-Net family and the scaled margin: ``--rows unet,attention_unet,c2f_unet,lsnet_unet`` for
 Table 1). Rows shared by several tables (e.g. ``lsnet_unet``) are trained once per seed.
+
+DATASET (``DATASET_INFO``): ``synthetic`` and ``synthetic-hard`` are the tuning sets (the
+settings of ``configs/synthetic`` were chosen by watching their validation fold; a row runs on
+that one fold); ``synthetic-evidence`` and ``synthetic-hard-evidence`` are the evidence sets, the
+same generator settings with generator seeds drawn after every setting was frozen
+(``EVIDENCE_SEEDS``), cross-validated by patient in 4 folds; ``pancreas`` is Pancreas-CT
+prepared with ``--folds 4``. On a cross-validated dataset every (row, fold, seed) is one run
+(a ``Unit``: trained on the other folds, scored on the held-out one, in
+``<row>/fold<f>/seed<k>/``); ``--folds`` runs some folds (default: all).
 
 Seeds: ``--seeds 0,1,2`` runs every row at each seed (overriding ``train.seed``);
 ``--seeds-for lsnet_unet,unet,c2f_unet=0,1,2,3,4`` gives the rows named other seeds (repeatable;
@@ -55,10 +64,14 @@ The table goes to ``<out>/<table>-<dataset>[-e<N>].md`` and ``.json``:
   some pixel on the target, nothing at all, or pixels only elsewhere, the DSC of the found ones
   and the share of small targets found, mean ± sd over seeds;
 - "Claims": each claim of the paper that the table tests (``Table.claims``, e.g. L-SNet (U-Net)
-  above U-Net in DSC and in DSC on small targets) as the paired difference over the seeds both
-  rows have, its mean, a 95 % percentile bootstrap interval (10,000 resamples of the seed pairs,
-  RNG seed 0; ``metrics.statistics``) and a verdict: holds (interval above 0), does not hold
-  (below 0), undecided (contains 0), undecided (n < 2); then the count of each in plain words;
+  above U-Net in DSC and in DSC on small targets) as the paired difference over the units both
+  rows have (by (fold, seed) on a cross-validated dataset, by seed otherwise), its mean, its
+  95 % paired t-interval with the correction of Nadeau and Bengio for overlapping training sets
+  (``metrics.statistics.corrected_t``; n_test/n_train = 1/(k - 1), 0 without folds), its
+  p-value, the 90 % interval of the equivalence test and a verdict: holds (interval above 0),
+  does not hold (below 0), equivalent (two one-sided tests within ±1 point), undecided
+  (otherwise, or fewer than 2 pairs); whether each decided verdict survives Holm's method across
+  the table's claims; then the count of each in plain words;
 - how the table was made: the commit (and whether the tree had uncommitted changes), the
   command, the seeds of each row, the machine, and the training time (the sum of the runs'
   ``train_seconds`` from their ``eval.json``, and the process CPU time where recorded).
@@ -597,7 +610,9 @@ def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/exper
     return results
 
 
-BOOTSTRAP = {"resamples": 10_000, "seed": 0, "level": 0.95}  # of every claim's interval
+# Every claim's test: the level of its corrected t-interval, the equivalence margin (points) and
+# the family-wise error rate of Holm's method across a table's claims.
+CLAIMS = {"level": 0.95, "margin": 1.0, "alpha": 0.05}
 
 
 def _mean_sd_text(v: dict, n_row: int | None = None) -> str:
@@ -732,29 +747,51 @@ def summarize_row(table: Table, evaluations: dict) -> dict:
             "finding": {k: statistics.mean_sd([found[s][k] for s in seeds]) for k in FINDING}}
 
 
-def evaluate_claims(claims, values: dict, resamples: int = BOOTSTRAP["resamples"],
-                seed: int = BOOTSTRAP["seed"], level: float = BOOTSTRAP["level"]) -> list:
-    """Each claim whose two rows are in `values` (``{row: {seed: {claim metric key: value}}}``)
-    on the seeds both rows have: ``paired_bootstrap`` of ``better - than`` and its ``verdict``.
+def evaluate_claims(claims, values: dict, ratio: float = 0.0, level: float = CLAIMS["level"],
+                    margin: float = CLAIMS["margin"], alpha: float = CLAIMS["alpha"]) -> list:
+    """Each claim whose two rows are in `values` (``{row: {unit: {claim metric key: value}}}``)
+    on the units both rows have: ``statistics.corrected_t`` of ``better - than`` (its interval,
+    equivalence test and verdict), and whether the verdict survives Holm's method across the
+    claims tested (``holm``: a decided verdict, holds, does not hold or equivalent, whose
+    ``p_verdict`` stays below `alpha` after Holm's step-down over every claim with a p-value).
+
+    Args:
+      ratio: ``n_test / n_train`` of the correction of Nadeau and Bengio (``1 / (k - 1)`` for
+        the units of a k-fold cross-validation; 0, the ordinary paired t-interval, for seeds on
+        one split).
 
     Returns:
-      one dict per claim: ``better``, ``than``, ``metric``, ``seeds`` (the paired ones),
-      ``differences`` (per paired seed, points), ``mean``, ``low``, ``high``, ``n``, ``verdict``.
+      one dict per claim: ``better``, ``than``, ``metric``, ``units`` (the paired ones, as
+      ``unit_json``), ``differences`` (per paired unit, points), every key of
+      ``corrected_t_interval`` (``mean``, ``low``, ``high``, ``n``, ``p``, ``tost_low``,
+      ``tost_high``, ``p_equivalence``, ``verdict``, ``p_verdict``, ...) and ``holm`` (True /
+      False; None for an undecided verdict).
     """
     out = []
     for claim in claims:
         if claim.better not in values or claim.than not in values:
             continue
-        seeds = sorted(set(values[claim.better]) & set(values[claim.than]))
-        a = [values[claim.better][s][claim.metric] for s in seeds]
-        b = [values[claim.than][s][claim.metric] for s in seeds]
-        boot = statistics.paired_bootstrap(a, b, resamples, seed, level)
+        units = sorted(set(values[claim.better]) & set(values[claim.than]))
+        a = [values[claim.better][u][claim.metric] for u in units]
+        b = [values[claim.than][u][claim.metric] for u in units]
+        test = statistics.corrected_t(a, b, ratio, level, margin)
         out.append({"better": claim.better, "than": claim.than, "metric": claim.metric,
-                    "seeds": seeds,
+                    "units": [unit_json(u) for u in units],
                     "differences": [None if x is None or y is None else round(x - y, 4)
-                                    for x, y in zip(a, b)],
-                    **boot, "verdict": statistics.verdict(boot["low"], boot["high"], boot["n"])})
+                                    for x, y in zip(a, b)], **test})
+    rejected = statistics.holm([r["p_verdict"] for r in out], alpha)
+    for r, kept in zip(out, rejected):
+        decided = r["verdict"] in (statistics.HOLDS, statistics.DOES_NOT_HOLD,
+                                   statistics.EQUIVALENT)
+        r["holm"] = bool(kept) if decided else None
     return out
+
+
+def claims_ratio(dataset: str) -> float:
+    """``n_test / n_train`` of the correction of Nadeau and Bengio for `dataset`'s units:
+    ``1 / (k - 1)`` with k folds, 0 (the ordinary paired t-interval) without folds."""
+    k = DATASET_INFO[dataset].folds
+    return 0.0 if k is None else 1.0 / (k - 1)
 
 
 def _row_name(table: Table, row: Row) -> str:
@@ -771,45 +808,75 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 def claims_summary(results: list) -> str:
-    """The claims' verdicts in one plain sentence."""
+    """The claims' verdicts in one plain sentence, and how many decided ones survive Holm's
+    method."""
     if not results:
         return "No claim of the paper could be tested: its rows were not run."
     verdicts = [r["verdict"] for r in results]
     hold, fail = verdicts.count(statistics.HOLDS), verdicts.count(statistics.DOES_NOT_HOLD)
-    few = verdicts.count(statistics.TOO_FEW)
-    open_ = len(verdicts) - hold - fail
+    same, few = verdicts.count(statistics.EQUIVALENT), verdicts.count(statistics.TOO_FEW)
+    open_ = len(verdicts) - hold - fail - same
     text = (f"Of {_count(len(results), 'claim', 'claims')} tested, "
-            f"{_count(hold, 'holds', 'hold')}, {_count(fail, 'does not hold', 'do not hold')} "
+            f"{_count(hold, 'holds', 'hold')}, {_count(fail, 'does not hold', 'do not hold')}, "
+            f"{same} {'is' if same == 1 else 'are'} equivalent (within ±1 point) "
             f"and {_count(open_, 'is undecided', 'are undecided')}")
     if few:
-        text += f" ({few} of them with fewer than 2 paired seeds)"
+        text += f" ({few} of them with fewer than 2 pairs)"
+    decided = [r for r in results if r.get("holm") is not None]
+    if decided:
+        kept = [r for r in decided if r["holm"]]
+        text += (f"; {len(kept)} of the {_count(len(decided), 'decided verdict', 'decided verdicts')}"
+                 f" {'survives' if len(kept) == 1 else 'survive'} Holm's correction across the "
+                 f"{len(results)} claims")
     return text + "."
 
 
-def claims_markdown(table: Table, rows, results: list, bootstrap: dict = BOOTSTRAP) -> str:
-    """The "Claims" section: claim, metric, n pairs, mean difference, CI and verdict per claim
-    (`results` of ``evaluate_claims``), the bootstrap's settings and a plain-words summary."""
+def _p_text(p) -> str:
+    if p is None:
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def claims_markdown(table: Table, rows, results: list, ratio: float = 0.0,
+                    settings: dict = CLAIMS) -> str:
+    """The "Claims" section: per claim, the metric, n pairs, the mean difference, its corrected
+    t-interval and p-value, the equivalence interval, the verdict and whether it survives Holm's
+    method (`results` of ``evaluate_claims``); then what they mean and a plain-words summary."""
     by_config = {r.config: r for r in rows}
-    level = round(100 * bootstrap["level"])
+    level = round(100 * settings["level"])
+    tost = round(100 * (2 * settings["level"] - 1))
     lines = ["| Claim | Metric | n pairs | Mean difference (points) | "
-             f"{level} % CI | Verdict |", "|---|---|---|---|---|---|"]
+             f"{level} % CI | p | {tost} % CI (equivalence) | Verdict | Holm |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         claim = (f"{_row_name(table, by_config[r['better']])} > "
                  f"{_row_name(table, by_config[r['than']])}")
         mean = "–" if r["mean"] is None else f"{r['mean']:+.2f}"
         ci = "–" if r["low"] is None else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
+        eq = "–" if r["tost_low"] is None else f"[{r['tost_low']:+.2f}, {r['tost_high']:+.2f}]"
+        holm = {True: "survives", False: "does not survive", None: "–"}[r.get("holm")]
         lines.append(f"| {claim} | {CLAIM_METRICS[r['metric']][0]} | {r['n']} | {mean} | {ci} "
-                     f"| {r['verdict']} |")
+                     f"| {_p_text(r['p'])} | {eq} | **{r['verdict']}** | {holm} |")
     tested = {(r["better"], r["than"], r["metric"]) for r in results}
     untested = [c for c in table.claims if (c.better, c.than, c.metric) not in tested]
+    if ratio:
+        pairs = ("paired by (fold, seed) unit; the interval is the paired t-interval with the "
+                 "correction of Nadeau and Bengio (2003) for training sets that overlap across "
+                 f"folds (variance × (1/n + n_test/n_train), n_test/n_train = {ratio:.3g}), "
+                 "n − 1 degrees of freedom")
+    else:
+        pairs = ("paired by seed on one split; the interval is the paired t-interval over the "
+                 "seeds (n − 1 degrees of freedom), which speaks of that split alone: seeds "
+                 "resample the initial weights and the batch order, never the patients")
     lines += ["", f"Difference: the claim's first row minus its second, in percentage points, "
-              "paired by seed (the seeds both rows have); "
-              f"{level} % percentile bootstrap interval of the mean difference from "
-              f"{bootstrap['resamples']:,} resamples of the seed pairs (RNG seed "
-              f"{bootstrap['seed']}). Verdict: holds (interval above 0), does not hold (below 0), "
-              "undecided (contains 0; or fewer than 2 pairs). With few pairs the interval never "
-              "leaves the range of the differences: with 3 pairs, \"holds\" says that all 3 "
-              "differences were positive, which two equal methods would give 1 time in 8."]
+              f"{pairs}; p: the two-sided test of a zero difference. Verdict: **holds** (the "
+              f"{level} % interval above 0), **does not hold** (below 0), **equivalent** (two "
+              f"one-sided tests at {settings['alpha']:g}: the {tost} % interval inside "
+              f"±{settings['margin']:g} point, the rows are within a point of each other), "
+              "**undecided** otherwise (or fewer than 2 pairs). Holm: whether a decided verdict's "
+              f"p-value (p; for equivalent, the larger one-sided p) stays below "
+              f"{settings['alpha']:g} under Holm's step-down method across the "
+              f"{_count(len(results), 'claim', 'claims')} of this table."]
     if untested:
         lines += ["", "Not tested (a row not run): " + "; ".join(
             f"{c.better} > {c.than} ({CLAIM_METRICS[c.metric][0]})" for c in untested) + "."]
@@ -1193,7 +1260,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
     Returns:
       the table's JSON: title, dataset, rows (each with its seeds, ours as ``mean_sd`` per
       metric, paper, DSC by size over seeds, and ``per_seed``: each seed's run folder, cells,
-      DSC by size and training time), claims, the bootstrap's settings, provenance, the plot.
+      DSC by size and training time), claims, the claims' test settings, provenance, the plot.
     """
     if empty_slices not in EMPTY_SLICE_MODES:
         raise ExperimentError(f"empty_slices must be one of {', '.join(EMPTY_SLICE_MODES)}, "
@@ -1254,7 +1321,8 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
     summary = {row.config: summarize_row(table, evaluations[row.config]) for row in chosen}
     claim_values = {row.config: {s: {m: get(e) for m, (_, get) in CLAIM_METRICS.items()}
                                  for s, e in evaluations[row.config].items()} for row in chosen}
-    claims = evaluate_claims(table.claims, claim_values)
+    ratio = claims_ratio(dataset)
+    claims = evaluate_claims(table.claims, claim_values, ratio)
     times = {row.config: {s: _run_times(run_folder(runs, row.config, s))
                           for s in row_seeds[row.config]} for row in chosen}
     if command is None:
@@ -1292,7 +1360,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
                                 "finding": summary[r.config]["finding_per_seed"][s],
                                 **times[r.config][s]}
                                for s in row_seeds[r.config]]} for r in chosen],
-        "bootstrap": dict(BOOTSTRAP),
+        "claims_test": dict(CLAIMS, ratio=ratio),
         "claims": claims,
         "claims_summary": claims_summary(claims) if table.claims else None,
     }
@@ -1304,7 +1372,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
                  "Plot: per bin, the mean over seeds of each seed's mean per-slice DSC; bars "
                  "± 1 sample standard deviation across seeds (none for a row run at one seed).\n")
     if table.claims:
-        text += "\n#### Claims\n\n" + claims_markdown(table, chosen, claims)
+        text += "\n#### Claims\n\n" + claims_markdown(table, chosen, claims, ratio)
     write_json(base + ".json", doc)
     write_text(base + ".md", text)
     log(f"wrote {base}.md and {base}.json" + (f" and {plot}" if plot else ""))

@@ -336,25 +336,98 @@ def test_cells_over_seeds_and_claims_paired_by_seed():
     results = ex.evaluate_claims(table.claims, values)
     # Pairs: the seeds both rows have (0, 1, 2; unet's seed 3 has no partner).
     overall, on_small, no_pair = results
-    assert overall["seeds"] == [0, 1, 2] and overall["differences"] == [5.0, 4.0, 3.0]
+    assert overall["units"] == [0, 1, 2] and overall["differences"] == [5.0, 4.0, 3.0]
     assert overall["mean"] == pytest.approx(4.0) and overall["n"] == 3
-    assert 3.0 <= overall["low"] <= overall["high"] <= 5.0 and overall["verdict"] == "holds"
+    # By hand: s = 1, se = 1 / sqrt(3) = 0.57735, t(0.975, 2) = 4.302653: 4 ± 2.484138;
+    # t = 6.928203, two-sided p = 0.020204.
+    assert [overall["low"], overall["high"]] == pytest.approx([1.515862, 6.484138], abs=1e-5)
+    assert overall["p"] == pytest.approx(0.020204, abs=1e-5) and overall["verdict"] == "holds"
+    # Two pairs (10, 5): se = 2.5, t(0.975, 1) = 12.706205: 7.5 ± 31.765512, undecided.
     assert on_small["differences"] == [10.0, 5.0, None] and on_small["n"] == 2
-    assert on_small["verdict"] == "holds"  # both differences positive
-    assert no_pair["seeds"] == [] and no_pair["verdict"] == "undecided (n < 2)"
+    assert on_small["low"] == pytest.approx(7.5 - 31.765512, abs=1e-5)
+    assert on_small["verdict"] == "undecided" and on_small["holm"] is None
+    assert no_pair["units"] == [] and no_pair["verdict"] == "undecided (n < 2)"
+    # Holm over the two p-values (0.0202, 0.2048): 0.0202 <= 0.05 / 2, so "holds" survives.
+    assert overall["holm"] is True
     assert len(results) == 3  # snet_bce was not run: its claim is left out
     text = ex.claims_markdown(table, table.rows, results)
     lines = text.splitlines()
-    assert lines[0] == "| Claim | Metric | n pairs | Mean difference (points) | 95 % CI | Verdict |"
-    low, high = overall["low"], overall["high"]
-    assert f"| L-SNet > U-Net | DSC | 3 | +4.00 | [{low:+.2f}, {high:+.2f}] | holds |" in lines
-    assert "| L-SNet > FCN | DSC | 0 | – | – | undecided (n < 2) |" in lines
-    assert "10,000 resamples of the seed pairs (RNG seed 0)" in text
+    assert lines[0] == ("| Claim | Metric | n pairs | Mean difference (points) | 95 % CI | p | "
+                        "90 % CI (equivalence) | Verdict | Holm |")
+    assert ("| L-SNet > U-Net | DSC | 3 | +4.00 | [+1.52, +6.48] | 0.020 | [+2.31, +5.69] | "
+            "**holds** | survives |") in lines
+    assert "| L-SNet > FCN | DSC | 0 | – | – | – | – | **undecided (n < 2)** | – |" in lines
+    assert "paired by seed on one split" in text
     assert "Not tested (a row not run): unet > snet_bce (DSC)." in lines
-    assert lines[-1] == ("**In plain words.** Of 3 claims tested, 2 hold, 0 do not hold and 1 "
-                         "is undecided (1 of them with fewer than 2 paired seeds).")
+    assert lines[-1] == ("**In plain words.** Of 3 claims tested, 1 holds, 0 do not hold, 0 are "
+                         "equivalent (within ±1 point) and 2 are undecided (1 of them with fewer "
+                         "than 2 pairs); 1 of the 1 decided verdict survives Holm's correction "
+                         "across the 3 claims.")
     # The same numbers give the same intervals.
     assert ex.evaluate_claims(table.claims, values) == results
+    # Units of a 4-fold cross-validation: the variance is corrected by 1/n + 1/3,
+    # se = sqrt(1/3 + 1/3) = 0.816497: 4 ± 3.513101.
+    cv = ex.evaluate_claims(table.claims[:1], values, ratio=ex.claims_ratio("synthetic-evidence"))
+    assert [cv[0]["low"], cv[0]["high"]] == pytest.approx([0.486899, 7.513101], abs=1e-5)
+    assert "n_test/n_train = 0.333" in ex.claims_markdown(table, table.rows, cv, 1 / 3)
+
+
+def test_equivalent_and_does_not_hold_verdicts_and_holm_in_a_table():
+    table = ex.Table("t", "T", ("Method",), ("dsc",), (
+        ex.Row("unet", "U-Net", {}), ex.Row("lsnet_unet", "L-SNet", {}), ex.Row("fcn", "FCN", {})),
+        (ex.Claim("lsnet_unet", "unet", "dsc"), ex.Claim("lsnet_unet", "fcn", "dsc")))
+    units = [ex.Unit(f, 0) for f in range(4)] + [ex.Unit(f, 1) for f in range(4)]
+    # L-SNet - U-Net: +0.1, -0.1 alternating (mean 0, s = 0.106904, se with the 4-fold
+    # correction 0.106904 * sqrt(1/8 + 1/3) = 0.072375; 90 % interval 0 ± 1.894579 * 0.072375
+    # = ±0.137121, inside ±1: equivalent). L-SNet - FCN: -3 ± 0.5 (clearly below 0).
+    lsnet = {u: {"dsc": 80.0} for u in units}
+    unet = {u: {"dsc": 80.0 - (0.1 if i % 2 == 0 else -0.1)} for i, u in enumerate(units)}
+    fcn = {u: {"dsc": 83.0 + (0.5 if i % 2 == 0 else -0.5)} for i, u in enumerate(units)}
+    results = ex.evaluate_claims(table.claims, {"lsnet_unet": lsnet, "unet": unet, "fcn": fcn},
+                                 ratio=1 / 3)
+    same, worse = results
+    assert same["verdict"] == "equivalent" and same["n"] == 8
+    assert [same["tost_low"], same["tost_high"]] == pytest.approx([-0.137121, 0.137121], abs=1e-5)
+    assert same["units"][:2] == [{"fold": 0, "seed": 0}, {"fold": 1, "seed": 0}]
+    assert worse["verdict"] == "does not hold" and worse["mean"] == pytest.approx(-3.0)
+    assert same["holm"] is True and worse["holm"] is True
+    text = ex.claims_markdown(table, table.rows, results, 1 / 3)
+    assert "1 is equivalent (within ±1 point)" in text and "2 decided verdicts survive" in text
+
+
+def test_units_of_a_cross_validated_dataset(tmp_path):
+    assert ex.DATASET_INFO["synthetic-evidence"].folds == 4
+    assert ex.DATASET_INFO["synthetic"].folds is None
+    u = ex.Unit(2, 1)
+    assert (u.fold, u.seed, str(u)) == (2, 1, "fold 2 seed 1")
+    assert sorted([ex.Unit(1, 1), ex.Unit(3, 0), ex.Unit(0, 1)]) == [
+        ex.Unit(3, 0), ex.Unit(0, 1), ex.Unit(1, 1)]  # seed by seed, then fold
+    assert ex.run_folder("r", "unet", u) == os.path.join("r", "unet", "fold2", "seed1")
+    assert ex.run_folder("r", "unet", 3) == os.path.join("r", "unet", "seed3")
+    over = ex.unit_overrides("synthetic-evidence", u, ["train.epochs=2"])
+    assert over == ["data.synthetic.seed=83267049", "data.synthetic.folds=4", "train.epochs=2",
+                    "train.seed=1", "data.val_fold=2"]
+    assert ex.unit_overrides("synthetic", 3) == ["train.seed=3"]
+    rows = [r for r in ex.TABLES["table1"].rows if r.config in ("unet", "lsnet_unet")]
+    units = ex._seeds_of_rows(rows, "synthetic-evidence", None, (), (0,), {"unet": (0, 1)},
+                              folds=(1, 3))
+    assert units == {"unet": (ex.Unit(1, 0), ex.Unit(3, 0), ex.Unit(1, 1), ex.Unit(3, 1)),
+                     "lsnet_unet": (ex.Unit(1, 0), ex.Unit(3, 0))}
+    every = ex._seeds_of_rows(rows[:1], "synthetic-evidence", None, (), (0,), None)
+    assert every["unet"] == tuple(ex.Unit(f, 0) for f in range(4))
+    assert ex.units_text(every["unet"]) == "folds 0-3 × seed 0"
+    assert ex.units_text([0, 1]) == "seeds 0, 1"
+    assert ex.parse_folds("0,3", "synthetic-evidence") == (0, 3)
+    with pytest.raises(ex.ExperimentError, match=r"folds 0-3, received \[4\]"):
+        ex.parse_folds("4", "synthetic-evidence")
+    with pytest.raises(ex.ExperimentError, match="synthetic is not cross-validated"):
+        ex.parse_folds("0", "synthetic")
+    cfg = ex.row_config(ex._row_config_path(rows[0], "synthetic-evidence", None),
+                        str(tmp_path / "run"), over)
+    assert (cfg.data.synthetic.seed, cfg.data.synthetic.folds, cfg.data.val_fold) == (
+        83267049, 4, 2)
+    assert ex.claims_ratio("synthetic-evidence") == pytest.approx(1 / 3)
+    assert ex.claims_ratio("synthetic") == 0.0
 
 
 TINY = ["data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=2",
@@ -365,6 +438,54 @@ TINY = ["data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=2",
         # One replica: the experiment runner is under test, not tf.distribute (the test
         # session has two logical CPU devices, see conftest.py).
         "train.strategy=default"]
+
+
+@pytest.mark.slow
+def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, monkeypatch):
+    """One row of the evidence set at two held-out folds (1 epoch of 1 step each): each run
+    holds out its fold, the table pairs by (fold, seed), and ``keep`` copies the fold layout."""
+    from lsnet_tf import evaluate, train
+
+    table = ex.Table("tinycv", "A cross-validated table", ("Model",), ("dsc",), (
+        ex.Row("unet", "U-Net", {}),))
+    monkeypatch.setitem(ex.TABLES, "tinycv", table)
+    out, runs_dir = tmp_path / "docs", tmp_path / "runs"
+    argv = ["run", "tinycv", "--dataset", "synthetic-evidence", "--budget-epochs", "1",
+            "--no-flops", "--runs-dir", str(runs_dir), "--out", str(out), "--seeds", "0",
+            "--folds", "0,1"]
+    for item in TINY + [f"data.cache_dir={tmp_path / 'cache'}"]:
+        argv += ["--set", item]
+    assert ex.main(argv) == 0
+    runs = runs_dir / "synthetic-evidence-e1" / "unet"
+    for fold in (0, 1):
+        saved = load_config(str(runs / f"fold{fold}" / "seed0" / "config.yaml"))
+        assert saved.data.val_fold == fold and saved.data.synthetic.seed == 83267049
+        result = json.loads((runs / f"fold{fold}" / "seed0" / "evaluation-val-exclude.json")
+                            .read_text())
+        assert result["folds"] == [fold]
+    doc = json.loads((out / "tinycv-synthetic-evidence-e1.json").read_text())
+    assert doc["role"] == "evidence" and doc["folds"] == 4
+    assert doc["rows"][0]["seeds"] == [{"fold": 0, "seed": 0}, {"fold": 1, "seed": 0}]
+    assert [(p["fold"], p["seed"]) for p in doc["rows"][0]["per_seed"]] == [(0, 0), (1, 0)]
+    md = (out / "tinycv-synthetic-evidence-e1.md").read_text()
+    assert "fold 0 × seed 0" not in md and "folds 0, 1 × seed 0 for every row" in md
+    assert "On an evidence set (generator seed 83267049" in md
+    records = tmp_path / "records"
+    assert ex.main(["keep", "--runs-dir", str(runs_dir), "--to", str(records)]) == 0
+    assert sorted(p.relative_to(records).as_posix() for p in records.glob("**/eval.json")) == [
+        "synthetic-evidence-e1/unet/fold0/seed0/eval.json",
+        "synthetic-evidence-e1/unet/fold1/seed0/eval.json"]
+
+    def fail(*args, **kw):
+        raise AssertionError("a kept run was run again")
+
+    monkeypatch.setattr(train, "run", fail)
+    monkeypatch.setattr(evaluate, "evaluate_run", fail)
+    again = [str(records) if a == str(runs_dir) else str(tmp_path / "again") if a == str(out)
+             else a for a in argv]
+    assert ex.main(again) == 0
+    redone = json.loads((tmp_path / "again" / "tinycv-synthetic-evidence-e1.json").read_text())
+    assert redone["rows"][0]["ours"] == doc["rows"][0]["ours"]
 
 
 @pytest.mark.slow
@@ -403,7 +524,7 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     doc, md = table_files()
     assert [r["seeds"] for r in doc["rows"]] == [[0, 1], [0]]
     assert "| FCN | 1 | " in md and "| U-Net > FCN | DSC | 1 | " in md
-    assert "| undecided (n < 2) |" in md
+    assert "| **undecided (n < 2)** |" in md
     stamps = {p: os.path.getmtime(p) for p in runs.glob("*/seed*/eval.json")}
     assert len(stamps) == 3
 
@@ -436,14 +557,15 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
         assert f"| {spec.label} | 2 | {cell} |" in md
     dsc_claim = doc["claims"][0]
     assert (dsc_claim["better"], dsc_claim["than"], dsc_claim["metric"]) == ("unet", "fcn", "dsc")
-    assert dsc_claim["seeds"] == [0, 1] and dsc_claim["n"] == 2
+    assert dsc_claim["units"] == [0, 1] and dsc_claim["n"] == 2
     assert dsc_claim["differences"] == [round(u["ours"]["dsc"] - f["ours"]["dsc"], 4)
                                         for u, f in zip(per_seed["unet"], per_seed["fcn"])]
-    assert dsc_claim["verdict"] in ("holds", "does not hold", "undecided")
+    assert dsc_claim["verdict"] in ("holds", "does not hold", "equivalent", "undecided")
     assert "#### Found, missed, elsewhere" in md
     assert "#### Claims" in md and f"| U-Net > FCN | DSC | 2 | {dsc_claim['mean']:+.2f} | " in md
-    assert f"| {dsc_claim['verdict']} |" in md and "**In plain words.** Of 2 claims tested" in md
-    assert doc["bootstrap"] == {"resamples": 10_000, "seed": 0, "level": 0.95}
+    assert f"| **{dsc_claim['verdict']}** |" in md and "**In plain words.** Of 2 claims tested" in md
+    assert doc["claims_test"] == {"level": 0.95, "margin": 1.0, "alpha": 0.05, "ratio": 0.0}
+    assert doc["role"] == "tuning" and "On a tuning set" in md
     # Provenance: the commit, the command, the seeds, the machine and the training time.
     prov = doc["provenance"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(CONFIGS),
