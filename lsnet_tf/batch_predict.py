@@ -9,8 +9,8 @@ Which folder is what
 A folder with DICOM files directly in it (``*.dcm``, or files without an extension that start
 as DICOM files do: ``DICM`` at byte 128; hidden files and ``DICOMDIR`` do not count) is one
 series: the single-case DICOM input of `lsnet_tf.predict`, read with its subfolders as before.
-Any other folder is a folder of cases, searched recursively (hidden files and folders, and the
-output folder when it lies inside, are left out):
+Any other folder is a folder of cases, searched recursively (hidden files and folders are left
+out; hidden NIfTI files, such as ``..dots.nii.gz``, are named in a warning):
 
 - every NIfTI file (``.nii``, ``.nii.gz``) is a case, named by its file name without the
   extension and without a trailing ``_0000`` (the channel suffix of the Decathlon / nnU-Net
@@ -22,19 +22,29 @@ output folder when it lies inside, are left out):
 Other files are left out (their number is logged). So a patient folder whose series lie in
 subfolders is now a folder of cases (one per series), where it used to be read as one series.
 
-A list file (``.txt`` or ``.lst``) names one case per line: any single-case input of
-`lsnet_tf.predict` (NIfTI, DICOM folder, ``.npy``, ``.png``), relative to the list file's folder
-or absolute; blank lines and lines starting with ``#`` are ignored. Cases keep the list's order
-and are named as above (a ``.npy``/``.png`` file by its name without the extension; a DICOM
-folder outside the list's folder by its own name).
+A list file (``.txt`` or ``.lst``, UTF-8; a byte order mark is ignored) names one case per
+line: any single-case input of `lsnet_tf.predict` (NIfTI, DICOM folder, ``.npy``, ``.png``),
+relative to the list file's folder or absolute; blank lines and lines starting with ``#`` are
+ignored. Cases keep the list's order and are named as above (a ``.npy``/``.png`` file by its
+name without the extension; a DICOM folder outside the list's folder by its own name).
 
-Two cases of one name are an error that lists them, raised before anything runs, as is a
-folder or list without cases.
+Case names are checked once, in `check_case_names`: a name that is empty, ``.`` or ``..``,
+holds a path separator, starts with ``.`` (hidden, and the batch's work folders), is one of the
+batch's own files (`RESERVED_NAMES`: ``cases.csv``, ``cases.json``, ...) or is too long for a
+folder name, and a name shared by several inputs (letter case aside), makes that case fail
+alone (status ``failed``, the error naming its input file); the other cases run. Every path
+the batch writes, renames or removes under ``OUT`` goes through `case_path`, which refuses
+anything but a direct child of ``OUT`` (links resolved). A folder or list without cases is an
+error before anything runs.
+
+``--out`` must not be an existing file, the input folder or a folder inside it (nor inside a
+listed DICOM folder): `check_out_dir` refuses these before the model loads, as its outputs
+would be read as cases on the next run.
 
 Outputs
 -------
 - ``OUT/<case>/``: ``mask.nii.gz``, ``overlays/``, ``summary.json``, as a single prediction
-  writes them. A case is written into ``OUT/.<case>.partial/`` and renamed to ``OUT/<case>/``
+  writes them (the summary's ``outputs`` records each file's size and SHA-256). A case is written into ``OUT/.<case>.partial/`` and renamed to ``OUT/<case>/``
   when complete, so a killed run never leaves a half case that looks complete.
 - ``OUT/cases.csv`` and ``OUT/cases.json`` (a list of rows): one row per case handled so far, in
   case order, with the columns `CASE_COLUMNS`: case, input (absolute path), slices, volume_ml
@@ -45,19 +55,25 @@ Outputs
 
 Resuming
 --------
-Running the same command again skips every case whose ``OUT/<case>/summary.json`` exists and
+Running the same command again skips every case whose ``OUT/<case>/summary.json`` exists,
 names the same input and the same model content (``model_sha256``, `lsnet_tf.files.fingerprint`
-of the model file or folder) (status ``skipped``, its slices, volume and seconds read from that
-summary); a case predicted by another model (retrained or re-exported at the same path) is
-predicted again, and leftover ``.partial`` folders are removed and those cases redone. ``--overwrite``
+of the model file or folder), and whose listed ``outputs`` are all there with the size and
+SHA-256 it recorded (status ``skipped``, its slices, volume and seconds read from that summary).
+A case predicted by another model (retrained or re-exported at the same path) is predicted
+again, as is one whose outputs are missing or changed (the log names the file and what is
+wrong) or whose summary records no checksums (an older version wrote it); leftover
+``.partial`` folders are removed and those cases redone. ``--overwrite``
 redoes every case (the old folder is replaced only once the new one is complete). A case folder
 that holds the prediction of another input (same case name, other path) is an error before
 anything runs (choose another ``--out``, or ``--overwrite``).
 
 Failures
 --------
-A case that cannot be predicted (an unreadable file, a wrong shape, an empty DICOM folder, ...)
-is reported on stderr and in the summary with its file and reason, and the other cases go on.
+A case that cannot be predicted (an unreadable file, a wrong shape, an empty DICOM folder, an
+unsafe or shared name, a file that cannot be written, ...) is reported on stderr and in the
+summary with its file and reason, and the other cases go on. A file or folder that cannot be
+written is named with what it is (``OUT/cases.csv: cannot write the summary of the cases
+(Permission denied)``).
 The exit status is 1 when a case failed, 0 otherwise.
 
 Progress: one line per case on stderr (``cases [###.......] 3/10 NAME``), the slice bar of
@@ -101,15 +117,22 @@ import time
 from typing import Callable, Sequence
 
 from lsnet_tf import beam
-from lsnet_tf.files import write_json, write_text
+from lsnet_tf.files import check_outputs, write_json, write_text, writing
 
-__all__ = ["BatchError", "Case", "CASE_COLUMNS", "is_batch_input", "find_cases", "run_batch",
+__all__ = ["BatchError", "Case", "CASE_COLUMNS", "RESERVED_NAMES", "is_batch_input",
+           "find_cases", "check_case_names", "check_out_dir", "case_path", "run_batch",
            "write_summary"]
 
 CASE_COLUMNS = ("case", "input", "slices", "volume_ml", "seconds", "status", "error")
 LIST_EXTENSIONS = (".txt", ".lst")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 CHANNEL_SUFFIX = "_0000"
+# Names under OUT that are the batch's own files (and their temporary names), never a case's
+# folder; compared without regard to letter case (case-insensitive file systems).
+RESERVED_NAMES = ("cases.csv", "cases.json", "cases.csv.tmp", "cases.json.tmp", "summary.json")
+# A case folder's name, and the work folders ``.<case>.partial``/``.<case>.old``, must fit in
+# one path component (255 bytes on the common file systems).
+MAX_NAME_BYTES = 255 - len("..partial")
 
 
 class BatchError(ValueError):
@@ -118,10 +141,12 @@ class BatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One case: its output folder name and its input path (absolute)."""
+    """One case: its output folder name and its input path (absolute); `error` says why the
+    case cannot run (an unsafe name, a name shared with other inputs), else None."""
 
     name: str
     input: str
+    error: str | None = None
 
 
 # ----------------------------------------------------------------------------------- finding
@@ -180,7 +205,7 @@ def folder_case_name(relative: str) -> str:
 
 def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
     out_real = os.path.realpath(out_dir) if out_dir else None
-    cases, ignored = [], 0
+    cases, ignored, hidden = [], 0, []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and os.path.realpath(os.path.join(root, d)) != out_real)
@@ -191,6 +216,8 @@ def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
             continue
         for name in sorted(files):
             if name.startswith("."):
+                if _is_nifti(name):
+                    hidden.append(os.path.join(root, name))
                 continue
             if _is_nifti(name):
                 cases.append(Case(file_case_name(name), os.path.abspath(os.path.join(root, name))))
@@ -198,13 +225,16 @@ def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
                 ignored += 1
     if ignored:
         log(f"{folder}: left out {ignored} files that are neither NIfTI nor in a DICOM folder")
+    if hidden:
+        log(f"warning: {folder}: left out {len(hidden)} hidden NIfTI file(s) (names starting "
+            f"with '.'; rename them to predict them): {', '.join(hidden)}")
     return sorted(cases, key=lambda c: (c.name, c.input))
 
 
 def _list_cases(list_path: str) -> list[Case]:
     base = os.path.dirname(os.path.abspath(list_path))
     try:
-        with open(list_path, encoding="utf-8") as f:
+        with open(list_path, encoding="utf-8-sig") as f:  # a byte order mark is no path
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise BatchError(f"{list_path}: unreadable list file ({type(e).__name__}: {e})") from e
@@ -224,11 +254,58 @@ def _list_cases(list_path: str) -> list[Case]:
     return cases
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a case folder directly under ``OUT``, or None when it can: empty,
+    ``.`` or ``..``, a path separator or NUL in it, a leading ``.`` (hidden, and the batch's
+    work folders ``.<case>.partial``/``.<case>.old``), a name of `RESERVED_NAMES`, or longer
+    than `MAX_NAME_BYTES`."""
+    if name in ("", ".", ".."):
+        return (f"the case name {name!r} would be "
+                + {"": "no folder", ".": "the output folder itself",
+                   "..": "the output folder's parent"}[name])
+    if any(sep in name for sep in {"/", "\\", "\0", os.sep, os.altsep or "/"}):
+        return f"the case name {name!r} holds a path separator"
+    if name.startswith("."):
+        return (f"the case name {name!r} starts with '.' (kept for hidden files and the batch's "
+                "work folders .<case>.partial and .<case>.old)")
+    if name.lower() in RESERVED_NAMES:
+        return f"the case name {name!r} is the name of a file the batch writes in its output folder"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"the case name is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def check_case_names(cases: Sequence[Case]) -> list[Case]:
+    """`cases` with `Case.error` set on those whose name is unsafe (`name_problem`) or shared
+    with another input (compared without regard to letter case): each such case fails alone,
+    naming its input file, and the others run."""
+    by_name = {}
+    for case in cases:
+        by_name.setdefault(case.name.lower(), []).append(case.input)
+    out = []
+    for case in cases:
+        if case.error is None:
+            problem = name_problem(case.name)
+            shared = by_name[case.name.lower()]
+            if problem:
+                error = f"{case.input}: {problem}; rename the input"
+            elif len(shared) > 1:
+                error = (f"{case.input}: the case name {case.name!r} is shared with "
+                         f"{', '.join(p for p in shared if p != case.input) or case.input} "
+                         "(their outputs would overwrite each other); rename one of them")
+            else:
+                error = None
+            case = dataclasses.replace(case, error=error)
+        out.append(case)
+    return out
+
+
 def find_cases(path: str, out_dir: str | None = None, log=print) -> list[Case]:
     """The cases of a folder or list file `path` (see the module docstring).
 
     `out_dir`, when it lies inside the folder, is not searched. Raises `BatchError` for a
-    folder or list without cases and for cases that share a name (all listed).
+    folder or list without cases; a case with an unsafe name or a name shared with another
+    input comes back with its `Case.error` set (`check_case_names`).
     """
     if os.path.isfile(path):
         cases = _list_cases(path)
@@ -241,15 +318,48 @@ def find_cases(path: str, out_dir: str | None = None, log=print) -> list[Case]:
             raise BatchError(f"{path}: no cases found: no NIfTI files (.nii, .nii.gz) and no "
                              "folders with DICOM files under it, and no DICOM files directly in "
                              "it (a single series)")
-    by_name = {}
-    for case in cases:
-        by_name.setdefault(case.name, []).append(case.input)
-    clashes = {name: inputs for name, inputs in by_name.items() if len(inputs) > 1}
-    if clashes:
-        listed = "; ".join(f"{name!r}: {', '.join(inputs)}" for name, inputs in clashes.items())
-        raise BatchError(f"{path}: {len(clashes)} case name(s) shared by several inputs (their "
-                         f"outputs would overwrite each other): {listed}")
-    return cases
+    return check_case_names(cases)
+
+
+def _is_within(path: str, folder: str) -> bool:
+    """Whether the real path of `path` is `folder`'s or lies under it."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_out_dir(out_dir: str, inputs: Sequence[str] = ()) -> None:
+    """Refuse (`BatchError`) an output folder `out_dir` that is an existing file (or lies under
+    one), or that is one of the folders `inputs` (an input folder of cases, DICOM series
+    folders) or lies inside it: its outputs would be read as input on the next run. Called
+    before the model loads."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise BatchError(f"--out {out_dir} is an existing file, not a folder; choose a folder")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise BatchError(f"--out {out_dir} lies under {parent}, which is a file, not a folder")
+    for folder in inputs:
+        if os.path.isdir(folder) and _is_within(out_dir, folder):
+            where = "is" if os.path.realpath(out_dir) == os.path.realpath(folder) else \
+                "lies inside"
+            raise BatchError(f"--out {out_dir} {where} the input folder {folder}: the outputs "
+                             "would be read as input on the next run; choose an output folder "
+                             "outside it")
+
+
+def case_path(out_dir: str, name: str, pattern: str = "{}") -> str:
+    """``out_dir/<pattern with name>``, checked to be a direct child of `out_dir` once every
+    link is resolved (`BatchError` otherwise): the only way the batch names a path under
+    ``OUT``, so that nothing is written, renamed or removed elsewhere."""
+    problem = name_problem(name)
+    if problem:
+        raise BatchError(f"{out_dir}: {problem}; nothing written")
+    path = os.path.join(out_dir, pattern.format(name))
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(out_dir):
+        raise BatchError(f"{path} resolves to {os.path.realpath(path)}, outside --out "
+                         f"{out_dir}; nothing written")
+    return path
 
 
 # ----------------------------------------------------------------------------------- summary
@@ -260,8 +370,10 @@ def write_summary(out_dir: str, rows: Sequence[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in CASE_COLUMNS})
-    write_text(os.path.join(out_dir, "cases.csv"), text.getvalue())
-    write_json(os.path.join(out_dir, "cases.json"), [dict(row) for row in rows])
+    with writing("the summary of the cases", os.path.join(out_dir, "cases.csv")):
+        write_text(os.path.join(out_dir, "cases.csv"), text.getvalue())
+    with writing("the summary of the cases", os.path.join(out_dir, "cases.json")):
+        write_json(os.path.join(out_dir, "cases.json"), [dict(row) for row in rows])
 
 
 def _row(case: Case, summary: dict | None, status: str, seconds=None, error=None) -> dict:
@@ -289,20 +401,26 @@ def _remove(path: str) -> None:
 
 
 def _partial(out_dir: str, name: str) -> str:
-    return os.path.join(out_dir, f".{name}.partial")
+    return case_path(out_dir, name, ".{}.partial")
 
 
 def _old(out_dir: str, name: str) -> str:
-    return os.path.join(out_dir, f".{name}.old")
+    return case_path(out_dir, name, ".{}.old")
 
 
-def _complete_cases(cases: Sequence[Case], out_dir: str, model_sha256: str | None = None):
-    """``({name: summary}, stale)``: the cases whose outputs are complete, and how many complete
-    ones another model predicted (`model_sha256` given and different: not in the dict, redone);
-    `BatchError` when a case folder holds the prediction of another input."""
-    complete, foreign, stale = {}, [], 0
+def _complete_cases(cases: Sequence[Case], out_dir: str, model_sha256: str | None = None,
+                    log=print):
+    """``({name: summary}, stale, incomplete)``: the cases whose outputs are complete (every
+    output the summary lists is there with the size and SHA-256 it recorded), how many complete
+    ones another model predicted (`model_sha256` given and different: not in the dict, redone),
+    and how many have outputs missing or changed (logged with the reason, redone); `BatchError`
+    when a case folder holds the prediction of another input."""
+    complete, foreign, stale, incomplete = {}, [], 0, 0
     for case in cases:
-        path = os.path.join(out_dir, case.name, "summary.json")
+        if case.error is not None:
+            continue
+        folder = case_path(out_dir, case.name)
+        path = os.path.join(folder, "summary.json")
         if not os.path.isfile(path):
             continue
         try:
@@ -318,12 +436,17 @@ def _complete_cases(cases: Sequence[Case], out_dir: str, model_sha256: str | Non
         elif model_sha256 is not None and summary.get("model_sha256") != model_sha256:
             stale += 1
         else:
-            complete[case.name] = summary
+            problems = check_outputs(folder, summary.get("outputs"))
+            if problems:
+                incomplete += 1
+                log(f"case {case.name}: not complete ({'; '.join(problems)}): predicted again")
+            else:
+                complete[case.name] = summary
     if foreign:
         raise BatchError(f"{out_dir}: case folders hold the predictions of other inputs "
                          f"(choose another --out, or --overwrite to replace them): "
                          + "; ".join(foreign))
-    return complete, stale
+    return complete, stale, incomplete
 
 
 def _reason(error: Exception, case: Case) -> str:
@@ -337,13 +460,14 @@ def _reason(error: Exception, case: Case) -> str:
 
 def _install(partial: str, final: str, old: str) -> None:
     """Put the finished folder `partial` in place of `final` (moved aside to `old` first)."""
-    if os.path.lexists(final):
-        _remove(old)
-        os.rename(final, old)
-        os.rename(partial, final)
-        _remove(old)
-    else:
-        os.rename(partial, final)
+    with writing("the case folder (renaming it into place)", final):
+        if os.path.lexists(final):
+            _remove(old)
+            os.rename(final, old)
+            os.rename(partial, final)
+            _remove(old)
+        else:
+            os.rename(partial, final)
 
 
 def predict_one(case: Case, out_dir: str, predictor, predict: Callable, progress: bool = True,
@@ -351,20 +475,24 @@ def predict_one(case: Case, out_dir: str, predictor, predict: Callable, progress
     """Predict `case` into ``out_dir/<case>/`` by way of its ``.partial`` folder; the summary row
     (``failed`` with the reason, reported on `stream`, when the case cannot be predicted)."""
     stream = stream or sys.stderr
-    final, partial, old = (os.path.join(out_dir, case.name), _partial(out_dir, case.name),
-                           _old(out_dir, case.name))
-    _remove(partial)
     t0 = time.time()
+    partial = None
     try:
+        if case.error is not None:
+            raise BatchError(case.error)
+        final, partial, old = (case_path(out_dir, case.name), _partial(out_dir, case.name),
+                               _old(out_dir, case.name))
+        _remove(partial)
         summary = predict(predictor, case.input, partial, log=log, t0=t0, shown_as=final,
                           **({} if progress else {"progress": None}))
+        _install(partial, final, old)
     except Exception as e:  # noqa: BLE001 - one broken case must not stop the others
-        _remove(partial)
+        if partial is not None:
+            _remove(partial)
         reason = _reason(e, case)
         stream.write(f"\nerror: case {case.name}: {reason}\n")
         stream.flush()
         return _row(case, None, "failed", seconds=round(time.time() - t0, 2), error=reason)
-    _install(partial, final, old)
     return _row(case, summary, "done")
 
 
@@ -384,16 +512,24 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
     prediction.
     """
     stream = sys.stderr
+    cases = check_case_names(cases)
     for case in cases:  # left by a killed run
+        if case.error is not None:
+            continue
         _remove(_partial(out_dir, case.name))
-        final, old = os.path.join(out_dir, case.name), _old(out_dir, case.name)
+        final, old = case_path(out_dir, case.name), _old(out_dir, case.name)
         if os.path.isdir(old) and not os.path.lexists(final):
             os.rename(old, final)  # killed while replacing it: the previous outputs come back
         _remove(old)
-    complete, stale = ({}, 0) if overwrite else _complete_cases(cases, out_dir, model_sha256)
-    todo = [c for c in cases if c.name not in complete]
+    complete, stale, incomplete = ({}, 0, 0) if overwrite else _complete_cases(
+        cases, out_dir, model_sha256, log)
+    refused = [c for c in cases if c.error is not None]
+    todo = [c for c in cases if c.name not in complete and c.error is None]
+    redone = [f"{stale} of them predicted by another model" if stale else "",
+              f"{incomplete} with outputs missing or changed" if incomplete else ""]
     log(f"{len(cases)} cases: {len(todo)} to predict"
-        + (f" ({stale} of them predicted by another model)" if stale else "")
+        + (f" ({', '.join(r for r in redone if r)})" if stale or incomplete else "")
+        + (f", {len(refused)} refused (unsafe or shared names)" if refused else "")
         + f", {len(complete)} complete already "
         f"(skipped{'; --overwrite redoes them' if complete else ''}) -> {out_dir}"
         + (f" with {beam.describe(options)}" if options is not None and todo else ""))
@@ -413,13 +549,18 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
     return rows
 
 
+def _make_out_dir(out_dir: str) -> None:
+    with writing("the output folder", out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+
+
 def _run_in_process(cases, complete, out_dir, predictor, predict, progress, log, stream):
-    os.makedirs(out_dir, exist_ok=True)
+    _make_out_dir(out_dir)
     rows = []
     for i, case in enumerate(cases):
         if progress:
             case_bar(i, len(cases), case.name, stream)
-        if case.name in complete:
+        if case.error is None and case.name in complete:
             rows.append(_row(case, complete[case.name], "skipped"))
         else:
             rows.append(predict_one(case, out_dir, predictor, predict, progress, log, stream))
@@ -471,15 +612,19 @@ def __getattr__(name):
 
 
 def _publish_rows(rows, out_dir: str, order: list, skipped: list) -> int:
-    """Beam's last step: the summary of the skipped and the predicted cases, in case order."""
-    by_name = {row["case"]: row for row in list(skipped) + list(rows)}
-    write_summary(out_dir, [by_name[name] for name in order if name in by_name])
-    return len(by_name)
+    """Beam's last step: the summary of the skipped, refused and predicted cases, in case order
+    (`order`: ``[case, input]`` pairs)."""
+    by_case = {(row["case"], row["input"]): row for row in list(skipped) + list(rows)}
+    write_summary(out_dir, [by_case[tuple(key)] for key in order if tuple(key) in by_case])
+    return len(by_case)
 
 
 def _run_pipeline(cases, complete, todo, out_dir, load, predict, options) -> list[dict]:
-    skipped = [_row(c, complete[c.name], "skipped") for c in cases if c.name in complete]
-    os.makedirs(out_dir, exist_ok=True)
+    skipped = [_row(c, complete[c.name], "skipped") if c.error is None
+               else predict_one(c, out_dir, None, predict, progress=False, log=_quiet,
+                                stream=io.StringIO())  # refused: reported after the pipeline
+               for c in cases if c.error is not None or c.name in complete]
+    _make_out_dir(out_dir)
     if not todo:
         write_summary(out_dir, skipped)
         return skipped
@@ -496,6 +641,6 @@ def _run_pipeline(cases, complete, todo, out_dir, load, predict, options) -> lis
              | "Predict" >> apache_beam.ParDo(this.PredictCaseFn(out_dir, load, predict))
              | "Collect" >> apache_beam.combiners.ToList()
              | "WriteSummary" >> apache_beam.Map(this._publish_rows, out_dir,
-                                                 [c.name for c in cases], skipped))
+                                                 [(c.name, c.input) for c in cases], skipped))
     with open(os.path.join(out_dir, "cases.json"), encoding="utf-8") as f:
         return json.load(f)

@@ -4,7 +4,9 @@
 the ``with`` block ends without an exception (``os.replace``: atomic on POSIX and Windows); on an
 exception the temporary file is removed and `path` keeps its previous content, if any.
 `write_text` and `write_json` are the common cases. `fingerprint` names a file's or a folder's
-content (a model's: which model wrote a prediction).
+content (a model's: which model wrote a prediction). `describe_outputs` records the size and
+SHA-256 of written files and `check_outputs` tells whether they are still those. `writing` turns
+an `OSError` while writing into a `WriteError` naming the path and what was being written.
 
 Folders (SavedModels) and files written by TensorFlow's own writers (TFRecord shards) cannot go
 through a Python file object; they follow the same write-then-rename rule in their own modules
@@ -86,3 +88,50 @@ def fingerprint(path: str) -> str:
     else:
         add(path)
     return digest.hexdigest()
+
+
+class WriteError(OSError):
+    """A file or folder that cannot be written; the message names it and what it is."""
+
+
+@contextlib.contextmanager
+def writing(what: str, path: str) -> Iterator[None]:
+    """Turn an `OSError` inside the block (permission denied, read-only or full disk, a file
+    where a folder should be) into a `WriteError` saying ``<path>: cannot write <what>
+    (<reason>)``; an error that is one already passes unchanged."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        where = e.filename if e.filename and os.fspath(e.filename) != os.fspath(path) else None
+        raise WriteError(f"{path}: cannot write {what} ({reason}"
+                         + (f": {where}" if where else "") + ")") from e
+
+
+def describe_outputs(folder: str, names) -> dict:
+    """``{name: {"bytes": size, "sha256": hex}}`` of the files `names` (relative to `folder`,
+    ``/``-separated): what a summary records so that a later run can tell its outputs are whole."""
+    return {name: {"bytes": os.path.getsize(os.path.join(folder, name)),
+                   "sha256": fingerprint(os.path.join(folder, name))} for name in names}
+
+
+def check_outputs(folder: str, outputs) -> list[str]:
+    """What is wrong with the files `outputs` (`describe_outputs`) under `folder`: each one
+    missing, of another size or another SHA-256 is one phrase; [] when all are as recorded."""
+    if not isinstance(outputs, dict) or not outputs:
+        return ["its summary records no output sizes and checksums (an older version wrote it)"]
+    problems = []
+    for name, expected in sorted(outputs.items()):
+        path = os.path.join(folder, *str(name).split("/"))
+        if not isinstance(expected, dict):
+            problems.append(f"{name}: no size and checksum recorded")
+        elif not os.path.isfile(path):
+            problems.append(f"{name} is missing")
+        elif os.path.getsize(path) != expected.get("bytes"):
+            problems.append(f"{name} has {os.path.getsize(path)} bytes, not the "
+                            f"{expected.get('bytes')} recorded")
+        elif fingerprint(path) != expected.get("sha256"):
+            problems.append(f"{name} differs from the file written (SHA-256)")
+    return problems

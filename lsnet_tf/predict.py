@@ -10,6 +10,9 @@ SavedModel graph does (``lsnet_tf.export.saved_model.preprocess``/``postprocess`
 
 - a DICOM folder: one CT series (``lsnet_tf.data.dicom.read_series``: slices sorted by position,
   HU from the rescale tags, canonical orientation), told by DICOM files directly in the folder;
+  ``--series-uid UID`` picks one of several series in it (the error for such a folder lists
+  them with their descriptions and slice counts); files among the slices that are not DICOM
+  at all (zero bytes, a stray note) are left out with a warning naming them;
 - a NIfTI file (``.nii``/``.nii.gz``): a 3-D volume, brought to the canonical orientation for
   inference (``lsnet_tf.data.volumes.canonicalize``) and the mask brought back to the file's own
   axis order;
@@ -60,6 +63,12 @@ entries with both others >= 8 (an ``(H, W, C)`` image, not ``(slices, H, W)``); 
 not real numbers, or NaN/infinite values (``.npy``, NIfTI); a colour or 1-bit PNG; the DICOM
 and NIfTI readers' own errors (`lsnet_tf.data.volumes.PrepareError`).
 
+Refused before the model loads: an ``--out`` that is an existing file, or that is (or lies
+inside) the input folder. A model that cannot be loaded (missing, a damaged or truncated
+SavedModel, one without a ``serving_default`` signature or whose signature is not
+``hu -> mask, boxes, scores, keypoints, valid``, an unreadable ``.tflite``) is one line naming
+its path and the fault. A file that cannot be written is named with what it is.
+
 Exit status: 0 on success, 1 when the input or the model cannot be used (the message says why).
 """
 from __future__ import annotations
@@ -78,7 +87,7 @@ from lsnet_tf import batch_predict, beam, dicom_seg
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.export.litert import TFLitePredictor  # LiteRT and numpy: no TensorFlow
-from lsnet_tf.files import fingerprint, write_json
+from lsnet_tf.files import describe_outputs, fingerprint, write_json, writing
 
 __all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModelPredictor",
            "TFLitePredictor", "predict_volume", "predict_case", "run", "run_many", "main"]
@@ -89,6 +98,8 @@ MAX_BATCH_PIXELS = 2 ** 25
 DEFAULT_WINDOW = (40.0, 400.0)
 SEG_FILE = "mask.seg.dcm"
 INPUT_KINDS = "a DICOM folder, a NIfTI file (.nii, .nii.gz), a .npy array or a .png image"
+# What an exported model's serving_default returns (`predict_volume` reads them all).
+OUTPUTS = ("mask", "boxes", "scores", "keypoints", "valid")
 
 
 class PredictError(ValueError):
@@ -135,16 +146,23 @@ def _write_canonical(affine):
     return write
 
 
-def _read_dicom(folder: str) -> Volume:
-    vol = dicom.read_series(folder)
+def _read_dicom(folder: str, series_uid=None) -> Volume:
+    vol = dicom.read_series(folder, series_uid=series_uid)
     # Files map to canonical slices only for an axial series (a re-cut one has none per slice).
     axial = int(np.argmax(np.abs(dicom.slice_normal(vol.source_orientation)))) == 2
     return Volume(hu=vol.hu.astype(np.float32), spacing=tuple(vol.spacing), spacing_source="dicom",
                   kind="dicom", write_mask=_write_canonical(vol.affine), affine=vol.affine,
                   files=list(vol.files) if axial else [], source_files=list(vol.files),
-                  notes=list(vol.notes),
+                  notes=list(vol.notes) + _not_dicom_note(vol.skipped_files),
                   info={"series_uid": vol.series_uid,
                         "skipped_files": [list(f) for f in vol.skipped_files]})
+
+
+def _not_dicom_note(skipped) -> list:
+    """A note naming the files of a DICOM folder that were left out as not DICOM at all."""
+    files = [path for path, reason in skipped if reason.startswith(dicom.NOT_DICOM)]
+    return [f"left out {len(files)} file(s) that are not DICOM: {', '.join(files)}"] if files \
+        else []
 
 
 def _read_nifti(path: str) -> Volume:
@@ -271,11 +289,12 @@ def _read_png(path: str, spacing, source, window) -> Volume:
                   kind="png", write_mask=_write_canonical(_canonical_affine(spacing)), notes=notes)
 
 
-def read_input(path: str, spacing=None, window=DEFAULT_WINDOW) -> Volume:
+def read_input(path: str, spacing=None, window=DEFAULT_WINDOW, series_uid=None) -> Volume:
     """Read `path` (see the module docstring) into a `Volume`.
 
     `spacing` ``(row, col, slice)`` mm applies to NPY/PNG input (default 1 mm, noted as assumed).
-    `window` ``(center, width)`` reads 8-bit PNGs.
+    `window` ``(center, width)`` reads 8-bit PNGs. `series_uid` picks a series of a DICOM folder
+    that holds several.
 
     Raises:
       PredictError: a missing path, an unsupported extension, an array that is not 2-D or 3-D
@@ -295,7 +314,10 @@ def read_input(path: str, spacing=None, window=DEFAULT_WINDOW) -> Volume:
                                f"got {spacing}")
         source = "--spacing"
     if os.path.isdir(path):
-        return _read_dicom(path)
+        return _read_dicom(path, series_uid)
+    if series_uid:
+        raise PredictError(f"{path}: --series-uid picks a series of a DICOM folder; this input "
+                           "is a file")
     lower = path.lower()
     if lower.endswith((".nii", ".nii.gz")):
         return _read_nifti(path)
@@ -341,10 +363,24 @@ class SavedModelPredictor:
 
         self.path = _resolve_saved_model(path)
         self.batch_size = int(batch_size)
-        self.module = tf.saved_model.load(self.path)
-        if "serving_default" not in self.module.signatures:
-            raise PredictError(f"{self.path}: no serving_default signature")
-        self.signature = self.module.signatures["serving_default"]
+        try:
+            self.module = tf.saved_model.load(self.path)
+        except Exception as e:  # noqa: BLE001 - truncated variables, a bad graph, ...: TF's own
+            first = (str(e).strip().splitlines() or [""])[0]  # error types, one line each
+            raise PredictError(f"{self.path}: the SavedModel cannot be loaded (damaged or "
+                               f"incomplete: {type(e).__name__}: {first})") from e
+        signatures = getattr(self.module, "signatures", None) or {}
+        if "serving_default" not in signatures:
+            raise PredictError(f"{self.path}: no serving_default signature (signatures: "
+                               f"{', '.join(signatures) or 'none'}): not a model of "
+                               "python -m lsnet_tf.export")
+        self.signature = signatures["serving_default"]
+        inputs = sorted(self.signature.structured_input_signature[1])
+        outputs = sorted(self.signature.structured_outputs)
+        if inputs != ["hu"] or not set(OUTPUTS) <= set(outputs):
+            raise PredictError(f"{self.path}: serving_default takes {inputs} and returns "
+                               f"{outputs}, not hu -> {', '.join(OUTPUTS)}: not a model of "
+                               "python -m lsnet_tf.export")
         self.window = _window_of_config(self.path)
 
     def predict(self, hu: np.ndarray) -> dict:
@@ -483,7 +519,8 @@ def summarize(volume: Volume, pred: dict, extra: dict | None = None) -> dict:
 
 def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlays: bool = True,
                  progress: Callable | None = progress_bar, log=print, t0: float | None = None,
-                 shown_as: str | None = None, dicom_seg_file: bool = True) -> dict:
+                 shown_as: str | None = None, dicom_seg_file: bool = True,
+                 series_uid=None) -> dict:
     """Predict `input_path` with a loaded `predictor` into `out_dir`; returns the summary dict.
 
     `dicom_seg_file`: for a DICOM series, also write ``mask.seg.dcm`` (`lsnet_tf.dicom_seg`), a
@@ -491,21 +528,31 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
 
     `t0`: the time the summary's ``seconds`` count from (default: now). `shown_as`: the folder
     named in the log line (default `out_dir`; the batch writes into a temporary folder).
+    `series_uid`: the series to read from a DICOM folder that holds several.
+
+    The summary's ``outputs`` maps each file written (relative to `out_dir`) to its ``bytes``
+    and ``sha256``: a later batch run skips the case only while they are unchanged. A file that
+    cannot be written raises `lsnet_tf.files.WriteError` naming it and what it is.
     """
     t0 = time.time() if t0 is None else t0
     window = predictor.window or DEFAULT_WINDOW
-    volume = read_input(input_path, spacing=spacing, window=window)
+    volume = read_input(input_path, spacing=spacing, window=window, series_uid=series_uid)
     log(f"{input_path}: {volume.kind}, {volume.hu.shape[0]} slices of {volume.hu.shape[1]} x "
         f"{volume.hu.shape[2]}, spacing {tuple(round(s, 4) for s in volume.spacing)} mm "
         f"({volume.spacing_source})")
+    for note in _not_dicom_note(volume.info.get("skipped_files", [])):
+        print(f"warning: {input_path}: {note}", file=sys.stderr)
     pred = predict_volume(predictor, volume.hu, progress)
-    os.makedirs(out_dir, exist_ok=True)
+    with writing("the output folder", out_dir):
+        os.makedirs(out_dir, exist_ok=True)
     mask_path = os.path.join(out_dir, "mask.nii.gz")
-    volume.write_mask(pred["mask"], mask_path)
+    with writing("the mask", mask_path):
+        volume.write_mask(pred["mask"], mask_path)
     seg_file = None
     if volume.kind == "dicom" and dicom_seg_file:
-        seg_path = dicom_seg.write_dicom_seg(pred["mask"], volume.source_files,
-                                             os.path.join(out_dir, SEG_FILE))
+        with writing("the DICOM SEG", os.path.join(out_dir, SEG_FILE)):
+            seg_path = dicom_seg.write_dicom_seg(pred["mask"], volume.source_files,
+                                                 os.path.join(out_dir, SEG_FILE))
         if seg_path is None:
             log("empty mask: no DICOM SEG written")
         else:
@@ -521,16 +568,22 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
     written = []
     if overlays:
         folder = os.path.join(out_dir, "overlays")
-        os.makedirs(folder, exist_ok=True)
+        with writing("the overlays folder", folder):
+            os.makedirs(folder, exist_ok=True)
         for entry in summary["slices"]:
             k = entry["index"]
             name = f"slice_{k:04d}.png"
-            _save_overlay(os.path.join(folder, name), volume.hu[k], pred["mask"][k],
-                          pred["boxes"][k], pred["valid"][k].astype(bool), window)
+            with writing("an overlay image", os.path.join(folder, name)):
+                _save_overlay(os.path.join(folder, name), volume.hu[k], pred["mask"][k],
+                              pred["boxes"][k], pred["valid"][k].astype(bool), window)
             written.append(os.path.join("overlays", name))
     summary["overlays"] = written
+    summary["outputs"] = describe_outputs(out_dir, [os.path.basename(mask_path)]
+                                          + ([seg_file] if seg_file else [])
+                                          + [p.replace(os.sep, "/") for p in written])
     summary["seconds"] = round(time.time() - t0, 2)
-    write_json(os.path.join(out_dir, "summary.json"), summary)
+    with writing("the summary", os.path.join(out_dir, "summary.json")):
+        write_json(os.path.join(out_dir, "summary.json"), summary)
     volume_text = (f"{summary['volume_ml']:.3f} mL" if summary["volume_ml"] is not None
                    else "volume unknown")
     log(f"mask: {summary['mask_voxels']} voxels, {volume_text}, slices "
@@ -539,14 +592,30 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
     return summary
 
 
+def check_out_dir(out_dir: str, inputs=()) -> None:
+    """`PredictError` for an `out_dir` that is an existing file (or lies under one), or that is
+    one of the folders `inputs` or lies inside it (`batch_predict.check_out_dir`)."""
+    try:
+        batch_predict.check_out_dir(out_dir, inputs)
+    except batch_predict.BatchError as e:
+        raise PredictError(str(e)) from e
+
+
 def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
         overlays: bool = True, progress: Callable | None = progress_bar, log=print,
-        dicom_seg_file: bool = True) -> dict:
-    """Predict `input_path` with `model_path` into `out_dir`; returns the summary dict."""
+        dicom_seg_file: bool = True, series_uid=None) -> dict:
+    """Predict `input_path` with `model_path` into `out_dir`; returns the summary dict.
+
+    Before the model loads: `PredictError` for a missing input, and for an `out_dir` that is a
+    file or lies inside a DICOM input folder (`check_out_dir`)."""
     t0 = time.time()
+    if not os.path.exists(input_path):
+        raise PredictError(f"{input_path}: input not found")
+    check_out_dir(out_dir, [input_path])
     predictor = load_predictor(model_path, batch_size)
     return predict_case(predictor, input_path, out_dir, spacing=spacing, overlays=overlays,
-                        progress=progress, log=log, t0=t0, dicom_seg_file=dicom_seg_file)
+                        progress=progress, log=log, t0=t0, dicom_seg_file=dicom_seg_file,
+                        series_uid=series_uid)
 
 
 def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
@@ -562,7 +631,10 @@ def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8
     # ``python -m lsnet_tf.predict``.
     from lsnet_tf import predict as this
 
+    check_out_dir(out_dir, [input_path])
     cases = batch_predict.find_cases(input_path, out_dir, log=log)
+    # Before the model loads: --out is no file, nor inside the input folder or a listed series.
+    check_out_dir(out_dir, [input_path] + [c.input for c in cases if os.path.isdir(c.input)])
     if options is not None and not os.path.exists(model_path):  # before starting any worker
         raise PredictError(f"{model_path}: model not found")
     # Hashed once: the skip decision and every case's summary.json use the same fingerprint.
@@ -591,12 +663,18 @@ def main(argv=None) -> int:
                         help=f"DICOM input: do not write {SEG_FILE} (a DICOM SEG of the mask)")
     parser.add_argument("--overwrite", action="store_true",
                         help="many cases: redo cases whose outputs are already complete")
+    parser.add_argument("--series-uid", metavar="UID",
+                        help="a DICOM folder holding several series: predict the series of this "
+                             "SeriesInstanceUID (the error for such a folder lists them)")
     beam.add_beam_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         if batch_predict.is_batch_input(args.input):
+            if args.series_uid:
+                parser.error("--series-uid picks a series of one DICOM folder, not of many "
+                             "cases; point --input at the DICOM folder")
             rows = run_many(args.model, args.input, args.out, batch_size=args.batch_size,
                             spacing=args.spacing, overlays=not args.no_overlays,
                             overwrite=args.overwrite, dicom_seg_file=not args.no_dicom_seg,
@@ -606,7 +684,8 @@ def main(argv=None) -> int:
             parser.error("--runner and Beam pipeline options apply to many cases (a folder of "
                          "cases or a .txt/.lst list), not to one")
         run(args.model, args.input, args.out, batch_size=args.batch_size, spacing=args.spacing,
-            overlays=not args.no_overlays, dicom_seg_file=not args.no_dicom_seg)
+            overlays=not args.no_overlays, dicom_seg_file=not args.no_dicom_seg,
+            series_uid=args.series_uid)
     except (ValueError, OSError) as e:  # PredictError and the readers' PrepareErrors included
         print(f"\nerror: {e}", file=sys.stderr)
         return 1

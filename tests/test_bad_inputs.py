@@ -114,17 +114,22 @@ def test_truncated_pixel_data_gives_the_declared_and_actual_sizes(tmp_path):
         dicom.read_series(str(folder))
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"not DICOM at all " * 30, "junk.dcm: unreadable DICOM file"),
-    (bytes(128) + b"DICM" + bytes(range(256)) * 2,
-     r"junk.dcm: no pixel data \(no PixelData element; SOP class \?, modality \?\)"),
-])
-def test_garbage_with_a_dcm_name_is_named(tmp_path, content, message):
+def test_garbage_with_a_dcm_name_is_named(tmp_path):
     folder = ct5n(tmp_path)
-    (folder / "junk.dcm").write_bytes(content)
-    with pytest.raises(DicomSeriesError, match=message) as err:
+    (folder / "junk.dcm").write_bytes(bytes(128) + b"DICM" + bytes(range(256)) * 2)
+    with pytest.raises(DicomSeriesError, match=r"junk.dcm: no pixel data \(no PixelData element; "
+                                               r"SOP class \?, modality \?\)") as err:
         dicom.read_series(str(folder))
     assert err.value.path == str(folder / "junk.dcm")
+
+
+def test_a_file_that_is_not_dicom_beside_the_slices_is_left_out_and_named(tmp_path):
+    folder = ct5n(tmp_path)
+    (folder / "junk.dcm").write_bytes(b"not DICOM at all " * 30)
+    vol = dicom.read_series(str(folder))
+    assert vol.hu.shape == (5, 16, 16)
+    assert vol.skipped_files == [(str(folder / "junk.dcm"),
+                                  "not DICOM: no DICM prefix and no DICOM dataset")]
 
 
 def test_structured_report_alone_is_not_an_image(tmp_path):

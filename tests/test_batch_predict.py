@@ -72,7 +72,9 @@ def read_csv(out):
 
 
 def without_seconds(summary):
-    return {k: v for k, v in summary.items() if k != "seconds"}
+    """A summary without its time and its outputs' checksums (a DICOM SEG has new UIDs each
+    time it is written)."""
+    return {k: v for k, v in summary.items() if k not in ("seconds", "outputs")}
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +147,28 @@ def test_find_cases_in_a_folder(tmp_path):
         (name, str(path)) for name, path in inputs.items())
 
 
-def test_cases_sharing_a_name_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
-    for path in ("a/ct.nii.gz", "b/ct.nii.gz", "ct_0000.nii.gz", "other.nii"):
+def test_cases_sharing_a_name_each_fail_and_the_others_run(tmp_path, monkeypatch, capsys,
+                                                            counted_loads, model_path):
+    for path in ("a/ct.nii.gz", "b/ct.nii.gz", "CT_0000.nii.gz", "other.nii"):
         write_nifti(tmp_path / "cases" / path, (4, 4, 2), seed=0)
-    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
-    code = predict.main(["--model", "m", "--input", str(tmp_path / "cases"),
-                         "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    code = predict.main(["--model", model_path, "--input", str(tmp_path / "cases"),
+                         "--out", str(tmp_path / "out"), "--no-overlays"])
     assert code == 1
     err = capsys.readouterr().err
-    names = ", ".join(str(tmp_path / "cases" / p)
-                      for p in ("a/ct.nii.gz", "b/ct.nii.gz", "ct_0000.nii.gz"))
-    assert (f"1 case name(s) shared by several inputs (their outputs would overwrite each "
-            f"other): 'ct': {names}") in err
-    assert not (tmp_path / "out").exists()
+    shared = [str(tmp_path / "cases" / p) for p in ("a/ct.nii.gz", "b/ct.nii.gz",
+                                                     "CT_0000.nii.gz")]
+    rows = read_csv(tmp_path / "out")
+    assert [(r["case"], r["status"]) for r in rows] == [
+        ("CT", "failed"), ("ct", "failed"), ("ct", "failed"), ("other", "done")]
+    assert sorted(r["input"] for r in rows[:3]) == sorted(shared)
+    for row in rows[:3]:  # letter case aside: one folder on a case-insensitive file system
+        path = row["input"]
+        others = ", ".join(r["input"] for r in rows[:3] if r["input"] != path)
+        assert row["error"] == (f"{path}: the case name {row['case']!r} is shared with {others} "
+                                "(their outputs would overwrite each other); rename one of them")
+        assert f"error: case {row['case']}: {row['error']}" in err
+    assert sorted(os.listdir(tmp_path / "out")) == ["cases.csv", "cases.json", "other"]
 
 
 def test_a_folder_or_list_without_cases_is_an_error(tmp_path, monkeypatch, capsys):
@@ -310,7 +321,7 @@ def test_a_killed_run_is_resumed_and_overwrite_redoes_every_case(batch, model_pa
                                                                  tmp_path, monkeypatch):
     cases = tmp_path / "cases"
     make_cases(cases)
-    out = cases / "predictions"  # inside the input folder: not searched for cases
+    out = tmp_path / "predictions"
     argv = ["--model", model_path, "--input", str(cases), "--out", str(out)]
     monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
 
@@ -442,3 +453,221 @@ def test_runner_options_apply_to_many_cases_only(tmp_path, capsys):
         predict.main(["--model", "m", "--input", str(tmp_path / "one.npy"), "--out",
                       str(tmp_path / "out"), "--runner", "DirectRunner"])
     assert "--runner and Beam pipeline options apply to many cases" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hostile input (issue 32)
+
+
+def tree(root, leave_out):
+    """{relative path: (size, mtime_ns)} of every file and folder under `root` except
+    `leave_out`, and of `root`'s parent folder's entries (what a stray rename would touch)."""
+    out = {}
+    for base, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if Path(base, d) != leave_out]
+        for name in dirs + names:
+            path = Path(base, name)
+            out[str(path.relative_to(root))] = (path.stat().st_size, path.stat().st_mtime_ns)
+    out["<parent>"] = sorted(os.listdir(Path(root).parent))
+    return out
+
+
+HOSTILE = {  # file -> (case name, why it cannot be a case folder under OUT)
+    "...nii.gz": ("..", "the case name '..' would be the output folder's parent"),
+    "..nii.gz": (".", "the case name '.' would be the output folder itself"),
+    "cases.csv.nii.gz": ("cases.csv", "the case name 'cases.csv' is the name of a file the batch "
+                                      "writes in its output folder"),
+    "..dots.nii.gz": ("..dots", "the case name '..dots' starts with '.' (kept for hidden files "
+                                "and the batch's work folders .<case>.partial and .<case>.old)"),
+}
+
+
+def hostile_cases(root):
+    """A folder `root/cases` of one good case, the files of `HOSTILE`, and a DICOM series in a
+    folder named ``cases.json``; a list of them all (`root/cases/list.txt`)."""
+    cases = root / "cases"
+    write_nifti(cases / "good.nii.gz", (4, 4, 2), seed=0)
+    for name in HOSTILE:
+        shutil.copy(cases / "good.nii.gz", cases / name)
+    shutil.copytree(CT5N, cases / "cases.json")
+    (cases / "list.txt").write_text("".join(f"{n}\n" for n in HOSTILE) + "cases.json\ngood.nii.gz\n")
+    return cases
+
+
+def check_hostile_run(root, cases, out, rows, err, listed, good="done"):
+    """The good case is done, each hostile one failed alone naming its file, and nothing outside
+    `out` changed (no rename of its parent, no stray files)."""
+    reasons = {"cases.json": (str(cases / "cases.json"), "the case name 'cases.json' is the name "
+                              "of a file the batch writes in its output folder")}
+    reasons.update({name: (str(cases / file), why) for file, (name, why) in HOSTILE.items()
+                    if listed or not file.startswith(".")})  # hidden files: no cases in a folder
+    assert {r["case"]: r["status"] for r in rows} == {"good": good,
+                                                      **{name: "failed" for name in reasons}}
+    for row in rows:
+        if row["case"] in reasons:
+            path, why = reasons[row["case"]]
+            assert row["input"] == path
+            assert row["error"] == f"{path}: {why}; rename the input"
+            assert f"error: case {row['case']}: {row['error']}" in err
+    assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "good"]
+    assert os.path.isfile(out / "cases.json")  # the summary, not a case folder
+
+
+def test_hostile_case_names_fail_alone_and_nothing_leaves_out(counted_loads, model_path,
+                                                              tmp_path, monkeypatch, capsys):
+    """Issue 32, 1: names that would be '..', '.', the summary files or hidden work folders."""
+    cases = hostile_cases(tmp_path)
+    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    for listed in (False, True):
+        out = tmp_path / f"out_{'list' if listed else 'folder'}"
+        before = tree(tmp_path, out)
+        argv = ["--model", model_path, "--input", str(cases / "list.txt" if listed else cases),
+                "--out", str(out), "--no-overlays"]
+        for good in ("done", "skipped"):  # the rerun reads the summary it wrote
+            assert predict.main(argv) == 1
+            captured = capsys.readouterr()
+            check_hostile_run(tmp_path, cases, out, read_csv(out), captured.err, listed, good)
+        assert tree(tmp_path, out) == {**before, "<parent>": before["<parent>"]}
+        if not listed:  # hidden files are left out in folder mode, but not without a word
+            assert (f"warning: {cases}: left out 3 hidden NIfTI file(s) (names starting with '.'; "
+                    f"rename them to predict them): {cases / '...nii.gz'}, "
+                    f"{cases / '..dots.nii.gz'}, {cases / '..nii.gz'}") in captured.out
+
+
+def test_case_paths_stay_directly_under_out(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / "linked")
+    assert batch_predict.case_path(str(out), "ok") == str(out / "ok")
+    assert batch_predict.case_path(str(out), "ok", ".{}.partial") == str(out / ".ok.partial")
+    for name in ("..", ".", "", "a/b", "cases.CSV", ".x", "x" * 300):
+        with pytest.raises(batch_predict.BatchError, match="nothing written"):
+            batch_predict.case_path(str(out), name)
+    with pytest.raises(batch_predict.BatchError, match=r"outside --out .*nothing written"):
+        batch_predict.case_path(str(out), "linked")
+
+
+@pytest.mark.slow
+def test_hostile_case_names_on_the_direct_runner(model_path, tmp_path, capsys):
+    cases = hostile_cases(tmp_path)
+    out = tmp_path / "out"
+    before = tree(tmp_path, out)
+    assert predict.main(["--model", model_path, "--input", str(cases / "list.txt"), "--out",
+                         str(out), "--no-overlays", "--runner", "DirectRunner"]) == 1
+    check_hostile_run(tmp_path, cases, out, read_csv(out), capsys.readouterr().err, listed=True)
+    assert [r["case"] for r in read_csv(out)] == [n for n, _ in HOSTILE.values()] + [
+        "cases.json", "good"]  # list order
+    assert tree(tmp_path, out) == before
+
+
+def test_a_list_file_with_a_byte_order_mark(counted_loads, model_path, tmp_path, monkeypatch):
+    """Issue 32, 5: a list saved by an editor that writes a UTF-8 BOM."""
+    write_nifti(tmp_path / "ct.nii.gz", (4, 4, 2), seed=0)
+    (tmp_path / "list.txt").write_bytes("ct.nii.gz\n".encode("utf-8-sig"))
+    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    assert predict.main(["--model", model_path, "--input", str(tmp_path / "list.txt"),
+                         "--out", str(tmp_path / "out"), "--no-overlays"]) == 0
+    assert [(r["case"], r["status"], r["input"]) for r in read_csv(tmp_path / "out")] == [
+        ("ct", "done", str(tmp_path / "ct.nii.gz"))]
+
+
+def test_out_that_is_or_lies_in_the_input_or_is_a_file_is_refused_before_the_model_loads(
+        tmp_path, monkeypatch, capsys):
+    """Issue 32, 2: a rerun with --out equal to --input read its own outputs as cases."""
+    cases = tmp_path / "cases"
+    write_nifti(cases / "ct.nii.gz", (4, 4, 2), seed=0)
+    shutil.copytree(CT5N, cases / "series")
+    (tmp_path / "list.txt").write_text("cases/ct.nii.gz\ncases/series\n")
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    refused = [
+        (cases, cases, f"--out {cases} is the input folder {cases}"),
+        (cases, cases / "preds", f"--out {cases / 'preds'} lies inside the input folder {cases}"),
+        (tmp_path / "list.txt", cases / "series" / "out",
+         f"--out {cases / 'series' / 'out'} lies inside the input folder {cases / 'series'}"),
+        (cases / "series", cases / "series",  # one series: its outputs would be read as slices
+         f"--out {cases / 'series'} is the input folder {cases / 'series'}"),
+        (cases, tmp_path / "file", f"--out {tmp_path / 'file'} is an existing file, not a folder"),
+        (cases / "ct.nii.gz", tmp_path / "file",
+         f"--out {tmp_path / 'file'} is an existing file, not a folder"),
+        (cases / "ct.nii.gz", tmp_path / "file" / "sub",
+         f"--out {tmp_path / 'file' / 'sub'} lies under {tmp_path / 'file'}, which is a file"),
+    ]
+    for input_path, out, message in refused:
+        listing = sorted(os.listdir(cases))
+        assert predict.main(["--model", "m", "--input", str(input_path), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {message}" in err, err
+        assert sorted(os.listdir(cases)) == listing
+
+
+def test_a_case_whose_outputs_changed_is_predicted_again(batch, counted_loads, model_path,
+                                                        tmp_path, monkeypatch, capsys):
+    """Issue 32, 3: resume trusted summary.json alone."""
+    out = tmp_path / "out"
+    shutil.copytree(batch["out"], out)
+    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    argv = ["--model", model_path, "--input", str(batch["root"] / "cases"), "--out", str(out)]
+    assert predict.main(argv) == 0
+    assert [r["status"] for r in read_csv(out)] == ["skipped"] * 3
+    summary = read_json(out / "liver_2" / "summary.json")
+    assert set(summary["outputs"]) == {"mask.nii.gz", *summary["overlays"]}
+    for name, entry in summary["outputs"].items():
+        assert entry == {"bytes": os.path.getsize(out / "liver_2" / name),
+                         "sha256": files.fingerprint(str(out / "liver_2" / name))}
+
+    (out / "liver_1" / "mask.nii.gz").unlink()
+    overlay = out / "liver_2" / summary["overlays"][0]
+    overlay.write_bytes(overlay.read_bytes()[:100])
+    seg = out / "dicom__CT5N" / "mask.seg.dcm"
+    data = bytearray(seg.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content
+    seg.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert predict.main(argv) == 0
+    log = capsys.readouterr().out
+    assert [r["status"] for r in read_csv(out)] == ["done"] * 3
+    size = summary["outputs"][summary["overlays"][0]]["bytes"]
+    for line in (
+            "case dicom__CT5N: not complete (mask.seg.dcm differs from the file written "
+            "(SHA-256)): predicted again",
+            "case liver_1: not complete (mask.nii.gz is missing): predicted again",
+            f"case liver_2: not complete ({summary['overlays'][0]} has 100 bytes, not the "
+            f"{size} recorded): predicted again",
+            "3 cases: 3 to predict (3 with outputs missing or changed), 0 complete"):
+        assert line in log, log
+    for name in batch["inputs"]:
+        np.testing.assert_array_equal(read_mask(out / name)[0], read_mask(batch["out"] / name)[0])
+    assert predict.main(argv) == 0
+    assert [r["status"] for r in read_csv(out)] == ["skipped"] * 3
+
+
+def test_a_file_that_cannot_be_written_is_named_with_what_it_is(counted_loads, model_path,
+                                                                 tmp_path, monkeypatch, capsys):
+    """Issue 32, 5: a bare [Errno 13] said neither which file nor what it was."""
+    write_nifti(tmp_path / "cases" / "ct.nii.gz", (4, 4, 2), seed=0)
+    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    real_makedirs = os.makedirs
+
+    def denied(path, *args, **kwargs):
+        if str(path) == str(tmp_path / "out"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_makedirs(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "makedirs", denied)
+        assert predict.main(["--model", model_path, "--input", str(tmp_path / "cases"),
+                             "--out", str(tmp_path / "out")]) == 1
+    assert (f"error: {tmp_path / 'out'}: cannot write the output folder (Permission denied)"
+            ) in capsys.readouterr().err
+
+    def no_summary(path, data, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(predict, "write_json", no_summary)
+    assert predict.main(["--model", model_path, "--input", str(tmp_path / "cases"),
+                         "--out", str(tmp_path / "out")]) == 1
+    summary = tmp_path / "out" / ".ct.partial" / "summary.json"
+    assert (f"error: case ct: {tmp_path / 'cases' / 'ct.nii.gz'}: {summary}: cannot write the "
+            "summary (Permission denied)"
+            ) in capsys.readouterr().err

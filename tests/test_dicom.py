@@ -270,16 +270,33 @@ def test_folder_mixing_series_lists_them_and_one_can_be_picked(tmp_path):
         dicom.read_series(str(folder))
     assert err.value.path == str(folder)
     assert "mixes 2 series" in str(err.value) and all(u in str(err.value) for u in uids)
+    assert "(5 slices, modality CT, description " in str(err.value)
+    assert str(err.value).endswith("keep one series per folder or pick one with --series-uid UID")
     vol = dicom.read_series(str(folder), series_uid=pydicom.dcmread(CT5N / "2062").SeriesInstanceUID)
     assert vol.hu.shape == (5, 16, 16) and len(vol.skipped_files) == 4
 
 
-def test_unreadable_file_is_named(tmp_path):
+def test_files_that_are_not_dicom_among_the_slices_are_left_out_and_named(tmp_path):
+    """Issue 32, 5: a zero-byte or stray file refused the whole series ("Use force=True")."""
     folder = copy_series(tmp_path / "s")
     (folder / "broken.dcm").write_bytes(b"this is not DICOM" * 20)
-    with pytest.raises(DicomSeriesError, match="broken.dcm: unreadable DICOM") as err:
+    (folder / "empty").write_bytes(b"")
+    vol = dicom.read_series(str(folder))
+    assert vol.hu.shape == (5, 16, 16)
+    assert sorted(vol.skipped_files) == [
+        (str(folder / "broken.dcm"), "not DICOM: no DICM prefix and no DICOM dataset"),
+        (str(folder / "empty"), "not DICOM: an empty file (0 bytes)")]
+    (folder / "2693").unlink()  # the rest must still be a whole series: a missing slice is a gap
+    with pytest.raises(DicomSeriesError, match="gap in the series"):
         dicom.read_series(str(folder))
-    assert err.value.path == str(folder / "broken.dcm")
+
+
+def test_unreadable_file_is_named_when_no_file_is_dicom(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "broken.dcm").write_bytes(b"this is not DICOM" * 20)
+    with pytest.raises(DicomSeriesError, match="broken.dcm: unreadable DICOM") as err:
+        dicom.read_series(str(tmp_path / "s"))
+    assert err.value.path == str(tmp_path / "s" / "broken.dcm")
 
 
 def test_truncated_pixel_data_is_named(tmp_path):

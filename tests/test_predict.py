@@ -364,3 +364,91 @@ def test_2d_npy_is_one_slice(saved_predictor, models, tmp_path):
     np.testing.assert_array_equal(mask[0], saved_predictor.predict(hu[None])["mask"][0, ..., 0])
     assert summary["shape"] == [1, 40, 40] and summary["overlays"] == []
     assert not (tmp_path / "out" / "overlays").exists()
+
+
+# ------------------------------------------------------------------ hostile input (issue 32)
+
+
+def two_series(folder):
+    """CT5N and a copy of it as a second series ("copy", new UIDs) in one folder; the UIDs."""
+    folder.mkdir()
+    second = pydicom.uid.generate_uid()
+    for f in sorted(CT5N.iterdir()):
+        shutil.copy(f, folder / f.name)
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SeriesDescription = second, "copy"
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / f"b{f.name}")
+    return pydicom.dcmread(CT5N / "2062").SeriesInstanceUID, second
+
+
+def test_series_uid_picks_a_series_of_a_folder_that_holds_several(saved_predictor, tmp_path,
+                                                                  monkeypatch, capsys):
+    """Issue 32, 5: the error told the user to pass --series-uid, which predict refused."""
+    first, second = two_series(tmp_path / "s")
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: saved_predictor)
+    argv = ["--model", "m", "--input", str(tmp_path / "s"), "--no-overlays", "--no-dicom-seg"]
+    assert predict.main(argv + ["--out", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 's'}: folder mixes 2 series: " in err
+    assert f"{second} (5 slices, modality CT, description 'copy', e.g. b2062)" in err
+    assert "pick one with --series-uid UID" in err
+    assert predict.main(argv + ["--out", str(tmp_path / "out"), "--series-uid", second]) == 0
+    summary = read_summary(tmp_path / "out")
+    assert summary["series_uid"] == second and summary["shape"] == [5, 16, 16]
+    assert len(summary["skipped_files"]) == 5 and all(
+        reason == f"other series {first}" for _, reason in summary["skipped_files"])
+    assert predict.main(argv + ["--out", str(tmp_path / "x"), "--series-uid", "1.2.3"]) == 1
+    assert "--series-uid 1.2.3 names none of them" in capsys.readouterr().err
+
+
+def test_files_that_are_not_dicom_among_the_slices_are_named_in_a_warning(
+        saved_predictor, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "s"
+    shutil.copytree(CT5N, folder)
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "Thumbs").write_bytes(b"\xff\xd8 a thumbnail, not DICOM" * 10)
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: saved_predictor)
+    assert predict.main(["--model", "m", "--input", str(folder), "--out", str(tmp_path / "out"),
+                         "--no-overlays", "--no-dicom-seg"]) == 0
+    note = f"left out 2 file(s) that are not DICOM: {folder / 'Thumbs'}, {folder / 'empty.dcm'}"
+    assert f"warning: {folder}: {note}" in capsys.readouterr().err
+    summary = read_summary(tmp_path / "out")
+    assert summary["shape"] == [5, 16, 16] and note in summary["notes"]
+
+
+def damaged_models(root, saved_model):
+    """SavedModels that cannot serve: truncated variables, no signature, another program's."""
+    import tensorflow as tf
+
+    truncated = root / "truncated"
+    shutil.copytree(saved_model, truncated)
+    data = truncated / "1" / "variables" / "variables.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    module.f = tf.function(lambda x: x * module.v, input_signature=[tf.TensorSpec([None])])
+    tf.saved_model.save(module, str(root / "unsigned"), signatures={})
+    tf.saved_model.save(module, str(root / "other"), signatures={"serving_default": module.f})
+    return {
+        truncated / "1": "the SavedModel cannot be loaded (damaged or incomplete: ",
+        root / "unsigned": "no serving_default signature (signatures: none): not a model of "
+                           "python -m lsnet_tf.export",
+        root / "other": "serving_default takes ['x'] and returns ['output_0'], not hu -> mask, "
+                        "boxes, scores, keypoints, valid: not a model of python -m lsnet_tf.export",
+    }
+
+
+@pytest.mark.slow
+def test_a_savedmodel_that_cannot_serve_is_one_line_naming_it(models, tmp_path, capsys):
+    """Issue 32, 4: a truncated variables file gave a 39-line traceback."""
+    np.save(tmp_path / "ct.npy", hu_volume((2, 8, 8)))
+    for path, fault in damaged_models(tmp_path, models["saved_model"]).items():
+        assert predict.main(["--model", str(path.parent if path.name == "1" else path), "--input",
+                             str(tmp_path / "ct.npy"), "--out", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {fault}"), err
+        assert not (tmp_path / "out").exists()

@@ -4,15 +4,19 @@
 
 1. Collects the files under `folder` (recursively): names ending in ``.dcm`` (any case) or with
    no extension; hidden files and ``DICOMDIR`` are ignored. None -> `DicomSeriesError` (empty).
-2. Reads every header with ``pydicom.dcmread`` (pixel data located but not loaded); a file that
-   is not readable DICOM, or whose elements used here cannot be decoded -> `DicomSeriesError`
-   naming it.
+2. Reads every header with ``pydicom.dcmread`` (pixel data located but not loaded). A file
+   that is not DICOM at all (zero bytes, or no ``DICM`` prefix and no dataset pydicom
+   recognises: a stray note or thumbnail among the slices) is left out and reported as
+   skipped (``not DICOM: ...``; the steps below still require a complete series), unless no
+   file is DICOM (then the first one's error). A DICOM file that cannot be read to its end, or
+   whose elements used here cannot be decoded -> `DicomSeriesError` naming it.
 3. Leaves out localizer/scout images (ImageType containing ``LOCALIZER``) and non-image objects
    (a known SOP class that is not an image storage class: structured reports, RT structure
    sets, plans and doses, presentation states, ...), reported as skipped. A folder with only
    such files -> `DicomSeriesError`.
-4. Groups the rest by SeriesInstanceUID. Several series -> `DicomSeriesError` listing them,
-   unless `series_uid` names exactly one of them (the others are then skipped).
+4. Groups the rest by SeriesInstanceUID. Several series -> `DicomSeriesError` listing them
+   (UID, description, modality, slice count), unless `series_uid` names exactly one of them
+   (the others are then skipped; ``--series-uid`` of ``predict`` and ``prepare``).
 5. Requires every file of the series to be a single-frame, single-sample image with positive
    Rows and Columns, PixelSpacing, ImagePositionPatient, ImageOrientationPatient ("not an image
    slice" otherwise) and pixel data that the file really holds (a file cut short before or
@@ -80,6 +84,8 @@ _USED = ("SOPClassUID", "Modality", "SeriesInstanceUID", "SeriesDescription", "I
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Values longer than this stay on disk when a header is read (the pixel data, in practice).
 _DEFER_BYTES = 4096
+# How the reason of a file left out as not DICOM at all starts (in `DicomVolume.skipped_files`).
+NOT_DICOM = "not DICOM"
 
 
 class DicomSeriesError(PrepareError):
@@ -287,6 +293,21 @@ def _check_image(ds, path: str) -> None:
     _floats(ds, "ImagePositionPatient", 3, path)
 
 
+def _not_dicom(path: str, error: DicomSeriesError) -> str | None:
+    """The skip reason of a file that is not DICOM at all (zero bytes, or pydicom's
+    ``InvalidDicomError``: no DICM prefix and no dataset it recognises), else None."""
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        if os.path.getsize(path) == 0:
+            return f"{NOT_DICOM}: an empty file (0 bytes)"
+    except OSError:
+        return None
+    if isinstance(error.__cause__, InvalidDicomError):
+        return f"{NOT_DICOM}: no DICM prefix and no DICOM dataset"
+    return None
+
+
 def _pick_series(headers: dict, folder: str, series_uid, skipped: list) -> dict:
     groups = collections.defaultdict(dict)
     for path, ds in headers.items():
@@ -301,13 +322,15 @@ def _pick_series(headers: dict, folder: str, series_uid, skipped: list) -> dict:
                 skipped += [(p, f"other series {uid}") for p in files]
         return groups[chosen[0]]
     desc = "; ".join(
-        f"{uid or '<no SeriesInstanceUID>'} ({len(files)} files, modality "
+        f"{uid or '<no SeriesInstanceUID>'} ({len(files)} slices, modality "
         f"{next(iter(files.values())).get('Modality', '?')}, "
         f"description {str(next(iter(files.values())).get('SeriesDescription', ''))!r}, "
         f"e.g. {os.path.basename(sorted(files)[0])})"
         for uid, files in sorted(groups.items()))
-    raise DicomSeriesError(folder, f"folder mixes {len(groups)} series: {desc}; keep one series per "
-                                   "patient folder or pick one with --series-uid")
+    asked = (f"--series-uid {', '.join(sorted(wanted))} names none of them; " if wanted and
+             not chosen else "")
+    raise DicomSeriesError(folder, f"folder mixes {len(groups)} series: {desc}; {asked}keep one "
+                                   "series per folder or pick one with --series-uid UID")
 
 
 def _majority(headers: dict, folder: str, skipped: list) -> dict:
@@ -438,8 +461,16 @@ def read_series(folder: str, series_uid=None, axial_only: bool = False) -> Dicom
     skipped, notes = [], []
     headers = {}
     non_image = {}
+    not_dicom = []
     for path in files:
-        ds = read_header(path)
+        try:
+            ds = read_header(path)
+        except DicomSeriesError as e:
+            reason = _not_dicom(path, e)
+            if reason is None:
+                raise
+            not_dicom.append((path, reason, e))
+            continue
         image_type = _image_type(ds)
         if "LOCALIZER" in image_type:
             skipped.append((path, f"localizer (ImageType {'/'.join(image_type)})"))
@@ -448,6 +479,9 @@ def read_series(folder: str, series_uid=None, axial_only: bool = False) -> Dicom
         else:  # before grouping: a truncated file must not pose as a series of its own
             check_pixels_present(ds, path)
             headers[path] = ds
+    if not_dicom and not headers and not non_image and not skipped:
+        raise not_dicom[0][2]  # no file is DICOM: the first one's error
+    skipped += [(path, reason) for path, reason, _ in not_dicom]
     if not headers and non_image:  # nothing but reports, structure sets, ...: name the first
         path = min(non_image)
         _check_image(non_image[path], path)
