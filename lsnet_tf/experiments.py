@@ -1422,7 +1422,7 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
         val = records.split_folds(dataset_dir, cfg.data.val_fold, "val")
         log(f"[oracle {unit_name(unit)}] {pair[0]} and {pair[1]} on {dataset_dir} folds {val}")
         found = oracle.compare_pair(models, pipeline.eval_dataset(cfg.data, dataset_dir, val))
-        per_unit.append({**unit_fields(unit) if isinstance(unit, Unit) else {"seed": unit},
+        per_unit.append({**unit_fields(unit),
                          "runs": {n: repo_path(d) for n, d in dirs.items()},
                          "results": {n: {c: oracle.summarize_rows(found[n][c])
                                          for c in oracle.CONDITIONS} for n in pair}})
