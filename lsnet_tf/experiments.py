@@ -994,16 +994,18 @@ def size_plot(path: str, curves: dict, title: str, bins: int = 8) -> None:
     plt.close(fig)
 
 
-def _git_commit() -> dict | None:
-    """``{"sha", "dirty"}`` of the repository the package runs from (None outside git)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _git_commit(root: str | None = None) -> dict | None:
+    """``{"sha", "dirty"}`` of the repository at `root` (default: the one the package runs
+    from; None outside git). Dirty: a tracked file outside ``docs/results`` changed."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=30, check=True).stdout.strip()
-        # Untracked files (run folders, caches) are not changes of the code a run ran.
+        # Untracked files (run folders, caches) are not changes of the code a run ran, nor are
+        # the tables and records under docs/results that these commands write themselves.
         status = subprocess.run(["git", "-C", root, "status", "--porcelain",
-                                 "--untracked-files=no"], capture_output=True,
-                                text=True, timeout=60, check=True).stdout
+                                 "--untracked-files=no", "--", ".", ":(exclude)docs/results"],
+                                capture_output=True, text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return {"sha": sha, "dirty": bool(status.strip())}

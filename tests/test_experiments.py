@@ -395,6 +395,30 @@ def test_equivalent_and_does_not_hold_verdicts_and_holm_in_a_table():
     assert "1 is equivalent (within ±1 point)" in text and "2 decided verdicts survive" in text
 
 
+def test_a_commit_is_dirty_only_for_changed_code(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "t.md").write_text("table\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    head = ex._git_commit(str(tmp_path))
+    assert len(head["sha"]) == 40 and head["dirty"] is False
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "eval.json").write_text("{}")  # untracked: a run, a cache
+    (tmp_path / "docs" / "results" / "t.md").write_text("table written again\n")
+    assert ex._git_commit(str(tmp_path))["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert ex._git_commit(str(tmp_path)) == {"sha": head["sha"], "dirty": True}
+    assert ex._git_commit(str(tmp_path / "runs" / "..")) is not None
+    assert ex._git_commit("/") is None
+
+
 def test_units_of_a_cross_validated_dataset(tmp_path):
     assert ex.DATASET_INFO["synthetic-evidence"].folds == 4
     assert ex.DATASET_INFO["synthetic"].folds is None
