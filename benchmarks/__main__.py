@@ -8,7 +8,9 @@ import os
 import sys
 import time
 
-import lsnet_tf  # noqa: F401  (before TensorFlow: its quiet console, lsnet_tf.console)
+# Before TensorFlow: imported under python -m benchmarks, lsnet_tf sets the commands'
+# environment (lsnet_tf.console.command_environment: quiet console, oneDNN kernels).
+import lsnet_tf  # noqa: F401
 
 NAMES = ("sampler", "training", "profile", "pipeline", "memory", "export", "precision",
          "onednn")

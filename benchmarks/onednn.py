@@ -8,8 +8,8 @@ and ``unet.yaml`` as ``benchmarks.training`` does, times each compiled training 
 pipeline batch (median of `steps` after two untimed), then times L-SNet's ``predict_masks``
 (``benchmarks.training.inference``: threshold 0, one RoI per slice) on one slice and on a batch of
 8 at the inference size (512² in full), per slice, and reports whether oneDNN was on
-(``IsMklEnabled``). Importing ``lsnet_tf`` turns the kernels on unless the variable is set
-(``lsnet_tf.machine.configure_cpu``); here the parent sets it to 0 or 1 explicitly.
+(``IsMklEnabled``). The commands turn the kernels on unless the variable is set
+(``lsnet_tf.console.command_environment``); here the parent sets it to 0 or 1 explicitly.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def child(size: dict) -> dict:
     """In this process (TF_ENABLE_ONEDNN_OPTS already decided): {measure: median ms} (each
     training step of ``size["models"]``, L-SNet's inference per slice at batch 1 and
     ``size["infer_batch"]``) and whether oneDNN is on."""
-    import lsnet_tf  # noqa: F401  (before TensorFlow)
+    import lsnet_tf  # noqa: F401  (before TensorFlow: the command's environment)
     from benchmarks import datasets
     from benchmarks.training import build, inference, train_step
     from tensorflow.python.util import _pywrap_util_port
@@ -102,7 +102,8 @@ def run(quick: bool = False) -> dict:
             "loads), one process per setting per round, the order alternating; the ratio is "
             "of the two processes of a round.",
             "TensorFlow 2.16 turns oneDNN on by itself only on CPUs with AVX-512 VNNI, BF16 or "
-            "AMX; importing lsnet_tf turns it on elsewhere unless TF_ENABLE_ONEDNN_OPTS is set.",
+            "AMX; the commands (python -m lsnet_tf.<command>, python -m benchmarks) turn it on "
+            "elsewhere unless TF_ENABLE_ONEDNN_OPTS is set.",
         ],
     }
 

@@ -4,15 +4,17 @@ Stages are folders: ``data`` (DICOM/NIfTI reading, TFRecords, targets, tf.data),
 tensor functions), ``layers`` (Keras layers), ``models``, ``losses``, ``metrics``, ``export``;
 entry points are ``python -m lsnet_tf.prepare | validate | train``.
 
-Importing the package imports no TensorFlow, and before TensorFlow is imported quiets its
-start-up log and known third-party warnings (``lsnet_tf.console``; ``LSNET_VERBOSE=1`` shows
-everything) and turns on its oneDNN CPU kernels unless ``TF_ENABLE_ONEDNN_OPTS`` says otherwise
-(``lsnet_tf.machine.configure_cpu``).
+Importing the package imports no TensorFlow and changes nothing in the host process: no
+environment variable, warning filter or logging setting. Only when this process is one of the
+project's commands (``python -m lsnet_tf.<command>`` or ``python -m benchmarks``:
+`lsnet_tf.console.is_command`) does it set the commands' environment here, before the command's
+module and TensorFlow are imported (`lsnet_tf.console.command_environment`): a quiet console
+(``LSNET_VERBOSE=1`` shows everything) and TensorFlow's oneDNN CPU kernels unless
+``TF_ENABLE_ONEDNN_OPTS`` says otherwise.
 """
 from lsnet_tf import console as _console
-from lsnet_tf import machine as _machine
 
 __version__ = "0.1.0"
 
-_console.configure()
-_machine.configure_cpu()
+if _console.is_command():
+    _console.command_environment()

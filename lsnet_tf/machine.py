@@ -27,10 +27,10 @@ def configure_cpu(environ=None) -> None:
     TensorFlow 2.16 turns them on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX; on an
     AVX2 CPU (this project's 2-core AMD EPYC) they made the training steps 1.2-1.9 × and L-SNet's
     inference on batches of 8 slices about 1.9 × faster, and one slice alone 1.4-1.75 × slower
-    (``python -m benchmarks onednn``, README "Performance"). Called when ``lsnet_tf`` is
-    imported; it only has an effect if that happens before TensorFlow is imported (as with
-    ``python -m lsnet_tf.<command>``). ``TF_ENABLE_ONEDNN_OPTS=0`` turns them off; results then
-    differ in float round-off only.
+    (``python -m benchmarks onednn``, README "Performance"). Part of the commands' environment
+    (`lsnet_tf.console.command_environment`), not of importing ``lsnet_tf``; it only has an
+    effect before TensorFlow is imported. ``TF_ENABLE_ONEDNN_OPTS=0`` turns them off; results
+    then differ in float round-off only.
     """
     environ = os.environ if environ is None else environ
     environ.setdefault(ONEDNN_ENV, "1")

@@ -1,6 +1,7 @@
 """Shared test settings: quiet TensorFlow, TensorFlow's CPU kernels as the commands have them
-(``lsnet_tf`` imported first: ``lsnet_tf.machine.configure_cpu``), and two logical CPU devices
-for distribution tests.
+(the commands' environment, ``lsnet_tf.console.command_environment``, set here before TensorFlow
+is imported: importing ``lsnet_tf`` alone sets nothing), and two logical CPU devices for
+distribution tests.
 
 The logical devices must be configured before TensorFlow initialises its runtime, so it happens
 here, before any test module runs an op.
@@ -12,7 +13,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import lsnet_tf  # noqa: E402,F401  (before TensorFlow, as every command: oneDNN kernels on)
+from lsnet_tf import console  # noqa: E402
+
+console.command_environment()  # before TensorFlow, as every command: oneDNN kernels on
+
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
