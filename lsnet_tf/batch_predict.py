@@ -89,7 +89,8 @@ local processes::
         --beam-options "--direct_num_workers=2 --direct_running_mode=multi_processing"
 
 Finding the cases, the name checks and skipping complete cases happen before the pipeline, as
-in process; each worker loads the model once (`PredictCaseFn`, a DoFn whose ``setup`` loads it)
+in process, and so does one load of the model (a model that cannot be loaded is one error line,
+not a traceback from every worker); each worker then loads the model once (`PredictCaseFn`, a DoFn whose ``setup`` loads it)
 and writes each case as above (``OUT`` must be a folder every worker can write: any local folder
 for the DirectRunner). ``cases.csv``/``cases.json`` are written by the pipeline's last step,
 when every case is done (a killed pipeline leaves the complete case folders, which the next run
@@ -534,6 +535,8 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
         f"(skipped{'; --overwrite redoes them' if complete else ''}) -> {out_dir}"
         + (f" with {beam.describe(options)}" if options is not None and todo else ""))
     if options is not None:
+        if todo:  # a model that cannot load is one error here, not a traceback in each worker
+            load()
         rows = _run_pipeline(cases, complete, todo, out_dir, load, predict, options)
         for row in rows:
             if row["status"] == "failed":

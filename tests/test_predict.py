@@ -452,3 +452,12 @@ def test_a_savedmodel_that_cannot_serve_is_one_line_naming_it(models, tmp_path, 
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {fault}"), err
         assert not (tmp_path / "out").exists()
+    (tmp_path / "cases").mkdir()  # on Beam too: not a traceback from each worker's setup
+    nifti.write_volume(str(tmp_path / "cases" / "ct.nii.gz"), hu_volume((8, 8, 2)), np.eye(4))
+    assert predict.main(["--model", str(tmp_path / "truncated"), "--input",
+                         str(tmp_path / "cases"), "--out", str(tmp_path / "out"),
+                         "--runner", "DirectRunner"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        f"error: {tmp_path / 'truncated' / '1'}: the SavedModel cannot be loaded (damaged or "
+        "incomplete: IndexError: Read less bytes than requested)"]
