@@ -42,7 +42,7 @@ import sys
 import tempfile
 import warnings
 
-from lsnet_tf import machine
+import lsnet_tf.machine as machine  # not `from lsnet_tf import`: no edge back to the package
 
 __all__ = ["VERBOSE_ENV", "QUIET_TF_CPP_MIN_LOG_LEVEL", "KNOWN_WARNINGS", "NATIVE_NOISE",
            "COMMAND_PACKAGES", "verbose", "configure", "command_environment", "command_module",

@@ -1389,7 +1389,7 @@ ORACLE_METRICS = ("dsc", "found", "box_miou")
 
 def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experiments",
                out_dir: str = "docs/results", seeds=None, folds=None, log=print,
-               command: str | None = None) -> dict:
+               command: str | None = None, budget_epochs: int | None = None) -> dict:
     """Localization or delineation (``lsnet_tf.oracle``): L-SNet and the coarse-to-fine model
     of `family` on every unit where both were trained (their checkpoints under `runs_dir`),
     each second stage fed its own, the true and the other's boxes, on the held-out slices.
@@ -1408,8 +1408,9 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
     pair = ORACLE_PAIRS[family]
     rows = [r for r in TABLES["table1"].rows if r.config in pair]
     units = _seeds_of_rows(rows[:1], dataset, None, (), seeds, None, folds)[rows[0].config]
-    runs = os.path.join(runs_dir, dataset)
-    per_unit, missing = [], []
+    suffix = f"-e{budget_epochs}" if budget_epochs else ""
+    runs = os.path.join(runs_dir, dataset + suffix)
+    per_unit, done, missing = [], [], []
     for unit in units:
         dirs = {name: run_folder(runs, name, unit) for name in pair}
         absent = [d for d in dirs.values() if not os.path.isfile(os.path.join(d, "eval.json"))
@@ -1424,6 +1425,7 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
         val = records.split_folds(dataset_dir, cfg.data.val_fold, "val")
         log(f"[oracle {unit_name(unit)}] {pair[0]} and {pair[1]} on {dataset_dir} folds {val}")
         found = oracle.compare_pair(models, pipeline.eval_dataset(cfg.data, dataset_dir, val))
+        done.append(unit)
         per_unit.append({**unit_fields(unit),
                          "runs": {n: repo_path(d) for n, d in dirs.items()},
                          "results": {n: {c: oracle.summarize_rows(found[n][c])
@@ -1448,13 +1450,10 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
         CLAIMS["level"], CLAIMS["margin"]) for g in groups}
     label = {r.config: r.label for r in rows}
     doc = {"dataset": dataset, "family": family, "pair": list(pair),
-           "units": [unit_json(Unit(u["fold"], u["seed"]) if "fold" in u else u["seed"])
-                     for u in per_unit],
+           "units": [unit_json(u) for u in done],
            "summary": summary, "gaps": gaps, "box_gap": box_gap, "per_unit": per_unit,
            "provenance": provenance(command or f"run_oracle({dataset!r}, {family!r})",
-                                    {n: [unit_json(Unit(u["fold"], u["seed"]) if "fold" in u
-                                                   else u["seed"]) for u in per_unit]
-                                     for n in pair},
+                                    {n: done for n in pair},
                                     [_run_times(d) for u in per_unit
                                      for d in u["runs"].values()])}
     conds = {"own": "own boxes", "truth": "true boxes", "swapped": "the other's boxes"}
@@ -1493,7 +1492,7 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
               f"(n_test/n_train = {ratio:.3g}) and the verdict of the claims (holds: L-SNet "
               "ahead; equivalent: within ±1 point). With the true boxes, a gap that closes was "
               "localization; a gap that stays is delineation."]
-    base = os.path.join(out_dir, f"oracle-{family}-{dataset}")
+    base = os.path.join(out_dir, f"oracle-{family}-{dataset}{suffix}")
     write_json(base + ".json", doc)
     write_text(base + ".md", "\n".join(lines) + "\n")
     log(f"wrote {base}.md and {base}.json")
@@ -1562,6 +1561,8 @@ def main(argv=None) -> int:
     orc.add_argument("--out", default="docs/results")
     orc.add_argument("--seeds", default=None, metavar="S,S,...")
     orc.add_argument("--folds", default=None, metavar="F,F,...")
+    orc.add_argument("--budget-epochs", type=int, default=None,
+                     help="the runs of `run --budget-epochs N`")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name in [args.table] if args.table else sorted(TABLES):
@@ -1576,7 +1577,8 @@ def main(argv=None) -> int:
                        None if args.seeds is None else parse_seeds(args.seeds),
                        None if args.folds is None else parse_folds(args.folds, args.dataset),
                        command="python -m lsnet_tf.experiments " + shlex.join(
-                           sys.argv[1:] if argv is None else argv))
+                           sys.argv[1:] if argv is None else argv),
+                       budget_epochs=args.budget_epochs)
             return 0
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
         seeds_for = parse_seeds_for(args.seeds_for)
