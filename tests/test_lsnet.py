@@ -160,3 +160,35 @@ def test_train_step_under_mirrored_strategy_with_two_cpus():
     ref = single.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)
     for name in ("l_loss", "heatmap_loss", "s_loss"):
         assert res[name] == pytest.approx(ref[name], rel=1e-4, abs=1e-6), name
+
+
+def test_gamma_and_margin_set_after_a_step_reach_the_next_step():
+    """γ is read when the training step is traced: setting it drops the traced step, so the
+    next step uses the new value (before, the first trace kept its γ, silently). Two steps from
+    the same weights: γ = 0 then 0 twice are bit-identical; γ = 0 then 1 changes L-Net."""
+    batch = make_batch()
+
+    def two_steps(second_gamma, margin=None):
+        keras.utils.set_random_seed(11)
+        model = compiled(tiny_cfg("train.gamma=0.0"))
+        model.train_on_batch(batch)
+        assert model.train_function is not None
+        model.gamma = second_gamma
+        if margin is not None:
+            model.margin = margin
+        assert model.train_function is None  # traced again on the next step
+        model.train_on_batch(batch)
+        return [w.numpy() for w in model.lnet.weights], model
+
+    same_a, _ = two_steps(0.0)
+    same_b, _ = two_steps(0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(same_a, same_b))
+    changed, model = two_steps(1.0, margin=7.5)
+    assert any(not np.array_equal(a, b) for a, b in zip(same_a, changed))
+    assert (model.gamma, model.margin, model.rr.margin) == (1.0, 7.5, 7.5)
+    assert model.get_config()["gamma"] == 1.0 and model.get_config()["margin"] == 7.5
+    with pytest.raises(ValueError, match="gamma must be >= 0, received -1"):
+        model.gamma = -1
+    with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
+        model.margin = float("nan")
+    assert (model.gamma, model.margin) == (1.0, 7.5)

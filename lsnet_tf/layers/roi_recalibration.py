@@ -39,6 +39,14 @@ def _output_size(value) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def check_margin(margin) -> float:
+    """`margin` as a float: a finite real number >= 0 (input pixels), else ValueError."""
+    if (isinstance(margin, bool) or not isinstance(margin, numbers.Real)
+            or not math.isfinite(margin) or margin < 0):
+        raise ValueError(f"margin must be a finite number >= 0 (input pixels), got {margin!r}")
+    return float(margin)
+
+
 def _describe(inputs) -> str:
     if isinstance(inputs, (list, tuple)):
         return f"a {type(inputs).__name__} of {len(inputs)} inputs"
@@ -72,10 +80,7 @@ class RoIRecalibration(keras.layers.Layer):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.output_size = _output_size(output_size)
-        if (isinstance(margin, bool) or not isinstance(margin, numbers.Real)
-                or not math.isfinite(margin) or margin < 0):
-            raise ValueError(f"margin must be a finite number >= 0 (input pixels), got {margin!r}")
-        self.margin = float(margin)
+        self.margin = check_margin(margin)
 
     @staticmethod
     def _check_shapes(input_shape):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from lsnet_tf.layers.roi_recalibration import RoIRecalibration
+from lsnet_tf.layers.roi_recalibration import RoIRecalibration, check_margin
 from lsnet_tf.losses import localization
 from lsnet_tf.models import two_stage
 from lsnet_tf.models.base import SegmentationModel
@@ -62,16 +62,45 @@ class LSNet(SegmentationModel):
 
     def __init__(self, lnet, snet, margin=15.0, gamma=0.1, top_k=3, **kwargs):
         super().__init__(**kwargs)
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, received {gamma}")
         check_positive_int(top_k, "top_k")
         self.lnet = lnet
         self.snet = snet
-        self.margin = float(margin)
-        self.gamma = float(gamma)
+        self.gamma = gamma
         self.top_k = int(top_k)
         self.roi_size = (int(snet.input_shape[1]), int(snet.input_shape[2]))
         self.rr = RoIRecalibration(output_size=self.roi_size, margin=margin, name="rr")
+
+    # γ and the margin are read when the train, test and predict steps are traced: setting
+    # either drops the traced steps, so that the next fit / evaluate / predict traces them with
+    # the new value (a function the caller traced itself, e.g. tf.function(model.predict_masks),
+    # keeps the value it was traced with).
+    def _retrace(self):
+        for name in ("train_function", "test_function", "predict_function"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, None)
+
+    @property
+    def gamma(self) -> float:
+        """γ, the scale of S-Net's gradient into L-Net; settable at any time (see above)."""
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value):
+        if value < 0:
+            raise ValueError(f"gamma must be >= 0, received {value}")
+        self._gamma = float(value)
+        self._retrace()
+
+    @property
+    def margin(self) -> float:
+        """RR's margin m in input pixels (``self.rr.margin``); settable at any time (see
+        above)."""
+        return self.rr.margin
+
+    @margin.setter
+    def margin(self, value):
+        self.rr.margin = check_margin(value)
+        self._retrace()
 
     @property
     def networks(self):
