@@ -50,7 +50,9 @@ Outputs
   case order, with the columns `CASE_COLUMNS`: case, input (absolute path), slices, volume_ml
   (empty when the slice spacing is unknown), seconds (reading, predicting and writing the
   case), status (``done``, ``skipped`` or ``failed``) and error (the file and the reason, for a
-  failed case). Both are rewritten atomically after each case, so a killed run leaves a
+  failed case); for an ensemble or mirrored prediction (`lsnet_tf.ensemble`) also
+  mean_pairwise_dice, volume_sd_ml, volume_range_ml and review (empty otherwise; a skipped
+  case's review is taken against this run's ``--review-below``). Both are rewritten atomically after each case, so a killed run leaves a
   consistent summary of the cases before the kill.
 
 Resuming
@@ -124,7 +126,10 @@ __all__ = ["BatchError", "Case", "CASE_COLUMNS", "RESERVED_NAMES", "is_batch_inp
            "find_cases", "check_case_names", "check_out_dir", "case_path", "run_batch",
            "write_summary"]
 
-CASE_COLUMNS = ("case", "input", "slices", "volume_ml", "seconds", "status", "error")
+CASE_COLUMNS = ("case", "input", "slices", "volume_ml", "seconds", "status", "error",
+                "mean_pairwise_dice", "volume_sd_ml", "volume_range_ml", "review")
+# The columns of an ensemble or mirrored prediction (`lsnet_tf.ensemble`); empty otherwise.
+AGREEMENT_COLUMNS = CASE_COLUMNS[-4:]
 LIST_EXTENSIONS = (".txt", ".lst")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 CHANNEL_SUFFIX = "_0000"
@@ -377,12 +382,19 @@ def write_summary(out_dir: str, rows: Sequence[dict]) -> None:
         write_json(os.path.join(out_dir, "cases.json"), [dict(row) for row in rows])
 
 
-def _row(case: Case, summary: dict | None, status: str, seconds=None, error=None) -> dict:
-    return {"case": case.name, "input": case.input,
-            "slices": int(summary["shape"][0]) if summary else None,
-            "volume_ml": summary.get("volume_ml") if summary else None,
-            "seconds": summary.get("seconds") if summary else seconds,
-            "status": status, "error": error}
+def _row(case: Case, summary: dict | None, status: str, seconds=None, error=None,
+         review_below: float | None = None) -> dict:
+    """A summary row; `review_below` (skipped cases) takes ``review`` against this run's
+    threshold from the case's recorded ``mean_pairwise_dice``."""
+    row = {"case": case.name, "input": case.input,
+           "slices": int(summary["shape"][0]) if summary else None,
+           "volume_ml": summary.get("volume_ml") if summary else None,
+           "seconds": summary.get("seconds") if summary else seconds,
+           "status": status, "error": error}
+    row.update({k: summary.get(k) if summary else None for k in AGREEMENT_COLUMNS})
+    if review_below is not None and row["mean_pairwise_dice"] is not None:
+        row["review"] = bool(row["mean_pairwise_dice"] < review_below)
+    return row
 
 
 def case_bar(done: int, total: int, name: str = "", stream=None, width: int = 30) -> None:
@@ -499,11 +511,14 @@ def predict_one(case: Case, out_dir: str, predictor, predict: Callable, progress
 
 def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: Callable,
               overwrite: bool = False, progress: bool = True, log=print,
-              options=None, model_sha256: str | None = None) -> list[dict]:
+              options=None, model_sha256: str | None = None,
+              review_below: float | None = None) -> list[dict]:
     """Predict `cases` into `out_dir` (see the module docstring); returns the summary rows.
 
     `model_sha256`: the model's fingerprint; a complete case whose summary names another is
-    predicted again (None: any model's complete case is skipped).
+    predicted again (None: any model's complete case is skipped). `review_below`: the
+    ``review`` threshold of an ensemble's agreement, applied to the skipped cases' recorded
+    ``mean_pairwise_dice`` (None: their recorded ``review``).
 
     `load()` returns the predictor (called once, and only when a case is to be predicted);
     ``predict(predictor, input, folder, log=, t0=, shown_as=[, progress=None])`` writes one case
@@ -537,13 +552,14 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
     if options is not None:
         if todo:  # a model that cannot load is one error here, not a traceback in each worker
             load()
-        rows = _run_pipeline(cases, complete, todo, out_dir, load, predict, options)
+        rows = _run_pipeline(cases, complete, todo, out_dir, load, predict, options,
+                             review_below)
         for row in rows:
             if row["status"] == "failed":
                 stream.write(f"error: case {row['case']}: {row['error']}\n")
     else:
         rows = _run_in_process(cases, complete, out_dir, load() if todo else None, predict,
-                               progress, log, stream)
+                               progress, log, stream, review_below)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
     if progress or options is not None:
         case_bar(len(cases), len(cases), ", ".join(f"{v} {k}" for k, v in counts.items()), stream)
@@ -557,14 +573,16 @@ def _make_out_dir(out_dir: str) -> None:
         os.makedirs(out_dir, exist_ok=True)
 
 
-def _run_in_process(cases, complete, out_dir, predictor, predict, progress, log, stream):
+def _run_in_process(cases, complete, out_dir, predictor, predict, progress, log, stream,
+                    review_below=None):
     _make_out_dir(out_dir)
     rows = []
     for i, case in enumerate(cases):
         if progress:
             case_bar(i, len(cases), case.name, stream)
         if case.error is None and case.name in complete:
-            rows.append(_row(case, complete[case.name], "skipped"))
+            rows.append(_row(case, complete[case.name], "skipped",
+                             review_below=review_below))
         else:
             rows.append(predict_one(case, out_dir, predictor, predict, progress, log, stream))
         write_summary(out_dir, rows)
@@ -622,8 +640,10 @@ def _publish_rows(rows, out_dir: str, order: list, skipped: list) -> int:
     return len(by_case)
 
 
-def _run_pipeline(cases, complete, todo, out_dir, load, predict, options) -> list[dict]:
-    skipped = [_row(c, complete[c.name], "skipped") if c.error is None
+def _run_pipeline(cases, complete, todo, out_dir, load, predict, options,
+                  review_below=None) -> list[dict]:
+    skipped = [_row(c, complete[c.name], "skipped", review_below=review_below)
+               if c.error is None
                else predict_one(c, out_dir, None, predict, progress=False, log=_quiet,
                                 stream=io.StringIO())  # refused: reported after the pipeline
                for c in cases if c.error is not None or c.name in complete]

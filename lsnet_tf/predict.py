@@ -6,6 +6,20 @@ numeric version is taken; TF-TRT SavedModels too) or a ``.tflite`` file of
 size, and the TFLite path resizes them to the model's input size and back exactly as the
 SavedModel graph does (``lsnet_tf.export.saved_model.preprocess``/``postprocess``).
 
+Ensembles and mirroring (`lsnet_tf.ensemble`): ``--model`` may be repeated, or name a folder
+of models (e.g. one exported model per fold, found recursively); the members (SavedModels and
+``.tflite`` files alike, each loaded once, run in sequence) must share input size, HU window
+and label, else the command stops before any case with an error naming both members and both
+values. ``--tta flip`` also runs each slice mirrored left-right through every member (``flip2``:
+left-right, up-down and both), mirrored back. Each member finds and segments its own RoIs; only
+the probability maps after paste-back are averaged over the views (members x mirrors) and the
+mean thresholded at 0.5; the boxes of each member are listed per member. The summary then also
+holds the members, the mirroring, and the case's agreement: ``mean_pairwise_dice`` (the mean
+Dice between the views' masks), ``volume_sd_ml``/``volume_range_ml`` (the spread of their
+volumes) and ``review`` (mean pairwise Dice below ``--review-below``, default 0.8,
+provisional); ``--disagreement`` writes ``disagreement.nii.gz``, per voxel the standard
+deviation of the views' probabilities. With one model and no mirroring none of these appear.
+
 ``--input``:
 
 - a DICOM folder: one CT series (``lsnet_tf.data.dicom.read_series``: slices sorted by position,
@@ -49,6 +63,8 @@ Outputs in ``--out``:
 - ``mask.seg.dcm`` (DICOM input, unless ``--no-dicom-seg``): the mask as a DICOM Segmentation for
   PACS and viewers (OHIF, 3D Slicer), one frame per CT slice with a finding, each referencing its
   slice by SOP Instance UID (`lsnet_tf.dicom_seg`); an empty mask writes none and says so.
+- ``disagreement.nii.gz`` (``--disagreement``, an ensemble or ``--tta``): float32 in the mask's
+  geometry, per voxel the standard deviation of the views' probabilities (0 to 0.5).
 
 Sizes: a slice may have any size from 1 x 1 pixels (the model resizes it to its input size and
 the outputs back). Larger than ``lsnet_tf.data.volumes.MAX_SLICE_PIXELS`` (8192 x 8192) per
@@ -67,7 +83,8 @@ Refused before the model loads: an ``--out`` that is an existing file, or that i
 inside) the input folder. A model that cannot be loaded (missing, a damaged or truncated
 SavedModel, one without a ``serving_default`` signature or whose signature is not
 ``hu -> mask, boxes, scores, keypoints, valid``, an unreadable ``.tflite``) is one line naming
-its path and the fault. A file that cannot be written is named with what it is.
+its path and the fault; so are members of an ensemble that differ (input size, HU window,
+classes, label: both members named with both values) and a folder without models. A file that cannot be written is named with what it is.
 
 Exit status: 0 on success, 1 when the input or the model cannot be used (the message says why).
 """
@@ -83,20 +100,23 @@ from typing import Callable
 
 import numpy as np
 
-from lsnet_tf import batch_predict, beam, dicom_seg
+from lsnet_tf import batch_predict, beam, dicom_seg, ensemble
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.drawing import draw_boxes, overlay
 from lsnet_tf.export.litert import TFLitePredictor  # LiteRT and numpy: no TensorFlow
 from lsnet_tf.files import describe_outputs, fingerprint, write_json, writing
 
-__all__ = ["PredictError", "Volume", "read_input", "load_predictor", "SavedModelPredictor",
-           "TFLitePredictor", "predict_volume", "predict_case", "run", "run_many", "main"]
+__all__ = ["PredictError", "Volume", "read_input", "load_predictor", "load_ensemble",
+           "SavedModelPredictor", "TFLitePredictor", "EnsemblePredictor", "predict_volume",
+           "predict_case", "run", "run_many", "main"]
 
 MASK_THRESHOLD = 0.5
 # Most pixels (slices x H x W) sent to the model in one call: 128 MiB of float32 input.
 MAX_BATCH_PIXELS = 2 ** 25
 DEFAULT_WINDOW = (40.0, 400.0)
 SEG_FILE = "mask.seg.dcm"
+DISAGREEMENT_FILE = "disagreement.nii.gz"
+EnsemblePredictor = ensemble.EnsemblePredictor
 INPUT_KINDS = "a DICOM folder, a NIfTI file (.nii, .nii.gz), a .npy array or a .png image"
 # What an exported model's serving_default returns (`predict_volume` reads them all).
 OUTPUTS = ("mask", "boxes", "scores", "keypoints", "valid")
@@ -116,7 +136,8 @@ class Volume:
     kind: "dicom", "nifti", "npy" or "png". files: per-slice source files (axial DICOM), else [].
     source_files: DICOM: all the series' slice files, any orientation (for the DICOM SEG).
     info: more about the source for the summary (DICOM: series UID, skipped files).
-    write_mask: writes a (slices, rows, cols) uint8 mask to a NIfTI path in the input's geometry.
+    write_mask: ``write_mask(array, path, dtype=np.uint8)`` writes a (slices, rows, cols) array
+      (the mask; the disagreement map as float32) to a NIfTI path in the input's geometry.
     affine: the canonical voxel->LPS affine of `hu` (DICOM/NIfTI), else None.
     """
 
@@ -141,8 +162,8 @@ def _canonical_affine(spacing) -> np.ndarray:
 
 
 def _write_canonical(affine):
-    def write(mask, path):
-        nifti.write_volume(path, mask.astype(np.uint8), affine)
+    def write(mask, path, dtype=np.uint8):
+        nifti.write_volume(path, mask.astype(dtype), affine)
     return write
 
 
@@ -175,16 +196,16 @@ def _read_nifti(path: str) -> Volume:
     perm, flips = volumes.canonical_axes(affine, path)
     hu, affine_c = volumes.canonicalize(data.astype(np.float32), affine, path)
 
-    def write(mask, out_path):
+    def write(mask, out_path, dtype=np.uint8):
         # Undo canonicalize: the flips (on canonical axes), then the axis permutation.
         stored = mask
         for axis, flip in enumerate(flips):
             if flip:
                 stored = np.flip(stored, axis=axis)
-        stored = np.ascontiguousarray(np.transpose(stored, np.argsort(perm))).astype(np.uint8)
+        stored = np.ascontiguousarray(np.transpose(stored, np.argsort(perm))).astype(dtype)
         assert stored.shape == stored_shape[:3], (stored.shape, stored_shape)
         header = img.header.copy()
-        header.set_data_dtype(np.uint8)
+        header.set_data_dtype(dtype)
         header.set_slope_inter(1.0, 0.0)
         out = nib.Nifti1Image(stored, img.affine, header)
         sform, sform_code = img.header.get_sform(coded=True)
@@ -407,6 +428,78 @@ def load_predictor(path: str, batch_size: int = 8, model_sha256: str | None = No
     return predictor
 
 
+def resolve_models(model_paths, tta: str = "none", disagreement: bool = False) -> list[str]:
+    """The member models of the ``--model`` arguments `model_paths` (one path or several;
+    `lsnet_tf.ensemble.find_models`), checked to share input size, HU window and label, before
+    any model loads. `PredictError` names the fault: a missing path, a file or folder that is no
+    model, members that differ (both named, with both values), or `disagreement` asked of one
+    model without mirroring (one view: nothing to disagree)."""
+    paths = [model_paths] if isinstance(model_paths, str) else list(model_paths)
+    if tta not in ensemble.TTA_MODES:
+        raise PredictError(f"--tta must be one of {', '.join(ensemble.TTA_MODES)}, got {tta!r}")
+    if len(paths) == 1 and not os.path.exists(paths[0]) and tta == "none" and not disagreement:
+        return paths  # one model, as before: `load_predictor` says "model not found" on loading
+    try:
+        members = ensemble.find_models(paths)
+        ensemble.check_members(members)
+    except ensemble.MemberError as e:
+        raise PredictError(str(e)) from e
+    if disagreement and len(members) == 1 and tta == "none":
+        raise PredictError("--disagreement needs several models (--model A --model B, or a "
+                           "folder of models) or --tta: one model without mirroring has no "
+                           "views to disagree")
+    return members
+
+
+def is_ensemble(members, tta: str = "none") -> bool:
+    """Whether `members` with `tta` make more than one view (`EnsemblePredictor`)."""
+    return len(members) > 1 or tta != "none"
+
+
+def member_fingerprints(members) -> list[str]:
+    """`lsnet_tf.files.fingerprint` of each member (a path given twice is hashed once)."""
+    done, out = {}, []
+    for member in members:
+        key = os.path.realpath(member)
+        if key not in done:
+            done[key] = fingerprint(member)
+        out.append(done[key])
+    return out
+
+
+def load_ensemble(members, batch_size: int = 8, tta: str = "none", disagreement: bool = False,
+                  model_sha256: str | None = None, member_sha256=None, path: str | None = None):
+    """An `EnsemblePredictor` of the member models `members` (`resolve_models`) with the
+    mirrors of `tta`: each distinct member is loaded once (`load_predictor`; a path given twice
+    is one predictor used twice). ``fingerprint`` (summary.json's ``model_sha256``) is
+    `model_sha256`, else `lsnet_tf.ensemble.ensemble_fingerprint` of the members' fingerprints
+    (`member_sha256` when hashed already) with `tta` and `disagreement`. `path`: what the
+    summary names as ``model`` (default: the members joined by `` + ``)."""
+    try:
+        ensemble.check_members(members)
+    except ensemble.MemberError as e:
+        raise PredictError(str(e)) from e
+    loaded, pairs = {}, []
+    for i, member in enumerate(members):
+        key = os.path.realpath(member)
+        if key not in loaded:
+            loaded[key] = load_predictor(member, batch_size, model_sha256=None
+                                         if member_sha256 is None else member_sha256[i])
+        pairs.append((member, loaded[key]))
+    sha = model_sha256 or ensemble.ensemble_fingerprint(
+        [getattr(p, "fingerprint", None) for _, p in pairs], tta, disagreement)
+    return EnsemblePredictor(pairs, tta=tta, batch_size=batch_size, path=path, fingerprint=sha)
+
+
+def _load(members, batch_size: int = 8, tta: str = "none", disagreement: bool = False,
+          model_sha256: str | None = None, member_sha256=None, path: str | None = None):
+    """`load_predictor` for one model without mirroring, else `load_ensemble`."""
+    if not is_ensemble(members, tta):
+        return load_predictor(members[0], batch_size, model_sha256=model_sha256)
+    return load_ensemble(members, batch_size, tta=tta, disagreement=disagreement,
+                         model_sha256=model_sha256, member_sha256=member_sha256, path=path)
+
+
 # ----------------------------------------------------------------------------------- running
 def progress_bar(done: int, total: int, stream=None, width: int = 30, label: str = "slices"):
     """Draw ``[#####.....] done/total`` on one line of `stream` (stderr by default)."""
@@ -426,19 +519,26 @@ def _label_map(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progress_bar) -> dict:
+def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progress_bar,
+                   disagreement: bool = False) -> dict:
     """Run `predictor` over the slices of `hu` ``(n, H, W)`` in batches.
 
     A call gets ``predictor.batch_size`` slices, or fewer so that it holds at most
     `MAX_BATCH_PIXELS` pixels (at least one slice).
 
     Returns ``{"mask": (n, H, W) uint8 label map, "boxes": (n, K, 4), "scores": (n, K),
-    "keypoints": (n, K, 2), "valid": (n, K)}``.
+    "keypoints": (n, K, 2), "valid": (n, K)}``. For an `EnsemblePredictor` (more than one
+    view) also ``"agreement"`` (`lsnet_tf.ensemble.Agreement` of the case), ``"box_member"``
+    (the member of each of the K box entries) and ``"disagreement"`` (``(n, H, W)`` float32
+    map when `disagreement`, else None).
     """
     n = hu.shape[0]
     per_slice = max(1, int(hu.shape[1]) * int(hu.shape[2]))
     step = max(1, min(int(predictor.batch_size), MAX_BATCH_PIXELS // per_slice))
     masks, rest = [], {"boxes": [], "scores": [], "keypoints": [], "valid": []}
+    views = int(getattr(predictor, "views", 1))
+    agreement = ensemble.Agreement(views) if views > 1 else None
+    maps, box_member = [], None
     if progress:
         progress(0, n)
     for start in range(0, n, step):
@@ -446,9 +546,19 @@ def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progre
         masks.append(_label_map(out["mask"]))
         for key in rest:
             rest[key].append(out[key])
+        if agreement is not None:
+            agreement.add(out["view_foreground"])
+            box_member = out["box_member"]
+            if disagreement:
+                maps.append(out["disagreement"])
         if progress:
             progress(min(start + step, n), n)
-    return {"mask": np.concatenate(masks, 0), **{k: np.concatenate(v, 0) for k, v in rest.items()}}
+    result = {"mask": np.concatenate(masks, 0),
+              **{k: np.concatenate(v, 0) for k, v in rest.items()}}
+    if agreement is not None:
+        result.update(agreement=agreement, box_member=box_member,
+                      disagreement=np.concatenate(maps, 0) if disagreement else None)
+    return result
 
 
 def _display(hu: np.ndarray, window) -> np.ndarray:
@@ -479,6 +589,7 @@ def summarize(volume: Volume, pred: dict, extra: dict | None = None) -> dict:
         notes.append("slice spacing unknown (one slice without SpacingBetweenSlices/"
                      "SliceThickness): no volume in mL")
     slices = []
+    box_member = pred.get("box_member")
     for k in range(mask.shape[0]):
         valid = pred["valid"][k].astype(bool)
         if not per_slice[k] and not valid.any():
@@ -489,7 +600,8 @@ def summarize(volume: Volume, pred: dict, extra: dict | None = None) -> dict:
             "area_mm2": float(per_slice[k] * dr * dc),
             "boxes": [{"box": [round(float(v), 3) for v in pred["boxes"][k, j]],
                        "score": round(float(pred["scores"][k, j]), 6),
-                       "keypoint": [round(float(v), 3) for v in pred["keypoints"][k, j]]}
+                       "keypoint": [round(float(v), 3) for v in pred["keypoints"][k, j]],
+                       **({} if box_member is None else {"member": int(box_member[j])})}
                       for j in np.flatnonzero(valid)],
         }
         if volume.files:
@@ -520,8 +632,14 @@ def summarize(volume: Volume, pred: dict, extra: dict | None = None) -> dict:
 def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlays: bool = True,
                  progress: Callable | None = progress_bar, log=print, t0: float | None = None,
                  shown_as: str | None = None, dicom_seg_file: bool = True,
-                 series_uid=None) -> dict:
+                 series_uid=None, disagreement: bool = False,
+                 review_below: float = ensemble.REVIEW_BELOW) -> dict:
     """Predict `input_path` with a loaded `predictor` into `out_dir`; returns the summary dict.
+
+    With an `EnsemblePredictor` (more than one view: `lsnet_tf.ensemble`) the summary also
+    holds ``members`` (path, format, sha256 of each), ``tta``, and the agreement fields of
+    `lsnet_tf.ensemble.Agreement.summary` (``review`` against `review_below`); `disagreement`
+    writes ``disagreement.nii.gz`` (float32, the input's geometry) beside the mask.
 
     `dicom_seg_file`: for a DICOM series, also write ``mask.seg.dcm`` (`lsnet_tf.dicom_seg`), a
     DICOM Segmentation of the mask referencing the CT slices (none when the mask is empty).
@@ -542,12 +660,32 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
         f"({volume.spacing_source})")
     for note in _not_dicom_note(volume.info.get("skipped_files", [])):
         print(f"warning: {input_path}: {note}", file=sys.stderr)
-    pred = predict_volume(predictor, volume.hu, progress)
+    views = int(getattr(predictor, "views", 1))
+    if disagreement and views < 2:
+        raise PredictError("a disagreement map needs several models or --tta (one view here)")
+    pred = predict_volume(predictor, volume.hu, progress, disagreement=disagreement)
     with writing("the output folder", out_dir):
         os.makedirs(out_dir, exist_ok=True)
     mask_path = os.path.join(out_dir, "mask.nii.gz")
     with writing("the mask", mask_path):
         volume.write_mask(pred["mask"], mask_path)
+    agreement = {}
+    if views > 1:
+        spacing = [float(v) for v in volume.spacing]
+        agreement = {
+            "members": [{"model": os.path.abspath(member.path), "format": member.format,
+                         "sha256": getattr(member, "fingerprint", None)}
+                        for _, member in predictor.members],
+            "tta": predictor.tta,
+            **pred["agreement"].summary(float(np.prod(spacing)) if spacing[2] > 0 else None,
+                                        review_below),
+            "disagreement_file": None,
+        }
+        if disagreement:
+            path = os.path.join(out_dir, DISAGREEMENT_FILE)
+            with writing("the disagreement map", path):
+                volume.write_mask(pred["disagreement"], path, dtype=np.float32)
+            agreement["disagreement_file"] = DISAGREEMENT_FILE
     seg_file = None
     if volume.kind == "dicom" and dicom_seg_file:
         with writing("the DICOM SEG", os.path.join(out_dir, SEG_FILE)):
@@ -564,6 +702,7 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
         "model_sha256": getattr(predictor, "fingerprint", None),
         "mask_file": os.path.basename(mask_path),
         "dicom_seg_file": seg_file,
+        **agreement,
     })
     written = []
     if overlays:
@@ -580,6 +719,8 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
     summary["overlays"] = written
     summary["outputs"] = describe_outputs(out_dir, [os.path.basename(mask_path)]
                                           + ([seg_file] if seg_file else [])
+                                          + ([DISAGREEMENT_FILE] if agreement.get(
+                                              "disagreement_file") else [])
                                           + [p.replace(os.sep, "/") for p in written])
     summary["seconds"] = round(time.time() - t0, 2)
     with writing("the summary", os.path.join(out_dir, "summary.json")):
@@ -589,6 +730,13 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
     log(f"mask: {summary['mask_voxels']} voxels, {volume_text}, slices "
         f"{summary['slice_range']}; {len(summary['slices'])} slices with findings -> "
         f"{shown_as or out_dir}")
+    if agreement:
+        sd = agreement["volume_sd_ml"]
+        log(f"agreement of {agreement['views']} views: mean pairwise Dice "
+            f"{agreement['mean_pairwise_dice']:.4f}"
+            + (f", volume sd {sd:.3f} mL, range {agreement['volume_range_ml']:.3f} mL"
+               if sd is not None else "")
+            + (f"; REVIEW (below {review_below:g})" if agreement["review"] else ""))
     return summary
 
 
@@ -601,31 +749,48 @@ def check_out_dir(out_dir: str, inputs=()) -> None:
         raise PredictError(str(e)) from e
 
 
-def run(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
+def _shown(model_paths) -> str:
+    """What the summary names as ``model``: the --model argument, or several joined by + ."""
+    paths = [model_paths] if isinstance(model_paths, str) else list(model_paths)
+    return " + ".join(os.path.abspath(p) for p in paths)
+
+
+def run(model_path, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
         overlays: bool = True, progress: Callable | None = progress_bar, log=print,
-        dicom_seg_file: bool = True, series_uid=None) -> dict:
+        dicom_seg_file: bool = True, series_uid=None, tta: str = "none",
+        disagreement: bool = False, review_below: float = ensemble.REVIEW_BELOW) -> dict:
     """Predict `input_path` with `model_path` into `out_dir`; returns the summary dict.
 
-    Before the model loads: `PredictError` for a missing input, and for an `out_dir` that is a
-    file or lies inside a DICOM input folder (`check_out_dir`)."""
+    `model_path`: a model, a folder of models, or a list of them (an ensemble,
+    `lsnet_tf.ensemble`); `tta`: ``none``, ``flip`` or ``flip2``.
+
+    Before the model loads: `PredictError` for a missing input, for an `out_dir` that is a
+    file or lies inside a DICOM input folder (`check_out_dir`), and for models that cannot form
+    an ensemble (`resolve_models`)."""
     t0 = time.time()
     if not os.path.exists(input_path):
         raise PredictError(f"{input_path}: input not found")
     check_out_dir(out_dir, [input_path])
-    predictor = load_predictor(model_path, batch_size)
+    members = resolve_models(model_path, tta, disagreement)
+    predictor = _load(members, batch_size, tta=tta, disagreement=disagreement,
+                      path=_shown(model_path))
     return predict_case(predictor, input_path, out_dir, spacing=spacing, overlays=overlays,
                         progress=progress, log=log, t0=t0, dicom_seg_file=dicom_seg_file,
-                        series_uid=series_uid)
+                        series_uid=series_uid, disagreement=disagreement,
+                        review_below=review_below)
 
 
-def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
+def run_many(model_path, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
              overlays: bool = True, overwrite: bool = False, progress: bool = True,
-             log=print, options=None, dicom_seg_file: bool = True) -> list:
+             log=print, options=None, dicom_seg_file: bool = True, tta: str = "none",
+             disagreement: bool = False, review_below: float = ensemble.REVIEW_BELOW) -> list:
     """Predict every case of a folder or list file `input_path` (`lsnet_tf.batch_predict`)
     into ``out_dir/<case>/``, loading the model once; returns the rows of ``cases.csv``.
 
     `options`: Beam ``PipelineOptions`` (`lsnet_tf.beam.pipeline_options`) to run the cases as
     a pipeline, each worker loading the model once; None runs them in this process.
+    `model_path`, `tta`, `disagreement`, `review_below`: as for `run` (the members are checked
+    before any case is predicted; a skipped case's ``review`` is taken against `review_below`).
     """
     # Named by the import name, so that a pipeline's workers find them also when this runs as
     # ``python -m lsnet_tf.predict``.
@@ -635,23 +800,37 @@ def run_many(model_path: str, input_path: str, out_dir: str, batch_size: int = 8
     cases = batch_predict.find_cases(input_path, out_dir, log=log)
     # Before the model loads: --out is no file, nor inside the input folder or a listed series.
     check_out_dir(out_dir, [input_path] + [c.input for c in cases if os.path.isdir(c.input)])
-    if options is not None and not os.path.exists(model_path):  # before starting any worker
-        raise PredictError(f"{model_path}: model not found")
+    members = resolve_models(model_path, tta, disagreement)  # before starting any worker
     # Hashed once: the skip decision and every case's summary.json use the same fingerprint.
-    sha256 = fingerprint(model_path) if os.path.exists(model_path) else None
+    if is_ensemble(members, tta):
+        member_sha256 = member_fingerprints(members)
+        sha256 = ensemble.ensemble_fingerprint(member_sha256, tta, disagreement)
+        load = functools.partial(this.load_ensemble, members, batch_size, tta=tta,
+                                 disagreement=disagreement, model_sha256=sha256,
+                                 member_sha256=member_sha256, path=_shown(model_path))
+    else:
+        if options is not None and not os.path.exists(members[0]):
+            raise PredictError(f"{members[0]}: model not found")
+        sha256 = fingerprint(members[0]) if os.path.exists(members[0]) else None
+        load = functools.partial(this.load_predictor, members[0], batch_size,
+                                 model_sha256=sha256)
     return batch_predict.run_batch(
-        cases, out_dir, load=functools.partial(this.load_predictor, model_path, batch_size,
-                                               model_sha256=sha256),
+        cases, out_dir, load=load,
         predict=functools.partial(this.predict_case, spacing=spacing, overlays=overlays,
-                                  dicom_seg_file=dicom_seg_file),
-        overwrite=overwrite, progress=progress, log=log, options=options, model_sha256=sha256)
+                                  dicom_seg_file=dicom_seg_file, disagreement=disagreement,
+                                  review_below=review_below),
+        overwrite=overwrite, progress=progress, log=log, options=options, model_sha256=sha256,
+        review_below=review_below)
 
 
 def main(argv=None) -> int:
     argv, beam_argv = beam.split_argv(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="python -m lsnet_tf.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="SavedModel folder or .tflite file")
+    parser.add_argument("--model", required=True, action="append",
+                        help="SavedModel folder or .tflite file; repeat it, or give a folder of "
+                             "such models (e.g. one per fold), for an ensemble whose "
+                             "probabilities are averaged")
     parser.add_argument("--input", required=True,
                         help=f"{INPUT_KINDS}; or a folder of cases or a .txt/.lst list of cases")
     parser.add_argument("--out", required=True, help="output folder")
@@ -666,26 +845,41 @@ def main(argv=None) -> int:
     parser.add_argument("--series-uid", metavar="UID",
                         help="a DICOM folder holding several series: predict the series of this "
                              "SeriesInstanceUID (the error for such a folder lists them)")
+    parser.add_argument("--tta", choices=ensemble.TTA_MODES, default="none",
+                        help="test-time mirroring: flip = also the slices mirrored left-right; "
+                             "flip2 = left-right, up-down and both (default none)")
+    parser.add_argument("--disagreement", action="store_true",
+                        help=f"write {DISAGREEMENT_FILE}: per voxel the standard deviation of "
+                             "the views' probabilities (several models or --tta)")
+    parser.add_argument("--review-below", type=float, default=ensemble.REVIEW_BELOW,
+                        metavar="DICE",
+                        help="flag a case for review when the mean pairwise Dice of its views "
+                             f"is below DICE (default {ensemble.REVIEW_BELOW}: provisional, to "
+                             "be chosen on tuning data)")
     beam.add_beam_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 <= args.review_below <= 1.0:
+        parser.error(f"--review-below must lie in [0, 1], got {args.review_below}")
+    models = args.model[0] if len(args.model) == 1 else args.model
+    more = dict(tta=args.tta, disagreement=args.disagreement, review_below=args.review_below)
     try:
         if batch_predict.is_batch_input(args.input):
             if args.series_uid:
                 parser.error("--series-uid picks a series of one DICOM folder, not of many "
                              "cases; point --input at the DICOM folder")
-            rows = run_many(args.model, args.input, args.out, batch_size=args.batch_size,
+            rows = run_many(models, args.input, args.out, batch_size=args.batch_size,
                             spacing=args.spacing, overlays=not args.no_overlays,
                             overwrite=args.overwrite, dicom_seg_file=not args.no_dicom_seg,
-                            options=beam.pipeline_options(args, beam_argv))
+                            options=beam.pipeline_options(args, beam_argv), **more)
             return 1 if any(row["status"] == "failed" for row in rows) else 0
         if args.runner or args.beam_options or beam_argv:
             parser.error("--runner and Beam pipeline options apply to many cases (a folder of "
                          "cases or a .txt/.lst list), not to one")
-        run(args.model, args.input, args.out, batch_size=args.batch_size, spacing=args.spacing,
+        run(models, args.input, args.out, batch_size=args.batch_size, spacing=args.spacing,
             overlays=not args.no_overlays, dicom_seg_file=not args.no_dicom_seg,
-            series_uid=args.series_uid)
+            series_uid=args.series_uid, **more)
     except (ValueError, OSError) as e:  # PredictError and the readers' PrepareErrors included
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
