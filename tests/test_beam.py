@@ -9,7 +9,7 @@ pipelines are the in-memory DirectRunner in this process (MSD to a ``ram://`` fi
 validation errors).
 
 TCIA data: the helpers of test_prepare (5 patients of the 5-slice CT5N series, each with its HU
-shifted by 10 x its number, and PANCREAS_0003, in the middle, with an unreadable DICOM file);
+shifted by 10 x its number, and PANCREAS_0003, in the middle, an RT plan and no image slice);
 ``--folds 2 --seed 0`` puts patients 2, 3, 4 in fold 0 and 1, 5 in fold 1.
 """
 import contextlib
@@ -28,7 +28,7 @@ import tensorflow as tf
 from lsnet_tf import beam, prepare
 from lsnet_tf import validate as V
 from lsnet_tf.data import records, volumes
-from test_prepare import _unreadable, copy_series, msd_arrays, msd_case, read_shard, tcia_layout
+from test_prepare import _non_image, copy_series, msd_arrays, msd_case, read_shard, tcia_layout
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI = "--direct_num_workers=2 --direct_running_mode=multi_processing"
@@ -45,7 +45,7 @@ def build_tcia(root):
         return lambda d: copy_series(d, edit=edit)
 
     patients = {n: (shifted(n), True) for n in (1, 2, 4, 5)}
-    patients[3] = (_unreadable, True)
+    patients[3] = (_non_image, True)
     return tcia_layout(Path(root), dict(sorted(patients.items())))
 
 
@@ -79,14 +79,14 @@ def tcia(tmp_path_factory):
 def test_a_broken_patient_is_reported_with_file_and_reason_and_the_others_are_written(tcia):
     status, out, err = tcia["beam_run"]
     assert status == 1, err[-3000:]
-    broken = tcia["images"] / BROKEN / "1.2.3-study" / "4.5.6-series" / "broken.dcm"
-    line = f"  {BROKEN}: {broken}: unreadable DICOM file"
+    broken = tcia["images"] / BROKEN / "1.2.3-study" / "4.5.6-series" / "plan.dcm"
+    line = f"  {BROKEN}: {broken}: not an image slice"
     assert "1 of 5 patients failed:" in err and line in err
-    assert f"[3/5] {BROKEN} (fold 0): FAILED: {broken}: unreadable DICOM" in out
+    assert f"[3/5] {BROKEN} (fold 0): FAILED: {broken}: not an image slice" in out
     assert "prepared 4 patients (20 slices), skipped 0, failed 1" in out
     assert f"with Beam DirectRunner ({MULTI})" in out
     info = records.read_info(str(tcia["beam"]))
-    assert info["failed"][BROKEN].startswith(f"{broken}: unreadable DICOM file")
+    assert info["failed"][BROKEN].startswith(f"{broken}: not an image slice")
     assert sorted(info["patient_details"]) == GOOD and info["complete"] is False
     written = sorted(p.relative_to(tcia["beam"]).as_posix() for p in tcia["beam"].glob("fold-*/*"))
     assert written == [

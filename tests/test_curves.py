@@ -182,7 +182,7 @@ def test_keep_copies_each_finished_runs_record_and_its_curves(tmp_path, capsys):
 
 def test_keep_errors(tmp_path, capsys):
     assert experiments.main(["keep", "--runs-dir", str(tmp_path), "--to", str(tmp_path / "r")]) == 2
-    assert "no finished run (<dataset>/<row>/seed<k>/eval.json) under" in capsys.readouterr().err
+    assert "no finished run (<dataset>/<row>/[fold<f>/]seed<k>/eval.json) under" in capsys.readouterr().err
     run = tmp_path / "synthetic" / "unet" / "seed0"
     run.mkdir(parents=True)
     (run / "eval.json").write_text("{}")

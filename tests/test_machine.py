@@ -26,11 +26,17 @@ def test_cpu_model_is_a_name_or_none():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setting, enabled", [(None, "True"), ("0", "False")])
-def test_importing_lsnet_tf_before_tensorflow_decides_onednn(setting, enabled):
+def test_the_command_environment_before_tensorflow_decides_onednn(setting, enabled):
+    """What every command does before TensorFlow loads (``console.command_environment``, which
+    importing the package applies only in a command's process) turns oneDNN on unless the user
+    set the variable."""
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    code = ("import lsnet_tf, tensorflow\n"
+    code = ("import lsnet_tf.console\nlsnet_tf.console.command_environment()\n"
+            "import os, tensorflow\n"
+            "assert os.environ['TF_ENABLE_ONEDNN_OPTS'] == ('0' if "
+            f"{setting!r} == '0' else '1')\n"
             "from tensorflow.python.util import _pywrap_util_port\n"
             "print(_pywrap_util_port.IsMklEnabled())")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,

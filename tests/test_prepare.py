@@ -201,14 +201,14 @@ def test_each_bad_patient_is_reported_and_the_others_prepared(tmp_path, capsys):
     assert run_tcia(images, labels, out, "--folds", "2") == 1
     captured = capsys.readouterr()
     info = records.read_info(str(out))
-    assert sorted(info["patient_details"]) == ["PANCREAS_0001"]
+    # 2: a complete series beside a file that is not DICOM at all: prepared without it.
+    assert sorted(info["patient_details"]) == ["PANCREAS_0001", "PANCREAS_0002"]
     assert info["complete"] is False
     failed = info["failed"]
-    assert sorted(failed) == [f"PANCREAS_{n:04d}" for n in range(2, 11)]
+    assert sorted(failed) == [f"PANCREAS_{n:04d}" for n in range(3, 11)]
     p = {n: str(images / f"PANCREAS_{n:04d}") for n in range(1, 11)}
     series = {n: os.path.join(p[n], "1.2.3-study", "4.5.6-series") for n in p}
     expect = {
-        2: (os.path.join(series[2], "broken.dcm"), "unreadable DICOM"),
         3: (os.path.join(series[3], "plan.dcm"), "not an image slice"),
         4: (p[4], "mixes 2 series"),
         5: (p[5], "no label file with number 5"),
@@ -223,8 +223,13 @@ def test_each_bad_patient_is_reported_and_the_others_prepared(tmp_path, capsys):
         assert msg.startswith(path + ": ") and reason in msg, (n, msg)
         assert msg in captured.err and f"PANCREAS_{n:04d} (fold" in captured.out
     shards = sorted(s.name for s in out.glob("fold-*/*"))
-    assert shards == ["PANCREAS_0001.tfrecord"]  # no shard, complete or temporary, for the others
-    assert "prepared 1 patients (5 slices), skipped 0, failed 9" in captured.out
+    # no shard, complete or temporary, for the others
+    assert shards == ["PANCREAS_0001.tfrecord", "PANCREAS_0002.tfrecord"]
+    assert "prepared 2 patients (10 slices), skipped 0, failed 8" in captured.out
+    broken = os.path.join(series[2], "broken.dcm")
+    skipped = info["patient_details"]["PANCREAS_0002"]["skipped_files"]
+    assert [path for path, _ in skipped] == [broken] and skipped[0][1].startswith("not DICOM")
+    assert "PANCREAS_0002 (fold" in captured.out and "skipped 1 files" in captured.out
     assert "label0099.nii.gz" in " ".join(info["notes"])
 
 
