@@ -1440,14 +1440,12 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
     summary = {n: {c: {g: {m: statistics.mean_sd([u["results"][n][c][g][m] for u in per_unit])
                            for m in ORACLE_METRICS} for g in groups}
                    for c in oracle.CONDITIONS} for n in pair}
-    gaps = {c: {g: statistics.corrected_t(
-        [u["results"][pair[0]][c][g]["dsc"] for u in per_unit],
-        [u["results"][pair[1]][c][g]["dsc"] for u in per_unit], ratio,
-        CLAIMS["level"], CLAIMS["margin"]) for g in groups} for c in oracle.CONDITIONS}
-    box_gap = {g: statistics.corrected_t(
-        [u["results"][pair[0]]["own"][g]["box_miou"] for u in per_unit],
-        [u["results"][pair[1]]["own"][g]["box_miou"] for u in per_unit], ratio,
-        CLAIMS["level"], CLAIMS["margin"]) for g in groups}
+    def gap(condition, group, metric):  # first of the pair minus second, paired by unit
+        values = [[u["results"][n][condition][group][metric] for u in per_unit] for n in pair]
+        return statistics.corrected_t(*values, ratio, CLAIMS["level"], CLAIMS["margin"])
+
+    gaps = {c: {g: gap(c, g, "dsc") for g in groups} for c in oracle.CONDITIONS}
+    box_gap = {g: gap("own", g, "box_miou") for g in groups}
     label = {r.config: r.label for r in rows}
     doc = {"dataset": dataset, "family": family, "pair": list(pair),
            "units": [unit_json(u) for u in done],

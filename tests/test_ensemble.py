@@ -322,12 +322,9 @@ def test_many_cases_with_mirroring_report_agreement_and_rerun_with_another_thres
 @pytest.mark.slow
 def test_a_tflite_ensemble_with_mirroring_runs_without_tensorflow(tiny_tflite, tmp_path):
     """The LiteRT path: members in sequence, in a process where importing TensorFlow fails."""
-    import os
-    import subprocess
-    import sys
     import textwrap
 
-    from test_litert import BLOCK_TENSORFLOW, ROOT
+    from test_litert import BLOCK_TENSORFLOW, run_without_tensorflow
 
     np.save(tmp_path / "vol.npy", hu_volume((2, 30, 40), seed=8))
     script = BLOCK_TENSORFLOW + textwrap.dedent(f"""
@@ -339,11 +336,7 @@ def test_a_tflite_ensemble_with_mirroring_runs_without_tensorflow(tiny_tflite, t
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         print(json.dumps({{"code": code, "loaded": loaded}}))
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"code": 0, "loaded": []}
+    assert run_without_tensorflow(script)[0] == {"code": 0, "loaded": []}
     s = read_json(tmp_path / "out" / "summary.json")
     assert s["views"] == 4 and s["model_format"] == "tflite"
     assert (tmp_path / "out" / "disagreement.nii.gz").is_file()

@@ -207,6 +207,16 @@ def test_without_litert_the_tensorflow_interpreter_runs_it(lite_file, monkeypatc
         litert.TFLiteModel(lite_file, runtime="tensorflow")
 
 
+def run_without_tensorflow(script: str) -> tuple:
+    """Run `script` (``BLOCK_TENSORFLOW`` + code that prints a JSON report last) in a fresh
+    interpreter from the repository; its exit code must be 0. Returns (report, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
 @pytest.mark.slow
 def test_predict_runs_in_a_process_without_tensorflow(lite_file, tmp_path):
     hu = hu_volume((3, 50, 60), 7)
@@ -227,12 +237,8 @@ def test_predict_runs_in_a_process_without_tensorflow(lite_file, tmp_path):
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         print(json.dumps({{"code": code, "loaded": loaded}}))
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"code": 0, "loaded": []}, result.stderr[-3000:]
+    report, stderr = run_without_tensorflow(script)
+    assert report == {"code": 0, "loaded": []}, stderr[-3000:]
 
     want = predict._label_map(tf_path_predict(lite_file, hu)["mask"])
     assert want.sum() > 0
