@@ -16,5 +16,23 @@ from lsnet_tf import console as _console
 
 __version__ = "0.1.0"
 
+# The Python API (`lsnet_tf.api`): ``lsnet_tf.load_config``, ``build_model``, ``train_model``,
+# ``load_predictor``, ``read_volume``, ``predict_volume``; resolved on first use, so that
+# importing the package stays free of TensorFlow.
+_API = ("load_config", "build_model", "train_model", "load_predictor", "read_volume",
+        "predict_volume")
+
+
+def __getattr__(name):
+    if name in _API:
+        from lsnet_tf import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lsnet_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))
+
 if _console.is_command():
     _console.command_environment()
