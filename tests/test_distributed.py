@@ -38,6 +38,7 @@ from lsnet_tf.losses.localization import localization_loss
 from lsnet_tf.losses.segmentation import per_sample_loss_from_logits
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration
 from lsnet_tf import train
+from lsnet_tf.models import two_stage
 from lsnet_tf.models.build import build_model, synchronize_batch_norm
 from lsnet_tf.ops.sampling import affine_grid, bilinear_sample
 
@@ -52,11 +53,7 @@ WITH_TARGET = (True, True, False, True)
 
 
 def select_rois(model, heatmap, ltrb, training, seed):
-    """L-SNet's training RoI choice (the one private reach of this file; see test_two_stage)."""
-    if hasattr(model, "_select_rois"):
-        return model._select_rois(heatmap, ltrb, training, seed)
-    from lsnet_tf.models import two_stage
-
+    """L-SNet's training RoI choice (``two_stage.select_train_rois`` with the model's top_k)."""
     return two_stage.select_train_rois(heatmap, ltrb, model.top_k, training, seed)
 
 

@@ -570,8 +570,9 @@ def run_workers(cmd, tmp_path, n=2, timeout=900):
 def test_two_workers_train_lsnet_like_one_process_of_the_same_global_batch(cache, tmp_path):
     """L-SNet, 2 steps of global batch 4: two workers (2 slices each per step) end with the
     weights and optimizer state of one process, to float rounding, with batch norm frozen (see
-    FROZEN_BN_TRAIN) and top_k = 1 (every replica draws its random RoI with the same seed, so
-    with top_k > 1 the draw depends on the split over workers; tests/test_distributed.py)."""
+    FROZEN_BN_TRAIN) and top_k = 1: the training RoI is each image's best heatmap cell, not a
+    random draw, so the comparison does not depend on the draw (as the update tests of
+    tests/test_distributed.py)."""
     sets = ["train.deterministic=true", "train.epochs=1", "train.top_k=1", "train.gamma=1.0"]
 
     def command(out, *extra):

@@ -53,7 +53,6 @@ DOES_NOT_HOLD = "does not hold"
 EQUIVALENT = "equivalent"
 UNDECIDED = "undecided"
 TOO_FEW = "undecided (n < 2)"
-VERDICTS = (HOLDS, DOES_NOT_HOLD, EQUIVALENT, UNDECIDED, TOO_FEW)
 
 
 def _present(values) -> list[float]:
@@ -190,9 +189,10 @@ def corrected_t_interval(d, n_test_over_n_train: float, level: float = 0.95,
       "p_equivalence", "verdict", "p_verdict"}``: ``mean`` None without a value; with fewer
       than 2 values ``se``, ``df``, the intervals and every p are None and the verdict is
       "undecided (n < 2)". ``correction`` is ``n_test_over_n_train``. ``verdict`` is that of
-      ``verdict`` (one of ``VERDICTS``); ``p_verdict`` the p-value supporting it: ``p`` for
-      "holds" / "does not hold", ``p_equivalence`` for "equivalent", ``min(p, p_equivalence)``
-      for "undecided", None for "undecided (n < 2)".
+      ``verdict`` (``HOLDS``, ``DOES_NOT_HOLD``, ``EQUIVALENT``, ``UNDECIDED`` or ``TOO_FEW``);
+      ``p_verdict`` the p-value supporting it: ``p`` for "holds" / "does not hold",
+      ``p_equivalence`` for "equivalent", ``min(p, p_equivalence)`` for "undecided", None for
+      "undecided (n < 2)".
 
     Raises:
       ValueError: `level` not in (0.5, 1), `n_test_over_n_train` negative or not finite,

@@ -33,7 +33,6 @@ import math
 
 from keras import layers
 
-UNET_FAMILIES = ("unet", "attention_unet")
 FAMILIES = ("unet", "attention_unet", "fcn")
 
 
@@ -179,5 +178,5 @@ def resolve_decoder_width(decoder_width, width: int) -> int:
     return decoder_width
 
 
-__all__ = ["FAMILIES", "UNET_FAMILIES", "attention_gate", "check_family", "conv_bn_relu", "decode",
-           "decoder_channels", "fcn_decoder", "resolve_decoder_width", "unet_decoder"]
+__all__ = ["FAMILIES", "attention_gate", "check_family", "conv_bn_relu", "decode", "decoder_channels",
+           "fcn_decoder", "resolve_decoder_width", "unet_decoder"]
