@@ -369,6 +369,13 @@ def _check(ok: bool, message: str, received: Any) -> None:
         raise ConfigError(f"{message} (received {received!r})")
 
 
+def check_positive_int(value, name):
+    """A model or op argument (``max_rois``, ``top_k``, ``max_boxes``) that must be an int >= 1;
+    ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, received {value!r}")
+
+
 def _merge(obj, overrides: Mapping[str, Any], source: str, prefix: str = ""):
     """Return a copy of dataclass `obj` with `overrides` applied; unknown keys are errors."""
     if not isinstance(overrides, Mapping):

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from lsnet_tf.losses import segmentation
 from lsnet_tf.ops import boxes as box_ops
+from lsnet_tf.ops.replicas import global_sum
 
 
 def cell_points(height: int, width: int, stride: int = 4):
@@ -23,14 +24,6 @@ def cell_points(height: int, width: int, stride: int = 4):
     ii, jj = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32),
                          indexing="ij")
     return box_ops.cell_centres(tf.stack([jj, ii], -1), stride)
-
-
-def global_sum(x):
-    """Sum of `x` over replicas (identity outside a replica context of several replicas)."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return x
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
 def localization_loss(heatmap_logits, ltrb_pred, heatmap_true, ltrb_true, loss_cfg, global_batch,

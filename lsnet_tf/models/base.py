@@ -30,9 +30,9 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from lsnet_tf.config import LossConfig
-from lsnet_tf.losses import localization, segmentation
-from lsnet_tf.ops.crops import check_positive_int
+from lsnet_tf.config import LossConfig, check_positive_int
+from lsnet_tf.losses import segmentation
+from lsnet_tf.ops.replicas import global_sum
 
 __all__ = ["SegmentationModel"]
 
@@ -134,7 +134,7 @@ class SegmentationModel(keras.Model):
         per = segmentation.per_sample_loss_from_logits(
             self.loss_config, mask, logits, self.loss_config.mask_focal_normalizer)
         if global_batch is None:
-            n = localization.global_sum(tf.reduce_sum(weight))
+            n = global_sum(tf.reduce_sum(weight))
         else:
             n = tf.cast(global_batch, tf.float32)
         return tf.reduce_sum(per * weight) / tf.maximum(n, 1.0)

@@ -34,11 +34,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from lsnet_tf.config import check_positive_int
 from lsnet_tf.losses import localization
 from lsnet_tf.models import two_stage
 from lsnet_tf.models.base import SegmentationModel
 from lsnet_tf.ops import boxes as box_ops
 from lsnet_tf.ops import crops
+from lsnet_tf.ops.replicas import replica_uniform
 
 TRAIN_CROPS = ("truth", "predicted")
 
@@ -47,7 +49,7 @@ __all__ = ["CoarseToFine", "LNetCrop", "TRAIN_CROPS"]
 
 def _pick_random(valid, seed):
     """Per row, the index of a uniformly chosen True entry of ``(B, K)`` `valid` (0 if none)."""
-    u = two_stage.replica_uniform(tf.shape(valid), seed)
+    u = replica_uniform(tf.shape(valid), seed)
     return tf.argmax(tf.where(valid, u, -1.0), axis=1, output_type=tf.int32)
 
 
@@ -222,7 +224,7 @@ class LNetCrop(_CropCascade):
 
     def __init__(self, lnet, snet, top_k=3, **kwargs):
         super().__init__(snet, **kwargs)
-        crops.check_positive_int(top_k, "top_k")
+        check_positive_int(top_k, "top_k")
         self.lnet = lnet
         self.top_k = int(top_k)
 

@@ -35,11 +35,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from lsnet_tf.config import check_positive_int
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration, check_margin
 from lsnet_tf.losses import localization
 from lsnet_tf.models import two_stage
 from lsnet_tf.models.base import SegmentationModel
-from lsnet_tf.ops.crops import check_positive_int
 
 __all__ = ["LSNet"]
 

@@ -27,30 +27,9 @@ from lsnet_tf.models.lnet import STRIDE
 from lsnet_tf.ops import boxes as box_ops
 from lsnet_tf.ops import components
 from lsnet_tf.ops import sampling
+from lsnet_tf.ops.replicas import replica_uniform
 
-__all__ = ["STRIDE", "decode_keypoints", "replica_uniform", "roi_targets", "segment_rois",
-           "select_train_rois"]
-
-
-def replica_uniform(shape, seed, minval=0, maxval=None, dtype=tf.float32):
-    """``tf.random.stateless_uniform`` of this replica's share of a global batch.
-
-    `shape` is the replica's ``(B, ...)``. The numbers are drawn for the whole global batch
-    (``B x replicas``, the same draw on every replica) and each replica takes its own rows, in
-    the order the strategy splits a global batch (replica r gets rows ``r·B .. (r + 1)·B - 1``):
-    a global batch gets the same random choices whether it runs on one device or is split over
-    several. On one device this is ``stateless_uniform(shape, seed, ...)`` itself.
-    """
-    ctx = tf.distribute.get_replica_context()
-    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-    if replicas == 1:
-        return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=dtype)
-    shape = tf.convert_to_tensor(shape, tf.int32)
-    rows = shape[0]
-    draw = tf.random.stateless_uniform(tf.concat([[rows * replicas], shape[1:]], 0), seed,
-                                       minval, maxval, dtype=dtype)
-    start = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * rows
-    return draw[start:start + rows]
+__all__ = ["STRIDE", "decode_keypoints", "roi_targets", "segment_rois", "select_train_rois"]
 
 
 def _cell_values(tensor, cells):
@@ -75,7 +54,8 @@ def select_train_rois(heatmap, ltrb, top_k: int, training, seed):
       top_k: in training, one of the ``top_k`` highest cells is picked uniformly at random (3 in
         the paper, Sec. 2.5).
       training: Python bool; outside training, always the highest cell.
-      seed: ``(2,)`` int seed of ``tf.random.stateless_uniform`` (see ``replica_uniform``).
+      seed: ``(2,)`` int seed of ``tf.random.stateless_uniform`` (see
+        ``lsnet_tf.ops.replicas.replica_uniform``).
 
     Returns:
       ``(points, distances)``: ``(B, 2)`` input pixels and ``(B, 4)`` ``ltrb``.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from lsnet_tf.config import check_positive_int
 from lsnet_tf.ops import boxes as box_ops
 from lsnet_tf.ops import components
 from lsnet_tf.ops import sampling
@@ -25,11 +26,6 @@ __all__ = ["CROP_MODES", "box_centres", "crop_boxes", "hard_crop", "mask_boxes",
 def _dim(tensor, axis):
     static = tensor.shape[axis]
     return static if static is not None else tf.shape(tensor)[axis]
-
-
-def check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, received {value!r}")
 
 
 def mask_boxes(prob, threshold: float = 0.5, max_boxes: int = 8, mode: str = "components") -> dict:
