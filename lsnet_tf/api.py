@@ -19,7 +19,7 @@ __all__ = ["load_config", "build_model", "train_model", "load_predictor", "read_
 def load_config(path: str | None = None, overrides=()):
     """The `lsnet_tf.config.Config` of a YAML file (None: the built-in defaults) with
     ``key=value`` overrides applied (a list of strings, or a mapping of key to value)."""
-    from lsnet_tf import config
+    import lsnet_tf.config as config
 
     if hasattr(overrides, "items"):
         overrides = [f"{key}={value}" for key, value in overrides.items()]
@@ -46,22 +46,22 @@ def train_model(config, log=print) -> dict:
 def load_predictor(path: str, batch_size: int = 8):
     """A predictor for a SavedModel folder or a ``.tflite`` file; its ``predict(hu)`` takes
     ``(n, H, W)`` HU slices."""
-    from lsnet_tf import predict
+    from lsnet_tf.inference import predictors
 
-    return predict.load_predictor(path, batch_size)
+    return predictors.load_predictor(path, batch_size)
 
 
 def read_volume(path: str, spacing=None, series_uid: str | None = None):
     """A `Volume` (``.hu``: ``(slices, rows, cols)`` float32 HU, ``.spacing``, ``.write_mask``)
     from a DICOM series folder, a NIfTI file, a ``.npy`` array or a PNG slice."""
-    from lsnet_tf import predict
+    from lsnet_tf.inference import readers
 
-    return predict.read_input(path, spacing=spacing, series_uid=series_uid)
+    return readers.read_input(path, spacing=spacing, series_uid=series_uid)
 
 
 def predict_volume(predictor, hu, progress=None) -> dict:
     """Segment every slice of `hu` ``(n, H, W)``; returns ``{"mask": (n, H, W) uint8, "boxes",
     "scores", "keypoints", "valid"}``. `progress(done, total)` is called as slices finish."""
-    from lsnet_tf import predict
+    from lsnet_tf.inference import volume
 
-    return predict.predict_volume(predictor, hu, progress=progress)
+    return volume.predict_volume(predictor, hu, progress=progress)

@@ -1,59 +1,20 @@
-"""Predict many cases at once: ``python -m lsnet_tf.predict --model M --input FOLDER --out DIR``.
-
-`lsnet_tf.predict` dispatches here when ``--input`` is a folder of cases or a list file; the
-model is loaded once for all cases, and each case gets exactly the outputs of a single
-prediction.
-
-Which folder is what
---------------------
-A folder with DICOM files directly in it (``*.dcm``, or files without an extension that start
-as DICOM files do: ``DICM`` at byte 128; hidden files and ``DICOMDIR`` do not count) is one
-series: the single-case DICOM input of `lsnet_tf.predict`, read with its subfolders as before.
-Any other folder is a folder of cases, searched recursively (hidden files and folders are left
-out; hidden NIfTI files, such as ``..dots.nii.gz``, are named in a warning):
-
-- every NIfTI file (``.nii``, ``.nii.gz``) is a case, named by its file name without the
-  extension and without a trailing ``_0000`` (the channel suffix of the Decathlon / nnU-Net
-  ``imagesTs`` layout): ``imagesTs/liver_132_0000.nii.gz`` is case ``liver_132``;
-- every folder with DICOM files directly in it is a case (one series; the folders under it
-  belong to it), named by its path relative to the input folder with ``/`` replaced by ``__``:
-  ``export/P001/CT`` in ``export`` is case ``P001__CT``.
-
-Other files are left out (their number is logged). So a patient folder whose series lie in
-subfolders is now a folder of cases (one per series), where it used to be read as one series.
-
-A list file (``.txt`` or ``.lst``, UTF-8; a byte order mark is ignored) names one case per
-line: any single-case input of `lsnet_tf.predict` (NIfTI, DICOM folder, ``.npy``, ``.png``),
-relative to the list file's folder or absolute; blank lines and lines starting with ``#`` are
-ignored. Cases keep the list's order and are named as above (a ``.npy``/``.png`` file by its
-name without the extension; a DICOM folder outside the list's folder by its own name).
-
-Case names are checked once, in `check_case_names`: a name that is empty, ``.`` or ``..``,
-holds a path separator, starts with ``.`` (hidden, and the batch's work folders), is one of the
-batch's own files (`RESERVED_NAMES`: ``cases.csv``, ``cases.json``, ...) or is too long for a
-folder name, and a name shared by several inputs (letter case aside), makes that case fail
-alone (status ``failed``, the error naming its input file); the other cases run. Every path
-the batch writes, renames or removes under ``OUT`` goes through `case_path`, which refuses
-anything but a direct child of ``OUT`` (links resolved). A folder or list without cases is an
-error before anything runs.
-
-``--out`` must not be an existing file, the input folder or a folder inside it (nor inside a
-listed DICOM folder): `check_out_dir` refuses these before the model loads, as its outputs
-would be read as cases on the next run.
+"""Running many cases (`lsnet_tf.inference.many` finds them): each into its case folder, the
+summary ``cases.csv``, resuming, failures, and the Apache Beam pipeline (`PredictCaseFn`).
 
 Outputs
 -------
 - ``OUT/<case>/``: ``mask.nii.gz``, ``overlays/``, ``summary.json``, as a single prediction
-  writes them (the summary's ``outputs`` records each file's size and SHA-256). A case is written into ``OUT/.<case>.partial/`` and renamed to ``OUT/<case>/``
-  when complete, so a killed run never leaves a half case that looks complete.
+  writes them (the summary's ``outputs`` records each file's size and SHA-256). A case is
+  written into ``OUT/.<case>.partial/`` and renamed to ``OUT/<case>/`` when complete, so a
+  killed run never leaves a half case that looks complete.
 - ``OUT/cases.csv`` and ``OUT/cases.json`` (a list of rows): one row per case handled so far, in
   case order, with the columns `CASE_COLUMNS`: case, input (absolute path), slices, volume_ml
   (empty when the slice spacing is unknown), seconds (reading, predicting and writing the
   case), status (``done``, ``skipped`` or ``failed``) and error (the file and the reason, for a
-  failed case); for an ensemble or mirrored prediction (`lsnet_tf.ensemble`) also
+  failed case); for an ensemble or mirrored prediction (`lsnet_tf.inference.ensemble`) also
   mean_pairwise_dice, volume_sd_ml, volume_range_ml and review (empty otherwise; a skipped
-  case's review is taken against this run's ``--review-below``). Both are rewritten atomically after each case, so a killed run leaves a
-  consistent summary of the cases before the kill.
+  case's review is taken against this run's ``--review-below``). Both are rewritten atomically
+  after each case, so a killed run leaves a consistent summary of the cases before the kill.
 
 Resuming
 --------
@@ -79,7 +40,7 @@ written is named with what it is (``OUT/cases.csv: cannot write the summary of t
 The exit status is 1 when a case failed, 0 otherwise.
 
 Progress: one line per case on stderr (``cases [###.......] 3/10 NAME``), the slice bar of
-`lsnet_tf.predict` under it.
+`lsnet_tf.inference.volume` under it.
 
 On Apache Beam
 --------------
@@ -92,11 +53,12 @@ local processes::
 
 Finding the cases, the name checks and skipping complete cases happen before the pipeline, as
 in process, and so does one load of the model (a model that cannot be loaded is one error line,
-not a traceback from every worker); each worker then loads the model once (`PredictCaseFn`, a DoFn whose ``setup`` loads it)
-and writes each case as above (``OUT`` must be a folder every worker can write: any local folder
-for the DirectRunner). ``cases.csv``/``cases.json`` are written by the pipeline's last step,
-when every case is done (a killed pipeline leaves the complete case folders, which the next run
-skips); failed cases are reported on stderr by the command after the pipeline. No progress bars.
+not a traceback from every worker); each worker then loads the model once (`PredictCaseFn`, a
+DoFn whose ``setup`` loads it) and writes each case as above (``OUT`` must be a folder every
+worker can write: any local folder for the DirectRunner). ``cases.csv``/``cases.json`` are
+written by the pipeline's last step, when every case is done (a killed pipeline leaves the
+complete case folders, which the next run skips); failed cases are reported on stderr by the
+command after the pipeline. No progress bars.
 
 Why a DoFn and not ``apache_beam.ml.inference.RunInference``: the unit of work is a case (read
 a NIfTI file or a DICOM series, predict its slices in batches of ``--batch-size``, write the
@@ -110,7 +72,6 @@ does, and runs exactly the in-process code per case.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -121,254 +82,17 @@ from typing import Callable, Sequence
 
 from lsnet_tf import beam
 from lsnet_tf.files import check_outputs, write_json, write_text, writing
+from lsnet_tf.inference.many import BatchError, Case, case_path, check_case_names
 
-__all__ = ["BatchError", "Case", "CASE_COLUMNS", "RESERVED_NAMES", "is_batch_input",
-           "find_cases", "check_case_names", "check_out_dir", "case_path", "run_batch",
-           "write_summary"]
+__all__ = ["CASE_COLUMNS", "run_batch", "write_summary", "predict_one", "case_bar"]
 
 CASE_COLUMNS = ("case", "input", "slices", "volume_ml", "seconds", "status", "error",
                 "mean_pairwise_dice", "volume_sd_ml", "volume_range_ml", "review")
-# The columns of an ensemble or mirrored prediction (`lsnet_tf.ensemble`); empty otherwise.
+# The columns of an ensemble or mirrored prediction (`lsnet_tf.inference.ensemble`); empty
+# otherwise.
 AGREEMENT_COLUMNS = CASE_COLUMNS[-4:]
-LIST_EXTENSIONS = (".txt", ".lst")
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-CHANNEL_SUFFIX = "_0000"
-# Names under OUT that are the batch's own files (and their temporary names), never a case's
-# folder; compared without regard to letter case (case-insensitive file systems).
-RESERVED_NAMES = ("cases.csv", "cases.json", "cases.csv.tmp", "cases.json.tmp", "summary.json")
-# A case folder's name, and the work folders ``.<case>.partial``/``.<case>.old``, must fit in
-# one path component (255 bytes on the common file systems).
-MAX_NAME_BYTES = 255 - len("..partial")
 
 
-class BatchError(ValueError):
-    """Cases that cannot be run together (no cases, name collisions, foreign outputs)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One case: its output folder name and its input path (absolute); `error` says why the
-    case cannot run (an unsafe name, a name shared with other inputs), else None."""
-
-    name: str
-    input: str
-    error: str | None = None
-
-
-# ----------------------------------------------------------------------------------- finding
-def _starts_as_dicom(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def holds_dicom(folder: str) -> bool:
-    """Whether `folder` has DICOM files directly in it (see the module docstring)."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return False
-    for entry in entries:
-        name = entry.name
-        if name.startswith(".") or name.upper() == "DICOMDIR" or not entry.is_file():
-            continue
-        ext = os.path.splitext(name)[1].lower()
-        if ext == ".dcm" or (ext == "" and _starts_as_dicom(entry.path)):
-            return True
-    return False
-
-
-def is_batch_input(path: str) -> bool:
-    """Whether `path` is a list file (``.txt``/``.lst``) or a folder of cases (a folder without
-    DICOM files directly in it); anything else is a single case."""
-    if os.path.isfile(path):
-        return path.lower().endswith(LIST_EXTENSIONS)
-    return os.path.isdir(path) and not holds_dicom(path)
-
-
-def _is_nifti(name: str) -> bool:
-    return name.lower().endswith(NIFTI_EXTENSIONS)
-
-
-def file_case_name(path: str) -> str:
-    """A file's case name: its name without ``.nii``/``.nii.gz`` (and a trailing ``_0000``) or
-    without its extension."""
-    name = os.path.basename(path)
-    if _is_nifti(name):
-        name = name[: -len(next(e for e in NIFTI_EXTENSIONS if name.lower().endswith(e)))]
-        return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) and \
-            len(name) > len(CHANNEL_SUFFIX) else name
-    return os.path.splitext(name)[0] or name
-
-
-def folder_case_name(relative: str) -> str:
-    """A DICOM folder's case name: its relative path with ``/`` replaced by ``__``."""
-    return "__".join(p for p in relative.replace(os.sep, "/").split("/") if p not in ("", "."))
-
-
-def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
-    out_real = os.path.realpath(out_dir) if out_dir else None
-    cases, ignored, hidden = [], 0, []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and os.path.realpath(os.path.join(root, d)) != out_real)
-        if root != folder and holds_dicom(root):
-            cases.append(Case(folder_case_name(os.path.relpath(root, folder)),
-                              os.path.abspath(root)))
-            dirs[:] = []  # the folders under a series belong to it
-            continue
-        for name in sorted(files):
-            if name.startswith("."):
-                if _is_nifti(name):
-                    hidden.append(os.path.join(root, name))
-                continue
-            if _is_nifti(name):
-                cases.append(Case(file_case_name(name), os.path.abspath(os.path.join(root, name))))
-            else:
-                ignored += 1
-    if ignored:
-        log(f"{folder}: left out {ignored} files that are neither NIfTI nor in a DICOM folder")
-    if hidden:
-        log(f"warning: {folder}: left out {len(hidden)} hidden NIfTI file(s) (names starting "
-            f"with '.'; rename them to predict them): {', '.join(hidden)}")
-    return sorted(cases, key=lambda c: (c.name, c.input))
-
-
-def _list_cases(list_path: str) -> list[Case]:
-    base = os.path.dirname(os.path.abspath(list_path))
-    try:
-        with open(list_path, encoding="utf-8-sig") as f:  # a byte order mark is no path
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BatchError(f"{list_path}: unreadable list file ({type(e).__name__}: {e})") from e
-    cases = []
-    for line in lines:
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        path = os.path.normpath(os.path.join(base, entry))
-        if os.path.isdir(path):
-            relative = os.path.relpath(path, base)
-            inside = relative != os.curdir and not relative.startswith(os.pardir)
-            name = folder_case_name(relative) if inside else os.path.basename(path)
-        else:
-            name = file_case_name(path)
-        cases.append(Case(name, path))
-    return cases
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot be a case folder directly under ``OUT``, or None when it can: empty,
-    ``.`` or ``..``, a path separator or NUL in it, a leading ``.`` (hidden, and the batch's
-    work folders ``.<case>.partial``/``.<case>.old``), a name of `RESERVED_NAMES`, or longer
-    than `MAX_NAME_BYTES`."""
-    if name in ("", ".", ".."):
-        return (f"the case name {name!r} would be "
-                + {"": "no folder", ".": "the output folder itself",
-                   "..": "the output folder's parent"}[name])
-    if any(sep in name for sep in {"/", "\\", "\0", os.sep, os.altsep or "/"}):
-        return f"the case name {name!r} holds a path separator"
-    if name.startswith("."):
-        return (f"the case name {name!r} starts with '.' (kept for hidden files and the batch's "
-                "work folders .<case>.partial and .<case>.old)")
-    if name.lower() in RESERVED_NAMES:
-        return f"the case name {name!r} is the name of a file the batch writes in its output folder"
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        return f"the case name is longer than {MAX_NAME_BYTES} bytes"
-    return None
-
-
-def check_case_names(cases: Sequence[Case]) -> list[Case]:
-    """`cases` with `Case.error` set on those whose name is unsafe (`name_problem`) or shared
-    with another input (compared without regard to letter case): each such case fails alone,
-    naming its input file, and the others run."""
-    by_name = {}
-    for case in cases:
-        by_name.setdefault(case.name.lower(), []).append(case.input)
-    out = []
-    for case in cases:
-        if case.error is None:
-            problem = name_problem(case.name)
-            shared = by_name[case.name.lower()]
-            if problem:
-                error = f"{case.input}: {problem}; rename the input"
-            elif len(shared) > 1:
-                error = (f"{case.input}: the case name {case.name!r} is shared with "
-                         f"{', '.join(p for p in shared if p != case.input) or case.input} "
-                         "(their outputs would overwrite each other); rename one of them")
-            else:
-                error = None
-            case = dataclasses.replace(case, error=error)
-        out.append(case)
-    return out
-
-
-def find_cases(path: str, out_dir: str | None = None, log=print) -> list[Case]:
-    """The cases of a folder or list file `path` (see the module docstring).
-
-    `out_dir`, when it lies inside the folder, is not searched. Raises `BatchError` for a
-    folder or list without cases; a case with an unsafe name or a name shared with another
-    input comes back with its `Case.error` set (`check_case_names`).
-    """
-    if os.path.isfile(path):
-        cases = _list_cases(path)
-        if not cases:
-            raise BatchError(f"{path}: the list names no cases (one path a line; blank lines and "
-                             "lines starting with # are ignored)")
-    else:
-        cases = _folder_cases(path, out_dir, log)
-        if not cases:
-            raise BatchError(f"{path}: no cases found: no NIfTI files (.nii, .nii.gz) and no "
-                             "folders with DICOM files under it, and no DICOM files directly in "
-                             "it (a single series)")
-    return check_case_names(cases)
-
-
-def _is_within(path: str, folder: str) -> bool:
-    """Whether the real path of `path` is `folder`'s or lies under it."""
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def check_out_dir(out_dir: str, inputs: Sequence[str] = ()) -> None:
-    """Refuse (`BatchError`) an output folder `out_dir` that is an existing file (or lies under
-    one), or that is one of the folders `inputs` (an input folder of cases, DICOM series
-    folders) or lies inside it: its outputs would be read as input on the next run. Called
-    before the model loads."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise BatchError(f"--out {out_dir} is an existing file, not a folder; choose a folder")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise BatchError(f"--out {out_dir} lies under {parent}, which is a file, not a folder")
-    for folder in inputs:
-        if os.path.isdir(folder) and _is_within(out_dir, folder):
-            where = "is" if os.path.realpath(out_dir) == os.path.realpath(folder) else \
-                "lies inside"
-            raise BatchError(f"--out {out_dir} {where} the input folder {folder}: the outputs "
-                             "would be read as input on the next run; choose an output folder "
-                             "outside it")
-
-
-def case_path(out_dir: str, name: str, pattern: str = "{}") -> str:
-    """``out_dir/<pattern with name>``, checked to be a direct child of `out_dir` once every
-    link is resolved (`BatchError` otherwise): the only way the batch names a path under
-    ``OUT``, so that nothing is written, renamed or removed elsewhere."""
-    problem = name_problem(name)
-    if problem:
-        raise BatchError(f"{out_dir}: {problem}; nothing written")
-    path = os.path.join(out_dir, pattern.format(name))
-    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(out_dir):
-        raise BatchError(f"{path} resolves to {os.path.realpath(path)}, outside --out "
-                         f"{out_dir}; nothing written")
-    return path
-
-
-# ----------------------------------------------------------------------------------- summary
 def write_summary(out_dir: str, rows: Sequence[dict]) -> None:
     """Write `rows` to ``out_dir/cases.csv`` and ``cases.json``, each atomically."""
     text = io.StringIO()
@@ -522,10 +246,10 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
 
     `load()` returns the predictor (called once, and only when a case is to be predicted);
     ``predict(predictor, input, folder, log=, t0=, shown_as=[, progress=None])`` writes one case
-    (`lsnet_tf.predict.predict_case`). Both must pickle by reference (module-level functions or
-    their ``functools.partial``) when `options` (Beam ``PipelineOptions``) runs the cases as a
-    pipeline. Raises `BatchError` before anything runs when a case folder holds another input's
-    prediction.
+    (`lsnet_tf.inference.cases.predict_case`). Both must pickle by reference (module-level
+    functions or their ``functools.partial``) when `options` (Beam ``PipelineOptions``) runs the
+    cases as a pipeline. Raises `BatchError` before anything runs when a case folder holds
+    another input's prediction.
     """
     stream = sys.stderr
     cases = check_case_names(cases)
@@ -616,7 +340,7 @@ def _build_predict_case_fn():
             Metrics.counter("lsnet_tf.predict", f"cases_{row['status']}").inc()
             yield row
 
-    # Pickled by reference (``lsnet_tf.batch_predict.PredictCaseFn``, see `__getattr__`).
+    # Pickled by reference (``lsnet_tf.inference.batch.PredictCaseFn``, see `__getattr__`).
     PredictCaseFn.__module__ = __name__
     PredictCaseFn.__qualname__ = "PredictCaseFn"
     return PredictCaseFn
@@ -653,9 +377,9 @@ def _run_pipeline(cases, complete, todo, out_dir, load, predict, options,
         return skipped
     import apache_beam
 
-    # What the pipeline pickles names this module by its import name, also when the command
-    # runs as ``python -m lsnet_tf.predict``.
-    from lsnet_tf import batch_predict as this
+    # What the pipeline pickles names this module by its import name (and `PredictCaseFn` is
+    # built by the module's `__getattr__` on first use).
+    from lsnet_tf.inference import batch as this
 
     with apache_beam.Pipeline(options=options) as pipeline:
         _ = (pipeline

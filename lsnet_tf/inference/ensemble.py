@@ -257,8 +257,8 @@ def _label_map(mask: np.ndarray) -> np.ndarray:
 
 
 class EnsemblePredictor:
-    """``predict(hu)`` of several loaded predictors (`lsnet_tf.predict`'s SavedModel or TFLite
-    predictors; the same object may appear twice) and mirrors, as one predictor.
+    """``predict(hu)`` of several loaded predictors (`lsnet_tf.inference.predictors`' SavedModel
+    or TFLite predictors; the same object may appear twice) and mirrors, as one predictor.
 
     `members`: ``[(path, predictor), ...]``; `tta`: a key of `MIRRORS`. Members run in sequence,
     each on the whole batch and each mirror (LiteRT one slice at a time inside). ``predict``
