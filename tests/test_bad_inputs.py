@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lsnet_tf import predict, prepare
+from lsnet_tf.inference import predictors, readers, volume
 from lsnet_tf.config import load_config
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.data.dicom import DicomSeriesError
@@ -236,7 +237,7 @@ def test_non_finite_image_voxels_are_refused_with_count_and_index(tmp_path, bad)
                                          r"\(first at stored index \(1, 2, 5\)\)"):
         nifti.read_image_and_label(img, lab)
     with pytest.raises(NiftiError, match="2 of 216 image voxels are NaN or infinite"):
-        predict.read_input(img)
+        readers.read_input(img)
 
 
 @pytest.mark.parametrize("value,message", [
@@ -282,7 +283,7 @@ def test_empty_nifti_volume_is_refused(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 0), np.int16), np.eye(4)), path)
     with pytest.raises(VolumeSizeError, match=r"empty.nii.gz: empty volume: shape \(slices, rows, "
                                               r"cols\) \(0, 4, 4\) has no voxels"):
-        predict.read_input(path)
+        readers.read_input(path)
 
 
 def test_oversized_nifti_is_refused_from_its_header(tmp_path):
@@ -290,7 +291,7 @@ def test_oversized_nifti_is_refused_from_its_header(tmp_path):
     assert os.path.getsize(path) == 352  # no voxels: reading them would fail another way
     with pytest.raises(VolumeSizeError, match=r"huge.nii: slices of 30000 x 30000 pixels are "
                                               "larger than the limit"):
-        predict.read_input(path)
+        readers.read_input(path)
     with pytest.raises(VolumeSizeError, match="slices of 30000 x 30000 pixels"):
         nifti.read_label(path, np.eye(4), (2, 30000, 30000))
 
@@ -309,36 +310,36 @@ def test_oversized_nifti_is_refused_from_its_header(tmp_path):
 ])
 def test_npy_shape_is_checked_from_the_header(tmp_path, shape, message):
     path = header_only_npy(tmp_path / "x.npy", shape)  # no data: only the header is read
-    with pytest.raises(predict.PredictError, match="x.npy: " + message):
-        predict.read_input(path)
+    with pytest.raises(readers.PredictError, match="x.npy: " + message):
+        readers.read_input(path)
 
 
 def test_npy_values_must_be_finite_real_numbers(tmp_path):
     x = np.zeros((2, 8, 8), np.float32)
     x[1, 3, 3] = np.nan
     np.save(tmp_path / "nan.npy", x)
-    with pytest.raises(predict.PredictError, match="nan.npy: holds NaN or infinite values"):
-        predict.read_input(str(tmp_path / "nan.npy"))
+    with pytest.raises(readers.PredictError, match="nan.npy: holds NaN or infinite values"):
+        readers.read_input(str(tmp_path / "nan.npy"))
     np.save(tmp_path / "mask.npy", np.zeros((8, 8), bool))
-    with pytest.raises(predict.PredictError, match="values of type bool are not real numbers"):
-        predict.read_input(str(tmp_path / "mask.npy"))
+    with pytest.raises(readers.PredictError, match="values of type bool are not real numbers"):
+        readers.read_input(str(tmp_path / "mask.npy"))
 
 
 def test_a_volume_of_three_slices_is_not_mistaken_for_channels(tmp_path):
     np.save(tmp_path / "v.npy", np.arange(3 * 64 * 64, dtype=np.int16).reshape(3, 64, 64))
-    vol = predict.read_input(str(tmp_path / "v.npy"))
+    vol = readers.read_input(str(tmp_path / "v.npy"))
     assert vol.hu.shape == (3, 64, 64) and vol.hu[2, 63, 63] == 3 * 64 * 64 - 1
 
 
 def test_png_bit_depth_and_size_are_checked(tmp_path, monkeypatch):
     Image.new("1", (8, 8)).save(tmp_path / "bits.png")
-    with pytest.raises(predict.PredictError, match=r"bits.png: PNG of mode 1 \(bool\); expected "
+    with pytest.raises(readers.PredictError, match=r"bits.png: PNG of mode 1 \(bool\); expected "
                                                    "8- or 16-bit gray"):
-        predict.read_input(str(tmp_path / "bits.png"))
+        readers.read_input(str(tmp_path / "bits.png"))
     Image.new("L", (40, 30)).save(tmp_path / "big.png")
     monkeypatch.setattr(volumes, "MAX_SLICE_PIXELS", 40 * 30 - 1)
-    with pytest.raises(predict.PredictError, match="big.png: slices of 30 x 40 pixels are larger"):
-        predict.read_input(str(tmp_path / "big.png"))
+    with pytest.raises(readers.PredictError, match="big.png: slices of 30 x 40 pixels are larger"):
+        readers.read_input(str(tmp_path / "big.png"))
 
 
 class CountingPredictor:
@@ -361,12 +362,12 @@ def test_each_model_call_gets_at_most_max_batch_pixels(monkeypatch):
     hu = np.random.default_rng(0).uniform(-1, 1, (5, 32, 32)).astype(np.float32)
     monkeypatch.setattr(predict, "MAX_BATCH_PIXELS", 2 * 32 * 32)
     p = CountingPredictor()
-    out = predict.predict_volume(p, hu, progress=None)
+    out = volume.predict_volume(p, hu, progress=None)
     assert p.calls == [2, 2, 1]
     np.testing.assert_array_equal(out["mask"], (hu > 0).astype(np.uint8))
     monkeypatch.setattr(predict, "MAX_BATCH_PIXELS", 100)  # less than one slice: one at a time
     p = CountingPredictor()
-    predict.predict_volume(p, hu, progress=None)
+    volume.predict_volume(p, hu, progress=None)
     assert p.calls == [1] * 5
 
 
@@ -458,7 +459,7 @@ def served(tmp_path_factory):
     head.set_weights([kernel * 4.0, bias + 2.0])
     base = tmp_path_factory.mktemp("served")
     path = saved_model.export(model, cfg, saved_model.serving_path(str(base), "lsnet", 1))
-    predictor = predict.load_predictor(path)
+    predictor = predictors.load_predictor(path)
     return predictor
 
 

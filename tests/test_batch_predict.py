@@ -18,7 +18,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from lsnet_tf import batch_predict, files, predict
+from lsnet_tf import files, predict
+from lsnet_tf.inference import cases as predict_cases
+from lsnet_tf.inference import many, predictors
+from lsnet_tf.inference.batch import CASE_COLUMNS
 
 CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 
@@ -79,8 +82,8 @@ def without_seconds(summary):
 
 @pytest.fixture(scope="module")
 def counted_loads(model_path):
-    """``predict.load_predictor`` loading the test model once for the module, counting calls."""
-    loaded = predict.load_predictor(model_path)
+    """``predictors.load_predictor`` loading the test model once for the module, counting calls."""
+    loaded = predictors.load_predictor(model_path)
     calls = []
 
     def load(path, batch_size=8, model_sha256=None):
@@ -99,14 +102,14 @@ def batch(model_path, counted_loads, tmp_path_factory):
     err, out = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), \
             contextlib.redirect_stdout(out):
-        mp.setattr(predict, "load_predictor", load)
+        mp.setattr(predictors, "load_predictor", load)
         before = len(calls)
         code = predict.main(["--model", model_path, "--input", str(root / "cases"),
                              "--out", str(root / "out")])
         loads = len(calls) - before
         singles = {}
         for name, path in inputs.items():
-            singles[name] = predict.run(model_path, str(path), str(root / "single" / name),
+            singles[name] = predict_cases.run(model_path, str(path), str(root / "single" / name),
                                         log=quiet, progress=None)
     return {"root": root, "inputs": inputs, "out": root / "out", "code": code, "loads": loads,
             "err": err.getvalue(), "stdout": out.getvalue(), "singles": singles}
@@ -117,23 +120,23 @@ def batch(model_path, counted_loads, tmp_path_factory):
 
 def test_a_folder_with_dicom_files_in_it_is_one_series_and_its_parent_a_folder_of_cases(tmp_path):
     shutil.copytree(CT5N, tmp_path / "patient" / "CT5N")
-    assert not batch_predict.is_batch_input(str(tmp_path / "patient" / "CT5N"))
-    assert batch_predict.is_batch_input(str(tmp_path / "patient"))
+    assert not many.is_batch_input(str(tmp_path / "patient" / "CT5N"))
+    assert many.is_batch_input(str(tmp_path / "patient"))
     # A file without an extension that is not DICOM (no DICM at byte 128) makes no series.
     (tmp_path / "patient" / "README").write_text("x" * 200)
-    assert batch_predict.is_batch_input(str(tmp_path / "patient"))
+    assert many.is_batch_input(str(tmp_path / "patient"))
     (tmp_path / "list.lst").write_text("patient/CT5N\n")
-    assert batch_predict.is_batch_input(str(tmp_path / "list.lst"))
-    assert not batch_predict.is_batch_input(str(tmp_path / "patient" / "README"))
+    assert many.is_batch_input(str(tmp_path / "list.lst"))
+    assert not many.is_batch_input(str(tmp_path / "patient" / "README"))
 
 
 def test_case_names():
-    assert batch_predict.file_case_name("/d/liver_132_0000.nii.gz") == "liver_132"
-    assert batch_predict.file_case_name("liver_132_0001.nii.gz") == "liver_132_0001"
-    assert batch_predict.file_case_name("CT.NII") == "CT"
-    assert batch_predict.file_case_name("_0000.nii") == "_0000"
-    assert batch_predict.file_case_name("slice.png") == "slice"
-    assert batch_predict.folder_case_name(os.path.join("P001", "study", "CT")) == "P001__study__CT"
+    assert many.file_case_name("/d/liver_132_0000.nii.gz") == "liver_132"
+    assert many.file_case_name("liver_132_0001.nii.gz") == "liver_132_0001"
+    assert many.file_case_name("CT.NII") == "CT"
+    assert many.file_case_name("_0000.nii") == "_0000"
+    assert many.file_case_name("slice.png") == "slice"
+    assert many.folder_case_name(os.path.join("P001", "study", "CT")) == "P001__study__CT"
 
 
 def test_find_cases_in_a_folder(tmp_path):
@@ -141,7 +144,7 @@ def test_find_cases_in_a_folder(tmp_path):
     (tmp_path / "cases" / ".hidden.nii.gz").write_text("")
     (tmp_path / "cases" / "out").mkdir()
     write_nifti(tmp_path / "cases" / "out" / "mask.nii.gz", (4, 4, 2), seed=0)
-    cases = batch_predict.find_cases(str(tmp_path / "cases"), str(tmp_path / "cases" / "out"),
+    cases = many.find_cases(str(tmp_path / "cases"), str(tmp_path / "cases" / "out"),
                                      log=quiet)
     assert [(c.name, c.input) for c in cases] == sorted(
         (name, str(path)) for name, path in inputs.items())
@@ -151,7 +154,7 @@ def test_cases_sharing_a_name_each_fail_and_the_others_run(tmp_path, monkeypatch
                                                             counted_loads, model_path):
     for path in ("a/ct.nii.gz", "b/ct.nii.gz", "CT_0000.nii.gz", "other.nii"):
         write_nifti(tmp_path / "cases" / path, (4, 4, 2), seed=0)
-    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    monkeypatch.setattr(predictors, "load_predictor", counted_loads[0])
     code = predict.main(["--model", model_path, "--input", str(tmp_path / "cases"),
                          "--out", str(tmp_path / "out"), "--no-overlays"])
     assert code == 1
@@ -172,7 +175,7 @@ def test_cases_sharing_a_name_each_fail_and_the_others_run(tmp_path, monkeypatch
 
 
 def test_a_folder_or_list_without_cases_is_an_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(predictors, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("nothing here\n")
     (tmp_path / "empty" / "sub").mkdir()
@@ -220,7 +223,7 @@ def test_folder_of_cases_gives_the_single_case_outputs(batch):
 def test_the_summary_rows_hold_each_case(batch):
     rows = read_csv(batch["out"])
     assert [r["case"] for r in rows] == ["dicom__CT5N", "liver_1", "liver_2"]
-    assert list(rows[0]) == list(batch_predict.CASE_COLUMNS)
+    assert list(rows[0]) == list(CASE_COLUMNS)
     as_json = read_json(batch["out"] / "cases.json")
     for row, entry in zip(rows, as_json):
         summary = read_json(batch["out"] / row["case"] / "summary.json")
@@ -252,7 +255,7 @@ def test_list_file_with_comments_relative_and_absolute_paths(batch, model_path, 
         f"  {os.path.relpath(inputs['liver_2'], lists)}  \n\n"
         "series/CT5N\n"
         f"{inputs['liver_1']}\n")
-    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    monkeypatch.setattr(predictors, "load_predictor", counted_loads[0])
     code = predict.main(["--model", model_path, "--input", str(lists / "cases.txt"),
                          "--out", str(tmp_path / "out"), "--no-overlays"])
     assert code == 0
@@ -276,7 +279,7 @@ def test_broken_cases_are_reported_and_the_others_written(batch, model_path, cou
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.int16), np.eye(4)), str(cases / "dyn.nii"))
     (cases / "empty").mkdir()
     (cases / "cases.lst").write_text("good.nii\ngarbage.nii.gz\ndyn.nii\nempty\nmissing.nii.gz\n")
-    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    monkeypatch.setattr(predictors, "load_predictor", counted_loads[0])
     code = predict.main(["--model", model_path, "--input", str(cases / "cases.lst"),
                          "--out", str(tmp_path / "out")])
     assert code == 1
@@ -308,7 +311,7 @@ def test_outputs_of_another_input_under_a_case_name_are_refused(batch, tmp_path,
     write_nifti(tmp_path / "cases" / "liver_1.nii.gz", (4, 4, 2), seed=0)
     out = tmp_path / "out"
     shutil.copytree(batch["out"] / "liver_1", out / "liver_1")
-    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(predictors, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
     assert predict.main(["--model", "m", "--input", str(tmp_path / "cases"),
                          "--out", str(out)]) == 1
     assert (f"{out}: case folders hold the predictions of other inputs (choose another --out, "
@@ -323,10 +326,10 @@ def test_a_killed_run_is_resumed_and_overwrite_redoes_every_case(batch, model_pa
     make_cases(cases)
     out = tmp_path / "predictions"
     argv = ["--model", model_path, "--input", str(cases), "--out", str(out)]
-    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    monkeypatch.setattr(predictors, "load_predictor", counted_loads[0])
 
     # The run is killed while the second case writes its summary (after its mask).
-    real_write_json = predict.write_json
+    real_write_json = files.write_json
     writes = []
 
     def killed_on_second(path, data, **kwargs):
@@ -336,7 +339,7 @@ def test_a_killed_run_is_resumed_and_overwrite_redoes_every_case(batch, model_pa
         return real_write_json(path, data, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(predict, "write_json", killed_on_second)
+        m.setattr(predict_cases, "write_json", killed_on_second)
         with pytest.raises(KeyboardInterrupt):
             predict.main(argv)
     assert sorted(os.listdir(out)) == [".liver_1.partial", "cases.csv", "cases.json",
@@ -384,10 +387,10 @@ def test_cases_predicted_by_another_model_are_predicted_again(batch, counted_loa
         def __getattr__(self, name):
             return getattr(loaded, name)
 
-    monkeypatch.setattr(predict, "load_predictor",
+    monkeypatch.setattr(predictors, "load_predictor",
                         lambda path, batch_size=8, model_sha256=None: Loaded(path, model_sha256))
     hashed = []  # the model is hashed once per command, not again when it is loaded
-    monkeypatch.setattr(predict, "fingerprint",
+    monkeypatch.setattr(predict_cases, "fingerprint",
                         lambda path: hashed.append(path) or files.fingerprint(path))
     model = tmp_path / "model"
     shutil.copytree(model_path, model)
@@ -516,7 +519,7 @@ def test_hostile_case_names_fail_alone_and_nothing_leaves_out(counted_loads, mod
                                                               tmp_path, monkeypatch, capsys):
     """Issue 32, 1: names that would be '..', '.', the summary files or hidden work folders."""
     cases = hostile_cases(tmp_path)
-    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    monkeypatch.setattr(predictors, "load_predictor", counted_loads[0])
     for listed in (False, True):
         out = tmp_path / f"out_{'list' if listed else 'folder'}"
         before = tree(tmp_path, out)
@@ -538,13 +541,13 @@ def test_case_paths_stay_directly_under_out(tmp_path):
     out.mkdir()
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere", out / "linked")
-    assert batch_predict.case_path(str(out), "ok") == str(out / "ok")
-    assert batch_predict.case_path(str(out), "ok", ".{}.partial") == str(out / ".ok.partial")
+    assert many.case_path(str(out), "ok") == str(out / "ok")
+    assert many.case_path(str(out), "ok", ".{}.partial") == str(out / ".ok.partial")
     for name in ("..", ".", "", "a/b", "cases.CSV", ".x", "x" * 300):
-        with pytest.raises(batch_predict.BatchError, match="nothing written"):
-            batch_predict.case_path(str(out), name)
-    with pytest.raises(batch_predict.BatchError, match=r"outside --out .*nothing written"):
-        batch_predict.case_path(str(out), "linked")
+        with pytest.raises(many.BatchError, match="nothing written"):
+            many.case_path(str(out), name)
+    with pytest.raises(many.BatchError, match=r"outside --out .*nothing written"):
+        many.case_path(str(out), "linked")
 
 
 @pytest.mark.slow
@@ -564,7 +567,7 @@ def test_a_list_file_with_a_byte_order_mark(counted_loads, model_path, tmp_path,
     """Issue 32, 5: a list saved by an editor that writes a UTF-8 BOM."""
     write_nifti(tmp_path / "ct.nii.gz", (4, 4, 2), seed=0)
     (tmp_path / "list.txt").write_bytes("ct.nii.gz\n".encode("utf-8-sig"))
-    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    monkeypatch.setattr(predictors, "load_predictor", counted_loads[0])
     assert predict.main(["--model", model_path, "--input", str(tmp_path / "list.txt"),
                          "--out", str(tmp_path / "out"), "--no-overlays"]) == 0
     assert [(r["case"], r["status"], r["input"]) for r in read_csv(tmp_path / "out")] == [
@@ -579,7 +582,7 @@ def test_out_that_is_or_lies_in_the_input_or_is_a_file_is_refused_before_the_mod
     shutil.copytree(CT5N, cases / "series")
     (tmp_path / "list.txt").write_text("cases/ct.nii.gz\ncases/series\n")
     (tmp_path / "file").write_text("x")
-    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(predictors, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
     refused = [
         (cases, cases, f"--out {cases} is the input folder {cases}"),
         (cases, cases / "preds", f"--out {cases / 'preds'} lies inside the input folder {cases}"),
@@ -606,7 +609,7 @@ def test_a_case_whose_outputs_changed_is_predicted_again(batch, counted_loads, m
     """Issue 32, 3: resume trusted summary.json alone."""
     out = tmp_path / "out"
     shutil.copytree(batch["out"], out)
-    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    monkeypatch.setattr(predictors, "load_predictor", counted_loads[0])
     argv = ["--model", model_path, "--input", str(batch["root"] / "cases"), "--out", str(out)]
     assert predict.main(argv) == 0
     assert [r["status"] for r in read_csv(out)] == ["skipped"] * 3
@@ -648,7 +651,7 @@ def test_a_file_that_cannot_be_written_is_named_with_what_it_is(counted_loads, m
                                                                  tmp_path, monkeypatch, capsys):
     """Issue 32, 5: a bare [Errno 13] said neither which file nor what it was."""
     write_nifti(tmp_path / "cases" / "ct.nii.gz", (4, 4, 2), seed=0)
-    monkeypatch.setattr(predict, "load_predictor", counted_loads[0])
+    monkeypatch.setattr(predictors, "load_predictor", counted_loads[0])
     real_makedirs = os.makedirs
 
     def denied(path, *args, **kwargs):
@@ -666,7 +669,7 @@ def test_a_file_that_cannot_be_written_is_named_with_what_it_is(counted_loads, m
     def no_summary(path, data, **kwargs):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(predict, "write_json", no_summary)
+    monkeypatch.setattr(predict_cases, "write_json", no_summary)
     assert predict.main(["--model", model_path, "--input", str(tmp_path / "cases"),
                          "--out", str(tmp_path / "out")]) == 1
     summary = tmp_path / "out" / ".ct.partial" / "summary.json"

@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from lsnet_tf import __version__, dicom_seg
+from lsnet_tf import __version__
+from lsnet_tf.inference import dicom_seg
 from lsnet_tf.data import dicom
 from lsnet_tf.data.dicom import DicomSeriesError
 

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from lsnet_tf import ensemble, predict
+from lsnet_tf import predict
+from lsnet_tf.inference import cases as predict_cases
+from lsnet_tf.inference import ensemble, predictors, volume
 from lsnet_tf.data import nifti
 
 
@@ -28,7 +30,7 @@ def quiet(*args, **kwargs):
 @pytest.fixture(scope="module")
 def saved(tiny_saved_model):
     """The tiny random SavedModel (conftest) and its loaded predictor."""
-    return tiny_saved_model, predict.load_predictor(tiny_saved_model)
+    return tiny_saved_model, predictors.load_predictor(tiny_saved_model)
 
 
 def hu_volume(shape, seed=0):
@@ -123,7 +125,7 @@ def test_find_models_in_a_folder_of_fold_models(tmp_path):
 
 def test_members_of_another_input_size_or_window_are_an_error_naming_both(
         tmp_path, tiny_tflite, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(predictors, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
     a = fake_saved_model(tmp_path / "a")
     b = fake_saved_model(tmp_path / "b", image_size=128)
     c = fake_saved_model(tmp_path / "c", window_center=50.0, window_width=350.0)
@@ -181,8 +183,8 @@ def test_an_ensemble_of_one_model_or_of_a_model_and_itself_is_the_model(saved):
                                                                    axis=1))
         np.testing.assert_array_equal(out["box_member"], np.repeat(np.arange(len(members)), k))
     twice = ensemble.EnsemblePredictor([(path, model), (path, model)], batch_size=2)
-    pred = predict.predict_volume(twice, hu, progress=None, disagreement=True)
-    np.testing.assert_array_equal(pred["mask"], predict.predict_volume(model, hu, None)["mask"])
+    pred = volume.predict_volume(twice, hu, progress=None, disagreement=True)
+    np.testing.assert_array_equal(pred["mask"], volume.predict_volume(model, hu, None)["mask"])
     np.testing.assert_array_equal(pred["disagreement"], 0.0)
     stats = pred["agreement"].summary(1.0)
     assert stats["mean_pairwise_dice"] == 1.0 and stats["review"] is False
@@ -191,7 +193,7 @@ def test_an_ensemble_of_one_model_or_of_a_model_and_itself_is_the_model(saved):
 
 
 def test_an_ensemble_of_a_tflite_model_and_itself_is_the_model(tiny_tflite):
-    model = predict.load_predictor(tiny_tflite)
+    model = predictors.load_predictor(tiny_tflite)
     hu = hu_volume((2, 30, 40), seed=2)
     alone = model.predict(hu)
     out = ensemble.EnsemblePredictor([(tiny_tflite, model), (tiny_tflite, model)]).predict(hu)
@@ -232,7 +234,7 @@ def test_mirroring_gives_the_mirror_of_the_output_of_the_mirrored_input(saved):
 
 def test_the_member_order_does_not_change_the_output(saved, tiny_tflite):
     path, model = saved
-    lite = predict.load_predictor(tiny_tflite)
+    lite = predictors.load_predictor(tiny_tflite)
     hu = hu_volume((2, 32, 32), seed=5)
     ab = ensemble.EnsemblePredictor([(path, model), (tiny_tflite, lite)], tta="flip").predict(hu)
     ba = ensemble.EnsemblePredictor([(tiny_tflite, lite), (path, model)], tta="flip").predict(hu)
@@ -253,7 +255,7 @@ def test_command_with_a_model_twice_writes_the_model_s_mask_and_perfect_agreemen
                                                                                  tmp_path):
     path, _ = saved
     np.save(tmp_path / "ct.npy", hu_volume((2, 40, 40), seed=6))
-    single = predict.run(path, str(tmp_path / "ct.npy"), str(tmp_path / "single"), log=quiet,
+    single = predict_cases.run(path, str(tmp_path / "ct.npy"), str(tmp_path / "single"), log=quiet,
                          progress=None, spacing=(0.5, 0.5, 2.0))
     assert "mean_pairwise_dice" not in single and "members" not in single
     assert predict.main(["--model", path, "--model", path, "--disagreement", "--input",
@@ -341,9 +343,9 @@ def test_a_tflite_ensemble_with_mirroring_runs_without_tensorflow(tiny_tflite, t
     assert s["views"] == 4 and s["model_format"] == "tflite"
     assert (tmp_path / "out" / "disagreement.nii.gz").is_file()
     # a model twice with mirroring: the mask of the model once with mirroring
-    model = predict.load_predictor(tiny_tflite)
+    model = predictors.load_predictor(tiny_tflite)
     tta = ensemble.EnsemblePredictor([(tiny_tflite, model)], tta="flip")
     hu = np.load(tmp_path / "vol.npy")
-    want = predict.predict_volume(tta, hu, progress=None)["mask"]
+    want = volume.predict_volume(tta, hu, progress=None)["mask"]
     np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "out" / "mask.nii.gz"))
                                              .dataobj), want)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lsnet_tf import predict
 from lsnet_tf.export import litert, saved_model, tflite
+from lsnet_tf.inference import volume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,7 +72,7 @@ def hu_volume(shape, seed):
 
 def test_constants_and_reexports_match_the_tensorflow_modules():
     assert litert.OUTPUT_NAMES == saved_model.OUTPUT_NAMES
-    assert litert.MASK_THRESHOLD == saved_model.MASK_THRESHOLD == predict.MASK_THRESHOLD
+    assert litert.MASK_THRESHOLD == saved_model.MASK_THRESHOLD == volume.MASK_THRESHOLD
     assert tflite.TFLiteModel is litert.TFLiteModel
     assert tflite.read_metadata is litert.read_metadata
 
@@ -225,13 +225,15 @@ def test_predict_runs_in_a_process_without_tensorflow(lite_file, tmp_path):
         import json
         from lsnet_tf import predict
         from lsnet_tf.export.litert import TFLitePredictor
+        from lsnet_tf.inference import predictors, readers
+        from lsnet_tf.inference.volume import predict_volume
 
         predictor = TFLitePredictor({lite_file!r})
-        volume = predict.read_input({str(tmp_path / "vol.npy")!r})
-        pred = predict.predict_volume(predictor, volume.hu, progress=None)
+        volume = readers.read_input({str(tmp_path / "vol.npy")!r})
+        pred = predict_volume(predictor, volume.hu, progress=None)
         volume.write_mask(pred["mask"], {str(tmp_path / "direct.nii.gz")!r})
         # the command line, with the TFLite predictor of this module
-        predict.TFLitePredictor = TFLitePredictor
+        predictors.TFLitePredictor = TFLitePredictor
         code = predict.main(["--model", {lite_file!r}, "--input", {str(tmp_path / "vol.npy")!r},
                              "--out", {str(tmp_path / "cli")!r}])
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
@@ -240,7 +242,7 @@ def test_predict_runs_in_a_process_without_tensorflow(lite_file, tmp_path):
     report, stderr = run_without_tensorflow(script)
     assert report == {"code": 0, "loaded": []}, stderr[-3000:]
 
-    want = predict._label_map(tf_path_predict(lite_file, hu)["mask"])
+    want = volume._label_map(tf_path_predict(lite_file, hu)["mask"])
     assert want.sum() > 0
     for name in ("direct.nii.gz", os.path.join("cli", "mask.nii.gz")):
         np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / name)).dataobj), want)

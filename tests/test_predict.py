@@ -19,6 +19,8 @@ from PIL import Image
 from pydicom.pixels import apply_rescale
 
 from lsnet_tf import predict
+from lsnet_tf.inference import cases as predict_cases
+from lsnet_tf.inference import outputs, predictors, readers, volume
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.data.pipeline import window
 
@@ -38,7 +40,7 @@ def models(tiny_saved_model, tiny_tflite):
 
 @pytest.fixture(scope="module")
 def saved_predictor(models):
-    return predict.load_predictor(models["saved_model"])
+    return predictors.load_predictor(models["saved_model"])
 
 
 def hu_volume(shape, seed=0):
@@ -64,9 +66,9 @@ def test_progress_bar_draws_the_fraction_done():
             pass
 
     stream = Stream()
-    predict.progress_bar(3, 6, stream=stream, width=10)
+    volume.progress_bar(3, 6, stream=stream, width=10)
     assert stream.text == "\rpredicting [#####.....] 3/6 slices"
-    predict.progress_bar(6, 6, stream=stream, width=10)
+    volume.progress_bar(6, 6, stream=stream, width=10)
     assert stream.text.endswith("[##########] 6/6 slices\n")
 
 
@@ -75,7 +77,7 @@ def test_label_map_of_several_classes():
     mask[0, 0, 0, 0] = 1
     mask[0, 0, 1, 1] = 1
     mask[0, 1, 1] = 1  # both classes: the later one wins
-    np.testing.assert_array_equal(predict._label_map(mask)[0], [[1, 2], [0, 2]])
+    np.testing.assert_array_equal(volume._label_map(mask)[0], [[1, 2], [0, 2]])
 
 
 def test_summary_volume_is_voxel_count_times_voxel_volume():
@@ -87,9 +89,9 @@ def test_summary_volume_is_voxel_count_times_voxel_volume():
             "keypoints": np.zeros((3, k, 2)), "valid": np.zeros((3, k), bool)}
     pred["valid"][0, 0] = True
     pred["boxes"][0, 0] = [1, 2, 3, 4]
-    vol = predict.Volume(hu=np.zeros((3, 4, 4), np.float32), spacing=(0.5, 0.8, 2.5),
+    vol = readers.Volume(hu=np.zeros((3, 4, 4), np.float32), spacing=(0.5, 0.8, 2.5),
                          spacing_source="test", kind="npy", write_mask=None)
-    s = predict.summarize(vol, pred)
+    s = outputs.summarize(vol, pred)
     assert s["mask_voxels"] == 7
     assert s["voxel_volume_mm3"] == pytest.approx(0.5 * 0.8 * 2.5)
     assert s["volume_ml"] == pytest.approx(7 * 1.0 / 1000)
@@ -103,25 +105,25 @@ def test_summary_volume_is_voxel_count_times_voxel_volume():
 
 
 def test_missing_input_unsupported_extension_and_4d_array(tmp_path):
-    with pytest.raises(predict.PredictError, match="input not found"):
-        predict.read_input(str(tmp_path / "nothing.nii.gz"))
+    with pytest.raises(readers.PredictError, match="input not found"):
+        readers.read_input(str(tmp_path / "nothing.nii.gz"))
     (tmp_path / "scan.txt").write_text("hello")
-    with pytest.raises(predict.PredictError, match=r"unsupported input \(expected a DICOM folder"):
-        predict.read_input(str(tmp_path / "scan.txt"))
+    with pytest.raises(readers.PredictError, match=r"unsupported input \(expected a DICOM folder"):
+        readers.read_input(str(tmp_path / "scan.txt"))
     np.save(tmp_path / "four.npy", np.zeros((2, 3, 8, 8), np.float32))
-    with pytest.raises(predict.PredictError,
+    with pytest.raises(readers.PredictError,
                        match=r"expected a 2-D slice \(H, W\) or a 3-D volume \(slices, H, W\), "
                              r"got shape \(2, 3, 8, 8\)"):
-        predict.read_input(str(tmp_path / "four.npy"))
-    with pytest.raises(predict.PredictError, match="three positive mm values"):
-        predict.read_input(str(tmp_path / "four.npy"), spacing=(1, 0, 1))
+        readers.read_input(str(tmp_path / "four.npy"))
+    with pytest.raises(readers.PredictError, match="three positive mm values"):
+        readers.read_input(str(tmp_path / "four.npy"), spacing=(1, 0, 1))
 
 
 def test_4d_nifti_is_refused(tmp_path):
     path = str(tmp_path / "dyn.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.int16), np.eye(4)), path)
     with pytest.raises(nifti.NiftiError, match="expected a 3-D volume"):
-        predict.read_input(path)
+        readers.read_input(path)
 
 
 def test_cli_reports_input_and_model_errors(tmp_path, capsys):
@@ -164,7 +166,7 @@ def test_nifti_in_nifti_out_with_the_same_affine_and_shape(saved_predictor, mode
     source = str(tmp_path / "ct.nii.gz")
     nib.save(img, source)
 
-    summary = predict.run(models["saved_model"], source, str(tmp_path / "out"), log=quiet,
+    summary = predict_cases.run(models["saved_model"], source, str(tmp_path / "out"), log=quiet,
                           progress=None)
     out = nib.load(str(tmp_path / "out" / "mask.nii.gz"))
     assert out.shape == (40, 48, 3)
@@ -207,7 +209,7 @@ def header_affine(files):
 def test_dicom_series_mask_is_aligned_with_the_series(saved_predictor, models, tmp_path):
     folder = tmp_path / "series"
     shutil.copytree(CT5N, folder)
-    summary = predict.run(models["saved_model"], str(folder), str(tmp_path / "out"), log=quiet,
+    summary = predict_cases.run(models["saved_model"], str(folder), str(tmp_path / "out"), log=quiet,
                           progress=None)
     out = nifti.load(str(tmp_path / "out" / "mask.nii.gz"))
     mask = np.asarray(out.dataobj)
@@ -251,7 +253,7 @@ def test_dicom_series_mask_is_aligned_with_the_series(saved_predictor, models, t
 
 
 class EmptyPredictor:
-    """A predictor that finds nothing (the interface of `predict.load_predictor`'s)."""
+    """A predictor that finds nothing (the interface of `predictors.load_predictor`'s)."""
 
     path, format, batch_size, window = "empty", "stub", 8, None
 
@@ -266,7 +268,7 @@ def test_dicom_seg_is_not_written_for_an_empty_mask_nor_with_no_dicom_seg(models
     folder = tmp_path / "series"
     shutil.copytree(CT5N, folder)
     lines = []
-    summary = predict.predict_case(EmptyPredictor(), str(folder), str(tmp_path / "empty"),
+    summary = predict_cases.predict_case(EmptyPredictor(), str(folder), str(tmp_path / "empty"),
                                    log=lines.append, progress=None)
     assert summary["dicom_seg_file"] is None and summary["mask_voxels"] == 0
     assert not (tmp_path / "empty" / "mask.seg.dcm").exists()
@@ -284,7 +286,7 @@ def test_dicom_seg_is_not_written_for_an_empty_mask_nor_with_no_dicom_seg(models
 def test_8bit_png_is_read_as_a_display_image_in_the_window(tmp_path):
     pixels = np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) % 256
     Image.fromarray(pixels.astype(np.uint8), mode="L").save(tmp_path / "slice.png")
-    vol = predict.read_input(str(tmp_path / "slice.png"), window=(40.0, 400.0))
+    vol = readers.read_input(str(tmp_path / "slice.png"), window=(40.0, 400.0))
     assert vol.hu.shape == (1, 64, 64) and vol.kind == "png"
     np.testing.assert_allclose(window(vol.hu[0], 40.0, 400.0).numpy(), pixels / 255.0, atol=1e-6)
 
@@ -292,7 +294,7 @@ def test_8bit_png_is_read_as_a_display_image_in_the_window(tmp_path):
 def test_16bit_png_is_hu_plus_32768(tmp_path):
     hu = np.array([[-1024, 0], [40, 3000]], np.int32)
     Image.fromarray((hu + 32768).astype(np.uint16)).save(tmp_path / "slice16.png")
-    vol = predict.read_input(str(tmp_path / "slice16.png"))
+    vol = readers.read_input(str(tmp_path / "slice16.png"))
     np.testing.assert_array_equal(vol.hu[0], hu.astype(np.float32))
 
 
@@ -300,11 +302,11 @@ def test_colour_png_is_refused_and_gray_with_alpha_is_read(tmp_path):
     rgb = np.zeros((8, 8, 3), np.uint8)
     rgb[..., 0] = 200
     Image.fromarray(rgb, mode="RGB").save(tmp_path / "colour.png")
-    with pytest.raises(predict.PredictError, match=r"colour PNG \(mode RGB\)"):
-        predict.read_input(str(tmp_path / "colour.png"))
+    with pytest.raises(readers.PredictError, match=r"colour PNG \(mode RGB\)"):
+        readers.read_input(str(tmp_path / "colour.png"))
     gray = np.stack([np.full((8, 8), 255, np.uint8), np.full((8, 8), 255, np.uint8)], -1)
     Image.fromarray(gray, mode="LA").save(tmp_path / "gray_alpha.png")
-    vol = predict.read_input(str(tmp_path / "gray_alpha.png"), window=(40.0, 400.0))
+    vol = readers.read_input(str(tmp_path / "gray_alpha.png"), window=(40.0, 400.0))
     np.testing.assert_allclose(vol.hu, 240.0)  # the top of the window [-160, 240]
 
 
@@ -335,7 +337,7 @@ def test_npy_volume_with_savedmodel_and_tflite_agree(models, tmp_path, capsys):
     summaries, masks = {}, {}
     for kind in ("saved_model", "tflite"):
         out_dir = tmp_path / kind
-        summaries[kind] = predict.run(models[kind], str(tmp_path / "vol.npy"), str(out_dir),
+        summaries[kind] = predict_cases.run(models[kind], str(tmp_path / "vol.npy"), str(out_dir),
                                       batch_size=2, log=quiet)
         masks[kind] = np.asarray(nib.load(str(out_dir / "mask.nii.gz")).dataobj)
         assert masks[kind].shape == (3, 50, 60)
@@ -358,7 +360,7 @@ def test_npy_volume_with_savedmodel_and_tflite_agree(models, tmp_path, capsys):
 def test_2d_npy_is_one_slice(saved_predictor, models, tmp_path):
     hu = hu_volume((40, 40), seed=4)
     np.save(tmp_path / "slice.npy", hu)
-    summary = predict.run(models["saved_model"], str(tmp_path / "slice.npy"),
+    summary = predict_cases.run(models["saved_model"], str(tmp_path / "slice.npy"),
                           str(tmp_path / "out"), log=quiet, progress=None, overlays=False)
     mask = np.asarray(nib.load(str(tmp_path / "out" / "mask.nii.gz")).dataobj)
     np.testing.assert_array_equal(mask[0], saved_predictor.predict(hu[None])["mask"][0, ..., 0])
@@ -386,7 +388,7 @@ def test_series_uid_picks_a_series_of_a_folder_that_holds_several(saved_predicto
                                                                   monkeypatch, capsys):
     """Issue 32, 5: the error told the user to pass --series-uid, which predict refused."""
     first, second = two_series(tmp_path / "s")
-    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: saved_predictor)
+    monkeypatch.setattr(predictors, "load_predictor", lambda *a, **k: saved_predictor)
     argv = ["--model", "m", "--input", str(tmp_path / "s"), "--no-overlays", "--no-dicom-seg"]
     assert predict.main(argv + ["--out", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err
@@ -408,7 +410,7 @@ def test_files_that_are_not_dicom_among_the_slices_are_named_in_a_warning(
     shutil.copytree(CT5N, folder)
     (folder / "empty.dcm").write_bytes(b"")
     (folder / "Thumbs").write_bytes(b"\xff\xd8 a thumbnail, not DICOM" * 10)
-    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: saved_predictor)
+    monkeypatch.setattr(predictors, "load_predictor", lambda *a, **k: saved_predictor)
     assert predict.main(["--model", "m", "--input", str(folder), "--out", str(tmp_path / "out"),
                          "--no-overlays", "--no-dicom-seg"]) == 0
     note = f"left out 2 file(s) that are not DICOM: {folder / 'Thumbs'}, {folder / 'empty.dcm'}"
