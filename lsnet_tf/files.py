@@ -3,10 +3,17 @@
 `atomic_write` writes to ``<path>.tmp`` in the same folder and renames it onto `path` only when
 the ``with`` block ends without an exception (``os.replace``: atomic on POSIX and Windows); on an
 exception the temporary file is removed and `path` keeps its previous content, if any.
-`write_text` and `write_json` are the common cases. `fingerprint` names a file's or a folder's
-content (a model's: which model wrote a prediction). `describe_outputs` records the size and
-SHA-256 of written files and `check_outputs` tells whether they are still those. `writing` turns
-an `OSError` while writing into a `WriteError` naming the path and what was being written.
+`write_text` and `write_json` are the common cases. `write_text` and `write_bytes` also take a
+URL (``gs://bucket/x``, ``ram://...``: `is_remote`): the file is then written through
+``tf.io.gfile`` by the same rule (to ``<path>.tmp``, renamed onto `path` when complete; on an
+error the temporary file is removed), so that a Beam worker or a command writing to a bucket
+never leaves half a file under its final name. `exists`, `isdir`, `isfile`, `listdir`, `glob`,
+`read_text`, `makedirs` and `remove` work on local paths with the standard library, and on URLs
+through ``tf.io.gfile`` (TensorFlow is imported only then). `fingerprint` names a file's or a
+folder's content (a model's: which model wrote a prediction). `describe_outputs` records the
+size and SHA-256 of written files and `check_outputs` tells whether they are still those.
+`writing` turns an `OSError` while writing into a `WriteError` naming the path and what was being
+written.
 
 Folders (SavedModels) and files written by TensorFlow's own writers (TFRecord shards) cannot go
 through a Python file object; they follow the same write-then-rename rule in their own modules
@@ -15,12 +22,95 @@ through a Python file object; they follow the same write-then-rename rule in the
 from __future__ import annotations
 
 import contextlib
+import glob as _glob
 import hashlib
 import json
 import os
 from typing import IO, Iterator
 
 TMP_SUFFIX = ".tmp"
+
+
+def is_remote(path) -> bool:
+    """Whether `path` is a URL (``gs://bucket/x``, ``s3://...``) rather than a local path."""
+    return "://" in str(path)
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def isfile(path: str) -> bool:
+    if is_remote(path):
+        return _gfile().exists(path) and not _gfile().isdir(path)
+    return os.path.isfile(path)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in folder `path` (without the trailing ``/`` that tf.io.gfile gives folders)."""
+    if is_remote(path):
+        return [n.rstrip("/") for n in _gfile().listdir(path)]
+    return os.listdir(path)
+
+
+def glob(pattern: str) -> list[str]:
+    return _gfile().glob(pattern) if is_remote(pattern) else _glob.glob(pattern)
+
+
+def read_text(path: str) -> str:
+    """The text of `path` (UTF-8)."""
+    if is_remote(path):
+        with _gfile().GFile(path, "r") as f:
+            return f.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def makedirs(path: str) -> None:
+    """Create folder `path` and its parents; nothing when it exists."""
+    if is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def remove(path: str) -> None:
+    if is_remote(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
+
+
+def _write_remote(path: str, data) -> str:
+    """Write `data` (bytes, or str as UTF-8) to `path` through ``tf.io.gfile`` atomically: to
+    ``<path>.tmp`` first, renamed onto `path` when complete (the temporary file is removed on
+    an error). Works on every filesystem TensorFlow writes (``gs://`` ...; there the rename is a
+    copy, and the final name still appears only once the file is whole). Creates the folder;
+    returns `path`."""
+    gfile = _gfile()
+    tmp = str(path) + TMP_SUFFIX
+    folder = os.path.dirname(str(path))
+    if folder:
+        gfile.makedirs(folder)
+    try:
+        with gfile.GFile(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if gfile.exists(tmp):
+            gfile.remove(tmp)
+        raise
+    return path
 
 
 @contextlib.contextmanager
@@ -44,7 +134,10 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
 
 
 def write_text(path: str, text: str) -> str:
-    """Write `text` (UTF-8) to `path` atomically, creating its folder; returns `path`."""
+    """Write `text` (UTF-8) to `path` atomically, creating its folder; returns `path`. A URL
+    (`is_remote`) is written through ``tf.io.gfile`` (module docstring)."""
+    if is_remote(path):
+        return _write_remote(path, text)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as f:
         f.write(text)
@@ -52,7 +145,10 @@ def write_text(path: str, text: str) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> str:
-    """Write `data` to `path` atomically, creating its folder; returns `path`."""
+    """Write `data` to `path` atomically, creating its folder; returns `path`. A URL
+    (`is_remote`) is written through ``tf.io.gfile`` (module docstring)."""
+    if is_remote(path):
+        return _write_remote(path, data)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "wb") as f:
         f.write(data)

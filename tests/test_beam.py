@@ -25,9 +25,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lsnet_tf import beam, prepare
+from lsnet_tf import beam, files, prepare
 from lsnet_tf import validate as V
 from lsnet_tf.data import records, volumes
+from lsnet_tf.preparation.statistics import (VALIDATED_FEATURES, available_folds, folds_of,
+                                             read_feature_batches, statistics_schema,
+                                             statistics_view)
 from test_prepare import _non_image, copy_series, msd_arrays, msd_case, read_shard, tcia_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +175,7 @@ def test_statistics_match_the_in_process_ones(validated):
         ds_a, a = _feature_stats(validated["local"] / f"{split}_stats.pb")
         ds_b, b = _feature_stats(validated["beam"] / f"{split}_stats.pb")
         assert ds_a.num_examples == ds_b.num_examples == slices and ds_b.name == split
-        assert sorted(a) == sorted(b) == sorted(V.VALIDATED_FEATURES)
+        assert sorted(a) == sorted(b) == sorted(VALIDATED_FEATURES)
         for name in a:
             fa, fb = a[name], b[name]
             assert fa.type == fb.type, name
@@ -219,10 +222,10 @@ def test_the_stand_in_schema_computes_what_the_inferred_schema_does(validated):
     from tensorflow_metadata.proto.v0 import schema_pb2
 
     schema = tfdv.load_schema_text(str(validated["beam"] / "schema.pbtxt"))
-    assert V.statistics_view(schema) == V.statistics_view(V.statistics_schema())
-    assert V.statistics_view(V.statistics_schema())[0] == [("num_boxes", schema_pb2.INT)]
+    assert statistics_view(schema) == statistics_view(statistics_schema())
+    assert statistics_view(statistics_schema())[0] == [("num_boxes", schema_pb2.INT)]
     tfdv.get_feature(schema, "slice_index").int_domain.is_categorical = True
-    assert V.statistics_view(schema) != V.statistics_view(V.statistics_schema())  # second pass
+    assert statistics_view(schema) != statistics_view(statistics_schema())  # second pass
 
 
 # ------------------------------------------------------------------- MSD to another filesystem
@@ -256,10 +259,10 @@ def test_msd_with_beam_writes_the_same_dataset_to_a_tensorflow_filesystem_url(tm
 
 
 # ------------------------------------------------------------------------- files via gfile
-def test_publish_writes_then_renames_and_removes_its_temporary_file_on_error(monkeypatch):
+def test_write_to_a_url_writes_then_renames_and_removes_its_temporary_file_on_error(monkeypatch):
     base = f"ram://{uuid.uuid4().hex}"
     path = base + "/sub/x.json"
-    assert records.publish(path, '{"a": 1}') == path
+    assert files.write_text(path, '{"a": 1}') == path
     with tf.io.gfile.GFile(path, "rb") as f:
         assert f.read() == b'{"a": 1}'
 
@@ -268,7 +271,7 @@ def test_publish_writes_then_renames_and_removes_its_temporary_file_on_error(mon
 
     monkeypatch.setattr(tf.io.gfile, "rename", broken_rename)
     with pytest.raises(OSError, match="rename failed"):
-        records.publish(path, b"new")
+        files.write_bytes(path, b"new")
     with tf.io.gfile.GFile(path, "rb") as f:
         assert f.read() == b'{"a": 1}'  # the old content stays, no temporary file
     assert tf.io.gfile.listdir(base + "/sub") == ["x.json"]
@@ -292,12 +295,12 @@ def test_shards_and_dataset_json_on_a_url(tmp_path):
         records.read_info(base)
     records.write_info(base, {"folds": 2})
     assert records.read_info(base)["folds"] == 2
-    assert V.available_folds(base) == [0, 1]
-    assert V.folds_of(base, "train", 0) == [1]
-    batches = V.read_feature_batches(base, [1])
+    assert available_folds(base) == [0, 1]
+    assert folds_of(base, "train", 0) == [1]
+    batches = read_feature_batches(base, [1])
     assert sum(b.num_rows for b in batches) == 2
-    V.write_text(base + "/validation/x.txt", "text")
-    assert V._read_text(base + "/validation/x.txt") == "text"
+    files.write_text(base + "/validation/x.txt", "text")
+    assert files.read_text(base + "/validation/x.txt") == "text"
     tf.io.gfile.rmtree(base.rsplit("/", 1)[0])
 
 

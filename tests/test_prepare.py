@@ -19,6 +19,7 @@ from pydicom.pixels import apply_rescale
 
 from lsnet_tf import prepare
 from lsnet_tf.data import records, volumes
+from lsnet_tf.preparation.cases import patient_number
 from test_dicom import (CT5N, GAP_SERIES, RTPLAN, copy_series, dicom_label_affine, tcia_slice,
                         write_nifti)
 
@@ -374,10 +375,10 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 
 def test_patient_number_matching():
-    assert prepare.patient_number("PANCREAS_0012") == 12
-    assert prepare.patient_number("label0012.nii.gz") == 12
-    assert prepare.patient_number("label12.nii") == 12
-    assert prepare.patient_number("notes") is None
+    assert patient_number("PANCREAS_0012") == 12
+    assert patient_number("label0012.nii.gz") == 12
+    assert patient_number("label12.nii") == 12
+    assert patient_number("notes") is None
 
 
 # ---------------------------------------------------------------- MSD layout

@@ -16,6 +16,12 @@ import pytest
 
 from lsnet_tf import validate as V
 from lsnet_tf.data import records
+from lsnet_tf.preparation.anomalies import DEFAULT_LINF_THRESHOLD
+from lsnet_tf.preparation.report import summary_rows
+from lsnet_tf.preparation.schema import DEFAULT_HU_RANGE, infer_dataset_schema
+from lsnet_tf.preparation.statistics import (VALIDATED_FEATURES, ValidationError,
+                                             compute_statistics, folds_of, parse_folds,
+                                             read_feature_batches)
 
 SIZE = 32
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,13 +97,13 @@ def test_infer_schema_writes_loadable_schema_with_domains(base):
     out = os.path.join(base["dir"], "validation")
     schema = tfdv.load_schema_text(os.path.join(out, "schema.pbtxt"))
     names = {f.name for f in schema.feature}
-    assert names == set(V.VALIDATED_FEATURES)
+    assert names == set(VALIDATED_FEATURES)
     assert set(records.SCALAR_FEATURES) <= names
     assert not names & {"image", "mask", "boxes", "patient_id", "fold"}
 
     get = lambda n: tfdv.get_feature(schema, n)  # noqa: E731
     for n in ("hu_min", "hu_max", "hu_mean"):
-        assert (get(n).float_domain.min, get(n).float_domain.max) == V.DEFAULT_HU_RANGE
+        assert (get(n).float_domain.min, get(n).float_domain.max) == DEFAULT_HU_RANGE
         assert get(n).type == schema_pb2.FLOAT and get(n).float_domain.disallow_nan
     assert (get("hu_std").float_domain.min, get("hu_std").float_domain.max) == (0.0, 4096.0)
     assert (get("foreground_area").int_domain.min, get("foreground_area").int_domain.max) == (0, SIZE * SIZE)
@@ -106,7 +112,7 @@ def test_infer_schema_writes_loadable_schema_with_domains(base):
     # Training slices have only 0 or 1 box: inference alone would make num_boxes boolean.
     nb = get("num_boxes")
     assert not nb.HasField("bool_domain") and nb.int_domain.is_categorical and nb.int_domain.min == 0
-    assert nb.drift_comparator.infinity_norm.threshold == V.DEFAULT_LINF_THRESHOLD
+    assert nb.drift_comparator.infinity_norm.threshold == DEFAULT_LINF_THRESHOLD
     assert get("spacing").shape.dim[0].size == 3
 
     stats = tfdv.load_stats_binary(os.path.join(out, "train_stats.pb"))
@@ -117,9 +123,9 @@ def test_infer_schema_writes_loadable_schema_with_domains(base):
 
 def test_statistics_match_numpy(base):
     """hu_mean / foreground_area statistics against values computed from the written arrays."""
-    batches = V.read_feature_batches(base["dir"], [0])
-    stats = V.compute_statistics(batches, name="eval")
-    rows = {r["feature"]: r for r in V.summary_rows(stats)}
+    batches = read_feature_batches(base["dir"], [0])
+    stats = compute_statistics(batches, name="eval")
+    rows = {r["feature"]: r for r in summary_rows(stats)}
     recs = base["written"][0] + base["written"][2]
     hu_means = [float(r.image_hu.astype(np.float32).mean()) for r in recs]
     areas = [int(r.mask.sum()) for r in recs]
@@ -277,14 +283,14 @@ def test_error_empty_shards(copy, capsys):
 
 
 def test_argument_errors():
-    with pytest.raises(V.ValidationError, match="comma-separated integers, got '1,x'"):
-        V.parse_folds("1,x")
-    with pytest.raises(V.ValidationError, match="non-negative"):
-        V.parse_folds("-1")
-    with pytest.raises(V.ValidationError, match="split must be one of"):
-        V.folds_of("/nonexistent", "test")
-    with pytest.raises(V.ValidationError, match=r"low < high, got \(5.0, 5.0\)"):
-        V.infer_dataset_schema(None, hu_range=(5.0, 5.0))
+    with pytest.raises(ValidationError, match="comma-separated integers, got '1,x'"):
+        parse_folds("1,x")
+    with pytest.raises(ValidationError, match="non-negative"):
+        parse_folds("-1")
+    with pytest.raises(ValidationError, match="split must be one of"):
+        folds_of("/nonexistent", "test")
+    with pytest.raises(ValidationError, match=r"low < high, got \(5.0, 5.0\)"):
+        infer_dataset_schema(None, hu_range=(5.0, 5.0))
     with pytest.raises(SystemExit):
         V.build_parser().parse_args(["check", "--dataset", "x", "--linf-threshold", "2"])
 

@@ -37,20 +37,21 @@ re-preparation.
 
 Shards are written through ``tf.io.gfile``, so a dataset folder may be any filesystem TensorFlow
 writes (a local folder, ``gs://bucket/dataset``, ...); `read_info`, `list_shards` and
-`write_info` go through ``tf.io.gfile`` for such URLs (`is_remote`) and `publish` writes any file
-there with the same write-then-rename rule as ``lsnet_tf.files.atomic_write``.
+`write_info` go through ``tf.io.gfile`` for such URLs (``lsnet_tf.files.is_remote``), and
+``lsnet_tf.files.write_text`` writes any file there with the same write-then-rename rule as
+``lsnet_tf.files.atomic_write``.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Iterable
 
 import numpy as np
 
-from lsnet_tf.files import TMP_SUFFIX, write_json
+from lsnet_tf.files import TMP_SUFFIX, is_remote, isfile, read_text, write_json, write_text
+from lsnet_tf.files import glob as find_files
 
 FORMAT = "lsnet_tf-slices"
 FORMAT_VERSION = 1
@@ -196,34 +197,6 @@ def parse(serialized):
     }
 
 
-def is_remote(path) -> bool:
-    """Whether `path` is a URL (``gs://bucket/x``, ``s3://...``) rather than a local path."""
-    return "://" in str(path)
-
-
-def publish(path: str, data) -> str:
-    """Write `data` (bytes, or str as UTF-8) to `path` through ``tf.io.gfile`` atomically: to
-    ``<path>.tmp`` first, renamed onto `path` when complete (the temporary file is removed on
-    an error). Works on local paths and on every filesystem TensorFlow writes (``gs://`` ...;
-    there the rename is a copy, and the final name still appears only once the file is whole).
-    Creates the folder; returns `path`."""
-    import tensorflow as tf
-
-    tmp = str(path) + TMP_SUFFIX
-    folder = os.path.dirname(str(path))
-    if folder:
-        tf.io.gfile.makedirs(folder)
-    try:
-        with tf.io.gfile.GFile(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        raise
-    return path
-
-
 class ShardWriter:
     """Write one shard atomically: records go to ``<path>.tmp``, renamed to `path` on success.
 
@@ -281,7 +254,7 @@ def info_text(info: dict) -> str:
 def write_info(dataset_dir: str, info: dict) -> None:
     """Write ``dataset_dir/dataset.json`` atomically (through ``tf.io.gfile`` for a URL)."""
     if is_remote(dataset_dir):
-        publish(os.path.join(dataset_dir, INFO_FILE), info_text(info))
+        write_text(os.path.join(dataset_dir, INFO_FILE), info_text(info))
         return
     info = {"format": FORMAT, "version": FORMAT_VERSION, **info}
     os.makedirs(dataset_dir, exist_ok=True)
@@ -290,22 +263,11 @@ def write_info(dataset_dir: str, info: dict) -> None:
 
 def read_info(dataset_dir: str) -> dict:
     path = os.path.join(dataset_dir, INFO_FILE)
-    if is_remote(path):
-        import tensorflow as tf
-
-        exists = tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
-    else:
-        exists = os.path.isfile(path)
-    if not exists:
+    if not isfile(path):
         raise FileNotFoundError(
             f"{dataset_dir} is not a prepared dataset (no {INFO_FILE}); "
             "write one with `python -m lsnet_tf.prepare`")
-    if is_remote(path):
-        with tf.io.gfile.GFile(path, "r") as f:
-            info = json.loads(f.read())
-    else:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
+    info = json.loads(read_text(path))
     if info.get("format") != FORMAT:
         raise ValueError(f"{path}: format {info.get('format')!r} is not {FORMAT!r}")
     return info
@@ -313,15 +275,9 @@ def read_info(dataset_dir: str) -> dict:
 
 def list_shards(dataset_dir: str, folds: Iterable[int]) -> list[str]:
     """Complete shards of the given folds, sorted (temporary files are never listed)."""
-    if is_remote(dataset_dir):
-        import tensorflow as tf
-
-        find = tf.io.gfile.glob
-    else:
-        find = glob.glob
     paths = []
     for k in folds:
-        paths += sorted(find(os.path.join(dataset_dir, f"fold-{k}", "*" + SHARD_SUFFIX)))
+        paths += sorted(find_files(os.path.join(dataset_dir, f"fold-{k}", "*" + SHARD_SUFFIX)))
     return paths
 
 
