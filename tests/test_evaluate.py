@@ -11,6 +11,9 @@ import tensorflow as tf
 from lsnet_tf import evaluate as ev
 from lsnet_tf.config import load_config
 from lsnet_tf.data import pipeline, records
+from lsnet_tf.evaluation import EvaluationError
+from lsnet_tf.evaluation.report import markdown
+from lsnet_tf.evaluation.slices import SLICE_KEYS, evaluate_run, load_run
 from lsnet_tf.metrics import evaluation as mev
 from lsnet_tf.metrics.segmentation import slice_scores
 
@@ -217,26 +220,26 @@ def test_load_and_evaluate_a_run(tmp_path, dataset_dir):
 
     run = str(tmp_path / "run")
     saved = make_run(run, tiny_cfg(dataset_dir))
-    cfg, model, checkpoint = ev.load_run(run)
+    cfg, model, checkpoint = load_run(run)
     assert checkpoint.endswith("ckpt-1") and cfg.model.architecture == "fcn"
     assert float(model.snet.get_layer("decoder_score_p3").bias.numpy()[0]) == 3.0
-    result = ev.evaluate_run(run, split="all", log=lambda *a: None)
-    with pytest.raises(ev.EvaluationError, match="split must be one of val, train, all"):
-        ev.evaluate_run(run, split="test")
+    result = evaluate_run(run, split="all", log=lambda *a: None)
+    with pytest.raises(EvaluationError, match="split must be one of val, train, all"):
+        evaluate_run(run, split="test")
     empty = str(tmp_path / "empty")
     records.write_info(empty, {"folds": 2, "num_slices": {"0": 0, "1": 0}})
-    with pytest.raises(ev.EvaluationError, match=r"no shards for folds \[0\]"):
-        ev.evaluate_run(run, dataset=empty, log=lambda *a: None)
+    with pytest.raises(EvaluationError, match=r"no shards for folds \[0\]"):
+        evaluate_run(run, dataset=empty, log=lambda *a: None)
     assert result["n_slices"] == 5 and result["folds"] == [0, 1]
     # The kept per-slice counts give back the summary (box IoUs aside).
-    assert len(result["slices"]) == 5 and set(result["slices"][0]) == set(ev.SLICE_KEYS)
+    assert len(result["slices"]) == 5 and set(result["slices"][0]) == set(SLICE_KEYS)
     again = mev.summarize([{**r, "box_ious": [], "union_iou": 0.0} for r in result["slices"]])
     for key in ("dsc", "precision", "recall", "dsc_by_size", "per_case"):
         assert again[key] == result[key], key
     assert sorted(result["per_case"]["cases"]) == ["a", "b"]
     assert result["complexity"]["params"]["snet"] == count_trainable_params(saved.snet)
     assert result["complexity"]["flops"]["total"] == result["complexity"]["flops"]["snet"] > 0
-    text = ev.markdown(result, "FCN")
+    text = markdown(result, "FCN")
     assert "| Method | DSC(%) | Precision(%) | Recall(%) |" in text and "| FCN | " in text
 
 
@@ -256,14 +259,14 @@ def test_command_line_writes_json_and_markdown(tmp_path, dataset_dir):
 
 
 def test_run_folder_errors(tmp_path, dataset_dir, capsys):
-    with pytest.raises(ev.EvaluationError, match="no config.yaml"):
-        ev.load_run(str(tmp_path))
+    with pytest.raises(EvaluationError, match="no config.yaml"):
+        load_run(str(tmp_path))
     run = tmp_path / "run"
     run.mkdir()
     tiny_cfg(dataset_dir).save(str(run / "config.yaml"))
-    with pytest.raises(ev.EvaluationError, match="no checkpoint found"):
-        ev.load_run(str(run))
+    with pytest.raises(EvaluationError, match="no checkpoint found"):
+        load_run(str(run))
     assert ev.main(["--run", str(run), "--out", str(tmp_path / "x.json")]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
-    with pytest.raises(ev.EvaluationError, match="empty_slices must be one of"):
-        ev.evaluate_run(str(run), empty_slices="all")
+    with pytest.raises(EvaluationError, match="empty_slices must be one of"):
+        evaluate_run(str(run), empty_slices="all")

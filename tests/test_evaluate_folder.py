@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from lsnet_tf import evaluate as ev
+from lsnet_tf.evaluation import EvaluationError
+from lsnet_tf.evaluation.folder import evaluate_folder
+from lsnet_tf.evaluation.report import output_paths
 from lsnet_tf.metrics import volumes as vm
 
 SHAPE = (20, 16, 18)
@@ -171,7 +174,7 @@ def quiet(*args):
 
 def test_folder_scores_each_case_and_the_mean(folders):
     pred, lab = folders
-    r = ev.evaluate_folder(pred, lab, log=quiet)
+    r = evaluate_folder(pred, lab, log=quiet)
     assert [c["case"] for c in r["cases"]] == ["a", "b", "c"]
     assert r["unlabelled_predictions"] == ["z"] and r["missing_predictions"] == []
     a, b, c = r["cases"]
@@ -187,7 +190,7 @@ def test_folder_scores_each_case_and_the_mean(folders):
     assert r["summary"]["dsc"]["n"] == 3
     # Only value 2 of the labels is the target: case c is then a perfect prediction, and a and b
     # have empty labels (DSC 0, HD95 undefined and left out of its mean).
-    r2 = ev.evaluate_folder(pred, lab, label_values=[2], log=quiet)
+    r2 = evaluate_folder(pred, lab, label_values=[2], log=quiet)
     a2, b2, c2 = r2["cases"]
     assert c2["dsc"] == 1.0 and c2["hd95_mm"] == 0.0
     assert a2["label_voxels"] == 0 and a2["hd95_mm"] is None and a2["recall"] == 1.0
@@ -195,64 +198,64 @@ def test_folder_scores_each_case_and_the_mean(folders):
     assert r2["summary"]["hd95_mm"] == {"mean": 0.0, "sd": None, "n": 1}
     assert r2["label_values"] == [2]
     # Prediction values: b's prediction holds 2, not 1, so it is now empty.
-    r3 = ev.evaluate_folder(pred, lab, prediction_values=[1], log=quiet)
+    r3 = evaluate_folder(pred, lab, prediction_values=[1], log=quiet)
     assert r3["cases"][1]["pred_voxels"] == 0 and r3["cases"][1]["dsc"] == 0.0
-    with pytest.raises(ev.EvaluationError, match=r"--label-values must be non-zero integers "
+    with pytest.raises(EvaluationError, match=r"--label-values must be non-zero integers "
                                                  r"\(0 is background\), got \[0, 1\]"):
-        ev.evaluate_folder(pred, lab, label_values=[0, 1], log=quiet)
+        evaluate_folder(pred, lab, label_values=[0, 1], log=quiet)
 
 
 def test_unpaired_cases(folders, tmp_path):
     pred, lab = folders
     os.remove(os.path.join(pred, "a.nii.gz"))
-    with pytest.raises(ev.EvaluationError, match=r"no prediction for 1 of the 3 labelled cases in "
+    with pytest.raises(EvaluationError, match=r"no prediction for 1 of the 3 labelled cases in "
                                                  r".*labels: a \(expected .*--allow-missing "
                                                  r"scores them as empty masks\)"):
-        ev.evaluate_folder(pred, lab, log=quiet)
-    r = ev.evaluate_folder(pred, lab, allow_missing=True, log=quiet)
+        evaluate_folder(pred, lab, log=quiet)
+    r = evaluate_folder(pred, lab, allow_missing=True, log=quiet)
     a = r["cases"][0]
     assert r["missing_predictions"] == ["a"] and a["prediction"] is None
     assert (a["dsc"], a["pred_voxels"], a["hd95_mm"]) == (0.0, 0, None)
     assert r["n_cases"] == 3 and r["hd95_undefined"] == ["a"]
     empty = tmp_path / "nolabels"
     empty.mkdir()
-    with pytest.raises(ev.EvaluationError, match=r"nolabels: no label files"):
-        ev.evaluate_folder(pred, str(empty), log=quiet)
-    with pytest.raises(ev.EvaluationError, match=r"missing: predictions folder not found"):
-        ev.evaluate_folder(str(tmp_path / "missing"), lab, log=quiet)
+    with pytest.raises(EvaluationError, match=r"nolabels: no label files"):
+        evaluate_folder(pred, str(empty), log=quiet)
+    with pytest.raises(EvaluationError, match=r"missing: predictions folder not found"):
+        evaluate_folder(str(tmp_path / "missing"), lab, log=quiet)
 
 
 def test_a_case_with_two_files_is_an_error(folders):
     pred, lab = folders
     save(os.path.join(pred, "b.nii.gz"), LABEL_A)  # b also has b/mask.nii.gz
-    with pytest.raises(ev.EvaluationError, match=r"pred: case 'b' has two files, .*pred/b/mask"
+    with pytest.raises(EvaluationError, match=r"pred: case 'b' has two files, .*pred/b/mask"
                                                  r".nii.gz and .*pred/b.nii.gz; keep one"):
-        ev.evaluate_folder(pred, lab, log=quiet)
+        evaluate_folder(pred, lab, log=quiet)
     os.remove(os.path.join(pred, "b.nii.gz"))
     save(os.path.join(lab, "c.nii.gz"), LABEL_A)  # beside c.nii
-    with pytest.raises(ev.EvaluationError, match=r"labels: case 'c' has two files, .*labels/c.nii "
+    with pytest.raises(EvaluationError, match=r"labels: case 'c' has two files, .*labels/c.nii "
                                                  r"and .*labels/c.nii.gz; keep one"):
-        ev.evaluate_folder(pred, lab, log=quiet)
+        evaluate_folder(pred, lab, log=quiet)
 
 
 def test_geometry_mismatch_names_the_case_shapes_and_affines(folders):
     pred, lab = folders
     moved = affine_of(origin=(10.0, -19.0, 5.0))  # 1 mm off
     save(os.path.join(pred, "a.nii.gz"), PRED_A, moved)
-    with pytest.raises(ev.EvaluationError) as e:
-        ev.evaluate_folder(pred, lab, log=quiet)
+    with pytest.raises(EvaluationError) as e:
+        evaluate_folder(pred, lab, log=quiet)
     text = str(e.value)
     assert "case 'a': prediction and label are not on one voxel grid (affines differ by up to 1 mm " \
            "(tolerance 0.01 mm)); masks are never resampled" in text
     assert "shape (20, 16, 18), affine" in text and str(moved[1].round(4).tolist()) in text
     assert str(affine_of()[1].round(4).tolist()) in text
     # Within a looser tolerance the pair is scored.
-    assert ev.evaluate_folder(pred, lab, affine_tol=1.5, log=quiet)["cases"][0]["dsc"] == \
+    assert evaluate_folder(pred, lab, affine_tol=1.5, log=quiet)["cases"][0]["dsc"] == \
         pytest.approx(0.7)
     save(os.path.join(pred, "a.nii.gz"), PRED_A[:, :, :-1])
-    with pytest.raises(ev.EvaluationError, match=r"case 'a': .*\(shape \(20, 16, 17\) vs "
+    with pytest.raises(EvaluationError, match=r"case 'a': .*\(shape \(20, 16, 17\) vs "
                                                  r"\(20, 16, 18\)\)"):
-        ev.evaluate_folder(pred, lab, log=quiet)
+        evaluate_folder(pred, lab, log=quiet)
 
 
 def test_same_grid_in_another_axis_order_is_compared_in_the_canonical_orientation(folders):
@@ -264,7 +267,7 @@ def test_same_grid_in_another_axis_order_is_compared_in_the_canonical_orientatio
     canonical, affine_lps = volumes.canonicalize(PRED_A, volumes.ras_to_lps(affine_of()))
     assert canonical.shape != PRED_A.shape  # really stored otherwise
     save(os.path.join(pred, "a.nii.gz"), canonical, volumes.ras_to_lps(affine_lps))
-    a = ev.evaluate_folder(pred, lab, log=quiet)["cases"][0]
+    a = evaluate_folder(pred, lab, log=quiet)["cases"][0]
     assert a["reoriented"] is True and a["shape"] == list(canonical.shape)
     assert a["dsc"] == pytest.approx(0.7) and a["hd95_mm"] == pytest.approx(3 * 2.5)
     assert sorted(a["spacing_mm"]) == pytest.approx(sorted(SPACING))
@@ -272,26 +275,26 @@ def test_same_grid_in_another_axis_order_is_compared_in_the_canonical_orientatio
     moved = volumes.ras_to_lps(affine_lps)
     moved[:3, 3] += moved[:3, 0]
     save(os.path.join(pred, "a.nii.gz"), canonical, moved)
-    with pytest.raises(ev.EvaluationError, match=r"case 'a': prediction and label are not on one "
+    with pytest.raises(EvaluationError, match=r"case 'a': prediction and label are not on one "
                                                  r"voxel grid \(shape \(18, 16, 20\) vs "
                                                  r"\(20, 16, 18\)\)"):
-        ev.evaluate_folder(pred, lab, log=quiet)
+        evaluate_folder(pred, lab, log=quiet)
 
 
 def test_a_probability_map_is_refused(folders):
     pred, lab = folders
     save(os.path.join(pred, "a.nii.gz"), PRED_A.astype(np.float32) * 0.25)
-    with pytest.raises(ev.EvaluationError, match=r"a.nii.gz: prediction holds values that are not "
+    with pytest.raises(EvaluationError, match=r"a.nii.gz: prediction holds values that are not "
                                                  r"integers \(e.g. \[0.25, 0.25, 0.25\]\)"):
-        ev.evaluate_folder(pred, lab, log=quiet)
+        evaluate_folder(pred, lab, log=quiet)
 
 
 def test_output_paths():
-    assert ev.output_paths("out/res.json") == ("out/res.json", "out/res.md")
-    assert ev.output_paths("out/res") == ("out/res.json", "out/res.md")
-    assert ev.output_paths("out/") == (os.path.join("out/", "evaluation.json"),
+    assert output_paths("out/res.json") == ("out/res.json", "out/res.md")
+    assert output_paths("out/res") == ("out/res.json", "out/res.md")
+    assert output_paths("out/") == (os.path.join("out/", "evaluation.json"),
                                        os.path.join("out/", "evaluation.md"))
-    assert ev.output_paths("out/res", "table.md") == ("out/res.json", "table.md")
+    assert output_paths("out/res", "table.md") == ("out/res.json", "table.md")
 
 
 def test_command_line_end_to_end(folders, tmp_path, capsys):
@@ -302,7 +305,7 @@ def test_command_line_end_to_end(folders, tmp_path, capsys):
     printed = capsys.readouterr()
     with open(os.path.join(out, "evaluation.json")) as f:
         result = json.load(f)
-    expected = ev.evaluate_folder(pred, lab, log=quiet)
+    expected = evaluate_folder(pred, lab, log=quiet)
     assert result == json.loads(json.dumps(expected))
     with open(os.path.join(out, "evaluation.md")) as f:
         table = f.read()

@@ -1,59 +1,4 @@
-"""Evaluate a trained run, or score a folder of NIfTI predictions against a folder of labels.
-
-::
-
-    python -m lsnet_tf.evaluate --run runs/default [--dataset DIR] [--split val|train|all]
-        [--empty-slices exclude|include] [--batch-size N] [--no-flops] --out OUT
-        [--markdown FILE.md] [--label NAME]
-    python -m lsnet_tf.evaluate --predictions PRED_DIR --labels LABELS_DIR
-        [--label-values V [V ...]] [--prediction-values V [V ...]] [--allow-missing]
-        [--affine-tol MM] --out OUT [--markdown FILE.md] [--label NAME]
-
-Both modes write JSON and Markdown and print the Markdown. ``--out``: a ``.json`` file (the
-Markdown goes beside it with ``.md``), an existing folder or one named with a trailing ``/``
-(``evaluation.json`` and ``evaluation.md`` in it), or any other path as a prefix (``OUT.json``
-and ``OUT.md``); ``--markdown`` names the Markdown file itself.
-
-Run mode (``--run``)
---------------------
-
-Loads ``DIR/config.yaml`` and the latest checkpoint under ``DIR/checkpoints`` (the networks
-only), runs ``predict_masks`` on every slice of the split (``val``: fold ``data.val_fold``;
-``train``: the other folds; ``all``), and reports, as JSON and as a Markdown table in the
-paper's format:
-
-- Per-slice DSC, precision and recall averaged over slices, the paper's protocol (Sec. 3.1), with
-  their standard deviations. The paper does not say how slices without a target count;
-  ``--empty-slices`` chooses:
-
-  * ``exclude`` (default, as the trainer's ``eval.json``): the averages run over the slices that
-    hold a target; slices without one are reported apart, as the number on which anything was
-    predicted (``fp_empty_slices`` of ``n_empty_slices``).
-  * ``include``: every slice counts; on a slice without a target DSC and precision are 1 when
-    nothing is predicted and 0 otherwise, recall is 1 (``metrics.segmentation.slice_scores``).
-
-  A slice's scores, with ``tp``, ``|T|``, ``|P|`` its true-positive, target and predicted pixel
-  counts: DSC ``2 tp / (|T| + |P|)``, precision ``tp / |P|`` (0 when nothing is predicted on a
-  slice with a target), recall ``tp / |T|``; predictions are ``probability > 0.5``.
-- ``box_miou``: the first stage's boxes (L-Net's, or those of the coarse mask; for one-stage
-  models those of the predicted mask's components): the mean over ground-truth boxes (one per
-  connected component of the target) of the IoU of the best-matching valid predicted box (0
-  when none), over the slices with a target. ``box_miou_union``: per slice with a target, the IoU
-  of the box around all predicted boxes with the box around all true ones, averaged.
-- ``dsc_by_size``: per-slice DSC of the slices with a target in each size bucket of
-  ``metrics.segmentation.size_bucket`` (target area < 1 %, < 5 %, >= 5 % of the image).
-- ``per_case``: 3-D DSC per patient, ``2 Σ tp / (Σ |T| + Σ |P|)`` over all of the patient's
-  slices (slices grouped by the records' ``patient_id``), at the network's input resolution
-  (every slice of a patient is resized by the same factor, so this is the volume DSC up to the
-  interpolation of the masks); mean, std, min, max and each case's value.
-- ``slices``: every slice's counts (``patient_id``, ``slice_index``, ``tp``, ``n_true``,
-  ``n_pred``, ``pixels``), from which any of the above can be recomputed (e.g. DSC against the
-  target's area: ``python -m lsnet_tf.experiments`` plots it).
-- ``complexity``: per network its trainable parameters (what the paper's "Params" counts;
-  BatchNorm moving statistics excluded) and its FLOPs on one image (``build.count_flops``:
-  TensorFlow's profiler on the frozen inference graph, multiply and add counted apart, ~2 MACs),
-  and the totals: a two-stage model's FLOPs are those of one image through the first stage plus
-  one RoI through S-Net (at inference S-Net runs once per detected RoI).
+"""Scoring a folder of NIfTI predictions against a folder of labels (``evaluate --predictions``).
 
 Folder mode (``--predictions`` and ``--labels``)
 ------------------------------------------------
@@ -95,111 +40,25 @@ reference labels, case by case, on the masks' own voxel grid (``evaluate_folder`
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 import numpy as np
 
-from lsnet_tf.data import nifti, records
+from lsnet_tf.data import nifti
 from lsnet_tf.data import volumes as data_volumes
+from lsnet_tf.data.names import case_name
 from lsnet_tf.data.volumes import PrepareError
-from lsnet_tf.files import write_json, write_text
+from lsnet_tf.evaluation import EvaluationError
 from lsnet_tf.metrics import volumes as volume_metrics
-from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES, predict_rows, summarize
 from lsnet_tf.metrics.statistics import mean_sd
-from lsnet_tf.models.build import count_flops, model_networks, parameter_counts
-from lsnet_tf.training.runs import RunError, load_run as _load_run
 
-# The per-slice counts an evaluation file keeps (``slices``).
-SLICE_KEYS = ("patient_id", "slice_index", "tp", "n_true", "n_pred", "pixels")
-
-
-# Folder mode: the file names a case's prediction or label may have, and the per-case metrics
+# The file names of a case's mask in the folder per case that a batch of
+# ``python -m lsnet_tf.predict`` runs writes, and the per-case metrics
 # (``metrics.volumes.case_metrics``) that are averaged, in the order of the tables.
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 CASE_MASK_NAMES = ("mask.nii.gz", "mask.nii")
 AFFINE_TOL_MM = 0.01
 FOLDER_METRICS = ("dsc", "precision", "recall", "hd95_mm", "pred_ml", "label_ml",
                   "volume_diff_ml", "abs_volume_diff_ml")
-
-
-class EvaluationError(RuntimeError):
-    """A run folder or a pair of folders cannot be evaluated (no config, no checkpoint, bad
-    option, unpaired cases, masks on different grids)."""
-
-
-# ----------------------------------------------------------------------------- models
-
-def load_run(run_dir: str):
-    """``(cfg, model, checkpoint)`` of a run folder (``lsnet_tf.training.runs.load_run``: the
-    networks of its latest checkpoint, not the optimizers' state)."""
-    try:
-        model, cfg, path = _load_run(run_dir)
-    except RunError as e:
-        raise EvaluationError(str(e)) from None
-    return cfg, model, path
-
-
-def complexity(model, image_size: int, flops: bool = True) -> dict:
-    """Trainable parameters and (optionally) FLOPs per network, and totals (module docstring)."""
-    params = parameter_counts(model, trainable=True)
-    out = {"params": params}
-    if flops:
-        per = {name: count_flops(net, (image_size, image_size, 1))
-               for name, net in model_networks(model).items()}
-        per["total"] = sum(per.values())
-        out["flops"] = per
-    return out
-
-
-def evaluate_run(run_dir: str, dataset: str | None = None, split: str = "val",
-                 empty_slices: str = "exclude", batch_size: int | None = None,
-                 flops: bool = True, log=print) -> dict:
-    """Evaluate a run folder; returns the JSON-ready result (see the module docstring)."""
-    from lsnet_tf.data import pipeline  # imports TensorFlow: not for --help or a usage error
-
-    if empty_slices not in EMPTY_SLICE_MODES:
-        raise EvaluationError(f"empty_slices must be one of {', '.join(EMPTY_SLICE_MODES)}, "
-                              f"received {empty_slices!r}")
-    cfg, model, checkpoint = load_run(run_dir)
-    dataset_dir = dataset or pipeline.resolve_dataset(cfg.data)
-    try:
-        folds = records.split_folds(dataset_dir, cfg.data.val_fold, split)
-    except records.FoldError as e:
-        raise EvaluationError(str(e)) from None
-    log(f"evaluating {checkpoint} ({cfg.model.architecture}) on {dataset_dir} {split} "
-        f"folds {folds}")
-    try:
-        batches = pipeline.eval_dataset(cfg.data, dataset_dir, folds, batch_size)
-    except FileNotFoundError as e:  # no shards for the folds
-        raise EvaluationError(str(e)) from None
-    rows = predict_rows(model, batches)
-    result = {
-        "run": os.path.abspath(run_dir),
-        "checkpoint": os.path.abspath(checkpoint),
-        "architecture": cfg.model.architecture,
-        "family": cfg.model.family,
-        "dataset": os.path.abspath(dataset_dir),
-        "split": split,
-        "folds": folds,
-        **summarize(rows, empty_slices),
-        "slices": [{k: r[k] for k in SLICE_KEYS} for r in rows],
-        "complexity": complexity(model, cfg.data.image_size, flops),
-    }
-    return result
-
-
-# ----------------------------------------------------------------------------- folders
-
-def _case_name(filename: str) -> str | None:
-    """``'a.nii.gz'`` -> ``'a'``; None for a file that is not NIfTI or is hidden."""
-    if filename.startswith("."):
-        return None
-    for suffix in NIFTI_SUFFIXES:
-        if filename.lower().endswith(suffix) and len(filename) > len(suffix):
-            return filename[: -len(suffix)]
-    return None
 
 
 def _add_case(found: dict, case: str, path: str, folder: str) -> None:
@@ -209,8 +68,9 @@ def _add_case(found: dict, case: str, path: str, folder: str) -> None:
     found[case] = path
 
 
-def find_cases(folder: str, what: str, case_folders: bool = False) -> dict:
-    """``{case: path}`` of the NIfTI files in `folder` (``<case>.nii`` or ``<case>.nii.gz``) and,
+def case_files(folder: str, what: str, case_folders: bool = False) -> dict:
+    """``{case: path}`` of the NIfTI files in `folder` (``<case>.nii`` or ``<case>.nii.gz``,
+    `lsnet_tf.data.names.case_name`) and,
     with `case_folders`, of ``<case>/mask.nii.gz`` (or ``mask.nii``) in its subfolders. `what`
     names the folder in errors ("predictions", "labels")."""
     if not os.path.isdir(folder):
@@ -229,7 +89,7 @@ def find_cases(folder: str, what: str, case_folders: bool = False) -> dict:
             if masks:
                 _add_case(found, name, masks[0], folder)
         elif os.path.isfile(path):
-            case = _case_name(name)
+            case = None if name.startswith(".") else case_name(name)  # hidden files left out
             if case is not None:
                 _add_case(found, case, path, folder)
     return found
@@ -245,8 +105,8 @@ def pair_cases(predictions: str, labels: str, allow_missing: bool = False) -> di
       EvaluationError: a folder is missing, a case has two files, there is no label, or a
         labelled case has no prediction (without `allow_missing`).
     """
-    preds = find_cases(predictions, "predictions", case_folders=True)
-    labs = find_cases(labels, "labels")
+    preds = case_files(predictions, "predictions", case_folders=True)
+    labs = case_files(labels, "labels")
     if not labs:
         raise EvaluationError(f"{labels}: no label files (<case>.nii or <case>.nii.gz)")
     missing = sorted(set(labs) - set(preds))
@@ -399,189 +259,3 @@ def evaluate_folder(predictions: str, labels: str, label_values=None, prediction
         "summary": {m: mean_sd([c[m] for c in cases]) for m in FOLDER_METRICS},
         "cases": cases,
     }
-
-
-# ----------------------------------------------------------------------------- reporting
-
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
-
-
-def _case(result) -> str:
-    c = result["per_case"]
-    if not c["n"]:
-        return "–"
-    return f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}"
-
-
-def _millions(value) -> str:
-    return "–" if value is None else f"{value / 1e6:.2f}"
-
-
-def markdown(result: dict, label: str | None = None) -> str:
-    """A Markdown table of one evaluation in the paper's format (Table 1's columns, then the
-    first stage's mIoU, per-case DSC, parameters and FLOPs), and the size buckets."""
-    label = label or result.get("architecture", "model")
-    cx = result.get("complexity", {})
-    params = cx.get("params", {}).get("total")
-    flops = cx.get("flops", {}).get("total")
-    lines = [
-        f"Split `{result.get('split')}`, {result['n_slices']} slices "
-        f"({result['n_target_slices']} with a target; empty slices {result['empty_slices']}d; "
-        f"{result['fp_empty_slices']} of {result['n_empty_slices']} empty slices with a "
-        "false positive).",
-        "",
-        "| Method | DSC(%) | Precision(%) | Recall(%) | box mIoU(%) | DSC per case(%) | "
-        "Params(M) | GFLOPs |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {label} | {_pct(result['dsc']['mean'])} | {_pct(result['precision']['mean'])} | "
-        f"{_pct(result['recall']['mean'])} | {_pct(result['box_miou'])} | {_case(result)} | "
-        f"{_millions(params)} | {'–' if flops is None else f'{flops / 1e9:.2f}'} |",
-        "",
-        "| Target size | slices | DSC(%) |",
-        "|---|---|---|",
-    ]
-    for bucket, v in result["dsc_by_size"].items():
-        lines.append(f"| {bucket} | {v['n']} | {_pct(v['dsc'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def _num(value, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _mean_sd(stats: dict, scale: float = 1.0) -> str:
-    if stats["mean"] is None:
-        return "–"
-    sd = "–" if stats["sd"] is None else f"{scale * stats['sd']:.2f}"
-    return f"{scale * stats['mean']:.2f} ± {sd}"
-
-
-def folder_markdown(result: dict, label: str | None = None) -> str:
-    """A Markdown report of `evaluate_folder`: one line of context, a table with one row per case
-    and a last row of mean ± sample standard deviation (HD95 over the cases where it is
-    defined), and the unpaired and undefined cases."""
-    values = result["label_values"]
-    pred_values = result["prediction_values"]
-    lines = [
-        (f"{label}: " if label else "")
-        + f"{result['n_cases']} cases; predictions `{result['predictions']}`, labels "
-        f"`{result['labels']}`; target: label values "
-        f"{'any non-zero' if values is None else values}, prediction values "
-        f"{'any non-zero' if pred_values is None else pred_values}.",
-        "",
-        "| Case | DSC(%) | Precision(%) | Recall(%) | HD95(mm) | Pred(mL) | Label(mL) | "
-        "Pred−Label(mL) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in result["cases"]:
-        lines.append(f"| {c['case']} | {_pct(c['dsc'])} | {_pct(c['precision'])} | "
-                     f"{_pct(c['recall'])} | {_num(c['hd95_mm'])} | {_num(c['pred_ml'])} | "
-                     f"{_num(c['label_ml'])} | {_num(c['volume_diff_ml'])} |")
-    sm = result["summary"]
-    lines.append(f"| mean ± sd (n={result['n_cases']}) | {_mean_sd(sm['dsc'], 100)} | "
-                 f"{_mean_sd(sm['precision'], 100)} | {_mean_sd(sm['recall'], 100)} | "
-                 f"{_mean_sd(sm['hd95_mm'])}"
-                 + (f" (n={sm['hd95_mm']['n']})" if sm["hd95_mm"]["n"] != result["n_cases"]
-                    else "")
-                 + f" | {_mean_sd(sm['pred_ml'])} | {_mean_sd(sm['label_ml'])} | "
-                 f"{_mean_sd(sm['volume_diff_ml'])} |")
-    notes = []
-    if result["hd95_undefined"]:
-        notes.append("HD95 undefined (exactly one mask empty), left out of its mean: "
-                     + ", ".join(result["hd95_undefined"]))
-    if result["missing_predictions"]:
-        notes.append("no prediction, scored as an empty mask: "
-                     + ", ".join(result["missing_predictions"]))
-    if result["unlabelled_predictions"]:
-        notes.append("predictions without a label, not scored: "
-                     + ", ".join(result["unlabelled_predictions"]))
-    if notes:
-        lines += [""] + [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
-
-
-def output_paths(out: str, markdown_path: str | None = None) -> tuple[str, str]:
-    """``(json, markdown)`` paths of ``--out`` (module docstring): a ``.json`` file, a folder
-    (existing, or named with a trailing separator: ``evaluation.json`` in it) or a prefix."""
-    if out.endswith(("/", os.sep)) or os.path.isdir(out):
-        json_path = os.path.join(out, "evaluation.json")
-    elif out.lower().endswith(".json"):
-        json_path = out
-    else:
-        json_path = out + ".json"
-    return json_path, markdown_path or os.path.splitext(json_path)[0] + ".md"
-
-
-# Options of one mode only: (dest, flag); a mode refuses the other's.
-_RUN_OPTIONS = (("dataset", "--dataset"), ("split", "--split"),
-                ("empty_slices", "--empty-slices"), ("batch_size", "--batch-size"),
-                ("no_flops", "--no-flops"))
-_FOLDER_OPTIONS = (("label_values", "--label-values"),
-                   ("prediction_values", "--prediction-values"),
-                   ("allow_missing", "--allow-missing"), ("affine_tol", "--affine-tol"))
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lsnet_tf.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", help="run folder (config.yaml + checkpoints/): run mode")
-    parser.add_argument("--dataset", help="prepared dataset folder (default: the run's data)")
-    parser.add_argument("--split", choices=records.SPLITS, help="default: val")
-    parser.add_argument("--empty-slices", choices=EMPTY_SLICE_MODES,
-                        help="how slices without a target count in the per-slice averages "
-                             "(default: exclude)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
-    parser.add_argument("--predictions", help="folder of predicted NIfTI masks: folder mode")
-    parser.add_argument("--labels", help="folder of label NIfTI files (folder mode)")
-    parser.add_argument("--label-values", type=int, nargs="+", metavar="V",
-                        help="label values that are the target (default: any non-zero)")
-    parser.add_argument("--prediction-values", type=int, nargs="+", metavar="V",
-                        help="prediction values that are the target (default: any non-zero)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="score a labelled case without prediction as an empty mask "
-                             "(default: an error)")
-    parser.add_argument("--affine-tol", type=float, default=None, metavar="MM",
-                        help=f"largest difference of the affines' entries in mm (default "
-                             f"{AFFINE_TOL_MM})")
-    parser.add_argument("--out", required=True,
-                        help="FILE.json, a folder (evaluation.json) or a path prefix")
-    parser.add_argument("--markdown", help="Markdown file to write (default: beside the JSON, "
-                                           ".md)")
-    parser.add_argument("--label", help="method name in the Markdown table")
-    args = parser.parse_args(argv)
-    folder_mode = args.predictions is not None or args.labels is not None
-    if folder_mode == (args.run is not None):
-        parser.error("give either --run DIR or --predictions DIR --labels DIR")
-    if folder_mode and (args.predictions is None or args.labels is None):
-        parser.error("folder mode needs both --predictions and --labels")
-    wrong = [flag for dest, flag in (_RUN_OPTIONS if folder_mode else _FOLDER_OPTIONS)
-             if getattr(args, dest) not in (None, False)]
-    if wrong:
-        parser.error(f"{', '.join(wrong)} only {'apply' if len(wrong) > 1 else 'applies'} with "
-                     f"{'--run' if folder_mode else '--predictions/--labels'}")
-    json_path, md_path = output_paths(args.out, args.markdown)
-    try:
-        if folder_mode:
-            result = evaluate_folder(
-                args.predictions, args.labels, args.label_values, args.prediction_values,
-                args.allow_missing,
-                AFFINE_TOL_MM if args.affine_tol is None else args.affine_tol,
-                log=lambda *a: print(*a, file=sys.stderr))
-        else:
-            result = evaluate_run(args.run, args.dataset, args.split or "val",
-                                  args.empty_slices or "exclude", args.batch_size,
-                                  flops=not args.no_flops)
-    except (EvaluationError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    write_json(json_path, result)
-    table = (folder_markdown if folder_mode else markdown)(result, args.label)
-    write_text(md_path, table)
-    print(table)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Per-slice DSC, precision and recall averaged over slices (the paper's protocol, Sec. 3.1; slices
 without a target are left out or counted, `EMPTY_SLICE_MODES`), the first stage's box mIoU, DSC by
-target size (`SIZE_BUCKETS`) and per-case 3-D DSC: ``python -m lsnet_tf.evaluate``'s docstring
+target size (`SIZE_BUCKETS`) and per-case 3-D DSC: `lsnet_tf.evaluation.slices`' docstring
 defines each. `slice_rows` counts a batch, `summarize` reduces the counts, `predict_rows` runs a
 model over a dataset (``data.pipeline.eval_dataset``) and `evaluate_model` does both, as the
 trainer does for its ``eval.json``. Single-slice scores are ``metrics.segmentation``'s.
