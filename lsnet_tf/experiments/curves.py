@@ -1,10 +1,6 @@
-"""Training curves of finished or running runs: ``python -m lsnet_tf.curves``.
-
-::
-
-    python -m lsnet_tf.curves RUN [RUN ...] --out curves.png [--title TEXT]
-    python -m lsnet_tf.curves --group "U-Net=runs/a/seed0,runs/a/seed1" \\
-        --group "L-SNet=runs/b/seed0,runs/b/seed1" --out curves.png
+"""Training curves of finished or running runs, from their TensorBoard logs: ``run_curves`` and
+``plot_curves`` (``python -m lsnet_tf.curves``), ``table_curves`` (``python -m
+lsnet_tf.experiments curves``).
 
 Reads the TensorBoard logs that ``python -m lsnet_tf.train`` writes into a run folder
 (``RUN/logs/train``: the training loss of every epoch; ``RUN/logs/validation``: the validation
@@ -20,14 +16,22 @@ per run, ``{"validation_dsc": {epoch: value}, "validation_loss": ..., "train_los
 1-based, DSC as a fraction). An epoch logged twice (a run stopped after TensorBoard wrote the epoch
 and before its checkpoint, then resumed) keeps the value written last. A run folder without
 logs is an error naming it; an event file cut short by a crash is read up to the cut.
+
+``curves`` trains nothing: it draws the runs of the same rows and seeds that ``run`` would train,
+as far as they have got (each seed's validation DSC and training loss against the epoch, and the
+row's mean), into ``<out>/<table>-<dataset>[-e<N>]-curves.png`` and ``.json``; runs not started
+yet are named and left out. A run kept without its logs (``experiments keep``) is read from its
+``curves.json`` (``CURVES_FILE``).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
-import sys
+
+from lsnet_tf.experiments.catalogue import ExperimentError
+from lsnet_tf.experiments.units import _seeds_of_rows, _table_rows, run_folder, unit_name
+
 
 # TensorBoard tags of the trainer's logs (Keras's TensorBoard callback, update_freq="epoch").
 TAGS = {"train_loss": ("train", "epoch_loss"),
@@ -148,37 +152,35 @@ def plot_curves(path: str, groups: dict, title: str) -> dict:
     return doc
 
 
-def _parse_group(spec: str) -> tuple:
-    label, sep, runs = spec.partition("=")
-    if not sep or not label.strip() or not runs.strip():
-        raise CurvesError(f"--group takes LABEL=RUN,RUN,..., received {spec!r}")
-    return label.strip(), [r for r in runs.split(",") if r]
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lsnet_tf.curves", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", metavar="RUN", help="run folders, one curve each")
-    parser.add_argument("--group", action="append", default=[], metavar="LABEL=RUN,RUN",
-                        help="runs drawn together with their mean (repeatable)")
-    parser.add_argument("--out", required=True, help="the PNG to write (and its .json)")
-    parser.add_argument("--title", default="Training curves")
-    args = parser.parse_args(argv)
-    try:
-        if not args.out.endswith(".png"):
-            raise CurvesError(f"--out must name a .png file, received {args.out!r}")
-        specs = [(os.path.normpath(r), [r]) for r in args.runs]
-        specs += [_parse_group(g) for g in args.group]
-        if not specs:
-            raise CurvesError("give run folders or --group LABEL=RUN,RUN")
-        groups = {label: {r: run_curves(r) for r in runs} for label, runs in specs}
-        plot_curves(args.out, groups, args.title)
-    except CurvesError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.json")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def table_curves(table, dataset: str, budget_epochs: int | None = None,
+                 runs_dir: str = "runs/experiments", out_dir: str = "docs/results", rows=None,
+                 configs_dir: str | None = None, seeds=None, seeds_for=None, log=print,
+                 folds=None) -> dict:
+    """Draw the training curves (``lsnet_tf.curves``) of `table`'s rows at their seeds (as
+    ``run_table`` chooses them) into ``<out>/<table>-<dataset>[-e<N>]-curves.png`` and ``.json``:
+    per row, each seed's validation DSC and training loss against the epoch, and their mean.
+    Trains nothing: a run folder without logs yet is named in the log and left out, and a table
+    with none at all is an error. Returns the JSON's document."""
+    table, chosen = _table_rows(table, dataset, rows)
+    suffix = f"-e{budget_epochs}" if budget_epochs else ""
+    runs = os.path.join(runs_dir, dataset + suffix)
+    row_seeds = _seeds_of_rows(chosen, dataset, configs_dir, (), seeds, seeds_for, folds)
+    groups, missing = {}, []
+    for row in chosen:
+        found = {}
+        for seed in row_seeds[row.config]:
+            run_dir = run_folder(runs, row.config, seed)
+            try:
+                found[unit_name(seed)] = run_curves(run_dir)
+            except CurvesError:
+                missing.append(run_dir)
+        if found:
+            groups[f"{row.label} ({row.config})"] = found
+    for run_dir in missing:
+        log(f"no training logs in {run_dir}: left out")
+    if not groups:
+        raise ExperimentError(f"no run of {table.name} on {dataset} has training logs under {runs}")
+    path = os.path.join(out_dir, f"{table.name}-{dataset}{suffix}-curves.png")
+    doc = plot_curves(path, groups, f"{table.name}, {dataset}: training curves")
+    log(f"wrote {path} and {os.path.splitext(path)[0]}.json")
+    return doc
