@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lsnet_tf import curves, experiments
+from lsnet_tf import curves
+from lsnet_tf.experiments import cli
+from lsnet_tf.experiments.curves import CURVES_FILE, CurvesError, group_mean, read_scalars, \
+    run_curves
+from lsnet_tf.experiments.runs import keep_records
 
 
 def write_scalars(log_dir, tag, values, start=0):
@@ -44,10 +48,10 @@ def test_read_scalars_later_values_win_and_images_are_skipped(tmp_path):
     with writer.as_default():
         tf.summary.image("input", tf.zeros([1, 4, 4, 1]), step=0)
     writer.close()
-    got = curves.read_scalars(str(tmp_path))
+    got = read_scalars(str(tmp_path))
     assert list(got) == ["epoch_loss"]
     assert got["epoch_loss"] == pytest.approx({0: 0.5, 1: 0.4, 2: 0.25, 3: 0.2})
-    assert curves.read_scalars(str(tmp_path / "none")) == {}
+    assert read_scalars(str(tmp_path / "none")) == {}
 
 
 def test_a_truncated_event_file_is_read_up_to_the_cut(tmp_path):
@@ -55,29 +59,29 @@ def test_a_truncated_event_file_is_read_up_to_the_cut(tmp_path):
     path, = [p for p in tmp_path.iterdir() if p.name.startswith("events.out")]
     data = path.read_bytes()
     path.write_bytes(data[:-7])  # the last record (step 2) cut short, as by a crash
-    assert curves.read_scalars(str(tmp_path))["epoch_loss"] == pytest.approx({0: 0.5, 1: 0.4})
+    assert read_scalars(str(tmp_path))["epoch_loss"] == pytest.approx({0: 0.5, 1: 0.4})
 
 
 def test_run_curves_reads_the_trainer_tags_by_epoch(tmp_path):
     run = fake_run(tmp_path / "run", [0.9, 0.5, 0.3, 0.2], [0.25, 0.75])
-    got = curves.run_curves(run)
+    got = run_curves(run)
     assert got["train_loss"] == pytest.approx({1: 0.9, 2: 0.5, 3: 0.3, 4: 0.2})
     assert got["validation_dsc"] == pytest.approx({2: 0.25, 4: 0.75})
     assert got["validation_loss"] == pytest.approx({2: 0.75, 4: 0.25})
 
 
 def test_run_curves_errors_name_the_folder(tmp_path):
-    with pytest.raises(curves.CurvesError, match=f"{tmp_path / 'absent'}: no such run folder"):
-        curves.run_curves(str(tmp_path / "absent"))
+    with pytest.raises(CurvesError, match=f"{tmp_path / 'absent'}: no such run folder"):
+        run_curves(str(tmp_path / "absent"))
     (tmp_path / "empty" / "logs" / "train").mkdir(parents=True)
-    with pytest.raises(curves.CurvesError, match="empty: no TensorBoard scalars under"):
-        curves.run_curves(str(tmp_path / "empty"))
+    with pytest.raises(CurvesError, match="empty: no TensorBoard scalars under"):
+        run_curves(str(tmp_path / "empty"))
 
 
 def test_group_mean_is_taken_at_the_epochs_every_run_has():
-    assert curves.group_mean([{1: 0.2, 2: 0.4, 3: 0.9}, {2: 0.6, 3: 0.5}]) == pytest.approx(
+    assert group_mean([{1: 0.2, 2: 0.4, 3: 0.9}, {2: 0.6, 3: 0.5}]) == pytest.approx(
         {2: 0.5, 3: 0.7})
-    assert curves.group_mean([]) == {}
+    assert group_mean([]) == {}
 
 
 def test_cli_draws_runs_and_groups(tmp_path, capsys):
@@ -120,9 +124,9 @@ def test_experiments_curves_draws_the_rows_seeds_and_names_the_missing(tmp_path,
     fake_run(root / "unet" / "seed1", [0.7, 0.5], [0.8])
     fake_run(root / "lsnet_unet" / "seed0", [1.5, 1.0], [0.9])
     out = tmp_path / "out"
-    assert experiments.main(["curves", "table1", "--dataset", "synthetic", "--rows",
-                             "unet,lsnet_unet", "--seeds", "0,1", "--runs-dir", str(runs),
-                             "--out", str(out)]) == 0
+    assert cli.main(["curves", "table1", "--dataset", "synthetic", "--rows",
+                     "unet,lsnet_unet", "--seeds", "0,1", "--runs-dir", str(runs),
+                     "--out", str(out)]) == 0
     assert f"no training logs in {root / 'lsnet_unet' / 'seed1'}: left out" in \
         capsys.readouterr().out
     doc = json.loads((out / "table1-synthetic-curves.json").read_text())
@@ -132,9 +136,9 @@ def test_experiments_curves_draws_the_rows_seeds_and_names_the_missing(tmp_path,
     assert unet["mean"]["validation_dsc"] == pytest.approx({"2": 0.7})
     assert (out / "table1-synthetic-curves.png").is_file()
     # Nothing trained at all: an error, exit status 2.
-    assert experiments.main(["curves", "table4", "--dataset", "synthetic", "--rows",
-                             "lsnet_unet_gamma1", "--runs-dir", str(runs), "--out",
-                             str(out)]) == 2
+    assert cli.main(["curves", "table4", "--dataset", "synthetic", "--rows",
+                     "lsnet_unet_gamma1", "--runs-dir", str(runs), "--out",
+                     str(out)]) == 2
     assert "no run of table4 on synthetic has training logs" in capsys.readouterr().err
 
 
@@ -158,39 +162,39 @@ def test_keep_copies_each_finished_runs_record_and_its_curves(tmp_path, capsys):
     (unfinished / "config.yaml").write_text("x")
 
     to = tmp_path / "records"
-    assert experiments.main(["keep", "--runs-dir", str(runs), "--to", str(to)]) == 0
+    assert cli.main(["keep", "--runs-dir", str(runs), "--to", str(to)]) == 0
     assert "kept the records of 1 run in" in capsys.readouterr().out
     kept = to / "synthetic" / "unet" / "seed0"
-    assert sorted(p.name for p in kept.iterdir()) == sorted([*record, curves.CURVES_FILE])
+    assert sorted(p.name for p in kept.iterdir()) == sorted([*record, CURVES_FILE])
     assert all((kept / name).read_text() == text for name, text in record.items())
     assert not (to / "synthetic" / "unet" / "seed1").exists()
-    assert curves.run_curves(str(kept)) == curves.run_curves(str(finished))
-    assert curves.run_curves(str(kept))["validation_dsc"] == pytest.approx({2: 0.25, 4: 0.75})
+    assert run_curves(str(kept)) == run_curves(str(finished))
+    assert run_curves(str(kept))["validation_dsc"] == pytest.approx({2: 0.25, 4: 0.75})
     # Keeping again (the records themselves, or the runs) gives the same files.
     again = tmp_path / "again"
-    experiments.keep_records(str(to), str(again), log=lambda *a: None)
-    assert (again / "synthetic" / "unet" / "seed0" / curves.CURVES_FILE).read_text() == \
-        (kept / curves.CURVES_FILE).read_text()
+    keep_records(str(to), str(again), log=lambda *a: None)
+    assert (again / "synthetic" / "unet" / "seed0" / CURVES_FILE).read_text() == \
+        (kept / CURVES_FILE).read_text()
     for root in (runs, to):
         out = tmp_path / f"curves-{root.name}"
-        assert experiments.main(["curves", "table1", "--dataset", "synthetic", "--rows", "unet",
-                                 "--seeds", "0", "--runs-dir", str(root), "--out", str(out)]) == 0
+        assert cli.main(["curves", "table1", "--dataset", "synthetic", "--rows", "unet",
+                         "--seeds", "0", "--runs-dir", str(root), "--out", str(out)]) == 0
     drawn = [json.loads((tmp_path / f"curves-{r}" / "table1-synthetic-curves.json").read_text())
              ["groups"] for r in ("runs", "records")]
     assert drawn[0] == drawn[1]
 
 
 def test_keep_errors(tmp_path, capsys):
-    assert experiments.main(["keep", "--runs-dir", str(tmp_path), "--to", str(tmp_path / "r")]) == 2
+    assert cli.main(["keep", "--runs-dir", str(tmp_path), "--to", str(tmp_path / "r")]) == 2
     assert "no finished run (<dataset>/<row>/[fold<f>/]seed<k>/eval.json) under" in capsys.readouterr().err
     run = tmp_path / "synthetic" / "unet" / "seed0"
     run.mkdir(parents=True)
     (run / "eval.json").write_text("{}")
-    assert experiments.main(["keep", "--runs-dir", str(tmp_path), "--to", str(tmp_path)]) == 2
+    assert cli.main(["keep", "--runs-dir", str(tmp_path), "--to", str(tmp_path)]) == 2
     assert "--to must be another folder than --runs-dir" in capsys.readouterr().err
     # A finished run without logs is kept without its curves, and says so.
-    assert experiments.main(["keep", "--runs-dir", str(tmp_path), "--to",
-                             str(tmp_path / "r")]) == 0
+    assert cli.main(["keep", "--runs-dir", str(tmp_path), "--to",
+                     str(tmp_path / "r")]) == 0
     assert "no training logs, its curves are not kept" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "r" / "synthetic" / "unet" / "seed0").iterdir()) \
         == ["eval.json"]

@@ -87,7 +87,7 @@ SNAPSHOTS = textwrap.dedent(r"""
     before = state()
     import lsnet_tf.config, lsnet_tf.data, lsnet_tf.data.pipeline, lsnet_tf.models
     import lsnet_tf.models.build, lsnet_tf.losses, lsnet_tf.metrics.evaluation
-    import lsnet_tf.experiments, lsnet_tf.predict, lsnet_tf.evaluate, lsnet_tf.train
+    import lsnet_tf.experiments.cli, lsnet_tf.predict, lsnet_tf.evaluate, lsnet_tf.train
     import lsnet_tf.export, lsnet_tf.export.saved_model, lsnet_tf.export.tflite
     report["modules"] = changes(before, state(), modules)
     print("REPORT " + json.dumps(report))

@@ -153,7 +153,7 @@ def test_the_detector_finds_a_known_cycle(tmp_path):
 # Modules whose import (``python -m ... --help``, a usage error) must not load TensorFlow.
 LIGHT_MODULES = ("config", "files", "drawing", "data.records", "metrics.evaluation",
                  "training.runs", "prepare", "validate", "train", "evaluate", "experiments",
-                 "predict", "visualize", "export.cli", "curves")
+                 "experiments.cli", "predict", "visualize", "export.cli", "curves")
 
 
 def test_command_line_modules_import_without_tensorflow():

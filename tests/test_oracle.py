@@ -1,11 +1,11 @@
-"""The localization-or-delineation analysis (``lsnet_tf.oracle``): second stages on given
-boxes, the conditions of a pair, and their summaries."""
+"""The localization-or-delineation analysis (``lsnet_tf.experiments.oracle``): second stages on
+given boxes, the conditions of a pair, and their summaries."""
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_batch, tiny_cfg
 
-from lsnet_tf import oracle
+from lsnet_tf.experiments import oracle
 from lsnet_tf.models import two_stage
 from lsnet_tf.models.build import build_model
 

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from lsnet_tf import curves, train
+from lsnet_tf import train
+from lsnet_tf.experiments import curves
 from lsnet_tf.models.build import lr_schedule
 from lsnet_tf.config import load_config
 
