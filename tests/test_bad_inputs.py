@@ -360,12 +360,12 @@ class CountingPredictor:
 
 def test_each_model_call_gets_at_most_max_batch_pixels(monkeypatch):
     hu = np.random.default_rng(0).uniform(-1, 1, (5, 32, 32)).astype(np.float32)
-    monkeypatch.setattr(predict, "MAX_BATCH_PIXELS", 2 * 32 * 32)
+    monkeypatch.setattr(volume, "MAX_BATCH_PIXELS", 2 * 32 * 32)
     p = CountingPredictor()
     out = volume.predict_volume(p, hu, progress=None)
     assert p.calls == [2, 2, 1]
     np.testing.assert_array_equal(out["mask"], (hu > 0).astype(np.uint8))
-    monkeypatch.setattr(predict, "MAX_BATCH_PIXELS", 100)  # less than one slice: one at a time
+    monkeypatch.setattr(volume, "MAX_BATCH_PIXELS", 100)  # less than one slice: one at a time
     p = CountingPredictor()
     volume.predict_volume(p, hu, progress=None)
     assert p.calls == [1] * 5
@@ -517,7 +517,7 @@ def test_one_pixel_slice_is_the_bilinear_resize_of_the_model_output(served):
 ])
 def test_predict_cli_refuses_wrong_shaped_input(served, tmp_path, monkeypatch, capsys, make,
                                                 message):
-    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8, **_: served)
+    monkeypatch.setattr(predictors, "load_predictor", lambda path, batch_size=8, **_: served)
     path = make(tmp_path)
     assert predict.main(["--model", "m", "--input", str(path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
@@ -527,7 +527,7 @@ def test_predict_cli_refuses_wrong_shaped_input(served, tmp_path, monkeypatch, c
 
 @pytest.mark.slow
 def test_predict_cli_one_pixel_npy_gives_a_one_voxel_mask(served, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8, **_: served)
+    monkeypatch.setattr(predictors, "load_predictor", lambda path, batch_size=8, **_: served)
     np.save(tmp_path / "px.npy", np.full((1, 1), 60.0, np.float32))
     assert predict.main(["--model", "m", "--input", str(tmp_path / "px.npy"), "--out",
                          str(tmp_path / "o"), "--no-overlays"]) == 0
@@ -541,7 +541,7 @@ def test_predict_cli_one_pixel_npy_gives_a_one_voxel_mask(served, tmp_path, monk
 
 @pytest.mark.slow
 def test_predict_cli_refuses_a_slice_over_the_size_limit(served, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "load_predictor", lambda path, batch_size=8, **_: served)
+    monkeypatch.setattr(predictors, "load_predictor", lambda path, batch_size=8, **_: served)
     monkeypatch.setattr(volumes, "MAX_SLICE_PIXELS", 30 * 30)
     np.save(tmp_path / "big.npy", np.zeros((31, 30), np.float32))
     assert predict.main(["--model", "m", "--input", str(tmp_path / "big.npy"), "--out",
