@@ -6,19 +6,18 @@ FORMAT and where ``--out`` writes:
   ``OUT/<name>/<version>/`` (``--name``/``--version``, default ``export.name``/``export.version``
   of the run's config).
 - ``tflite``: one ``.tflite`` file at OUT (``lsnet_tf.export.tflite``);
-  ``--quantize none|fp16|int8`` (int8 calibrates on ``--calibration-slices`` training slices);
-  builtin ops only unless ``--allow-select-tf-ops``.
+  ``--quantize none|fp16|int8`` (int8 calibrates on ``--calibration-slices`` training slices).
 - ``tftrt``: the SavedModel converted with TF-TRT (``lsnet_tf.export.tftrt``) in
-  ``OUT/<name>/<version>/``; ``--quantize none`` (FP32) or ``fp16``. Needs a GPU and TensorRT;
+  ``OUT/<name>/<version>/``; ``--quantize none`` or ``fp16``. Needs a GPU and TensorRT:
   without them it stops at once with what is missing.
 
-The run folder is one written by ``python -m lsnet_tf.train``: its ``config.yaml`` rebuilds the
-model and the latest checkpoint in ``checkpoints/`` (or ``--checkpoint PATH``) gives the L-Net
-and S-Net weights (or those of the networks of a baseline architecture; optimizer state in the
-checkpoint is ignored). A run trained from a keras-hub
-preset rebuilds its backbone from that preset, so the preset must be reachable.
+The run folder is one of ``python -m lsnet_tf.train``: its ``config.yaml`` rebuilds the model
+and its latest checkpoint (or ``--checkpoint``) gives the weights (L-Net and S-Net, or a
+baseline's networks; optimizer state is ignored). A run trained from a keras-hub preset
+rebuilds its backbone from that preset, which must be reachable.
 
 Exit status: 0 on success, 2 for bad arguments, 1 when the export fails.
+Guide: docs/deployment.md (the SavedModel and TF Serving, TFLite and LiteRT, TF-TRT).
 """
 from __future__ import annotations
 
@@ -36,18 +35,25 @@ _ALLOWED = {"saved_model": ("none",), "tflite": ("none", "fp16", "int8"), "tftrt
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lsnet_tf.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run folder of python -m lsnet_tf.train")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True,
+    parser = argparse.ArgumentParser(
+        prog="python -m lsnet_tf.export", description=__doc__,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog,
+                                                                          max_help_position=30))
+    parser.add_argument("--run", required=True, metavar="DIR",
+                        help="run folder of python -m lsnet_tf.train")
+    parser.add_argument("--format", required=True, choices=FORMATS, metavar="FORMAT",
+                        help=f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]} (see above)")
+    parser.add_argument("--out", required=True, metavar="PATH",
                         help="saved_model/tftrt: base folder (OUT/<name>/<version>); "
                              "tflite: the .tflite file")
-    parser.add_argument("--quantize", default="none", choices=QUANTIZE)
-    parser.add_argument("--checkpoint", help="checkpoint prefix (default: the run's latest)")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE, metavar="Q",
+                        help="none (default), fp16 or int8 (tflite); none or fp16 (tftrt)")
+    parser.add_argument("--checkpoint", metavar="PREFIX",
+                        help="checkpoint prefix (default: the run's latest)")
     parser.add_argument("--name", help="model name in the serving layout (default export.name)")
-    parser.add_argument("--version", type=int, help="model version (default export.version)")
-    parser.add_argument("--calibration-slices", type=int, default=64,
+    parser.add_argument("--version", type=int, metavar="N",
+                        help="model version (default export.version)")
+    parser.add_argument("--calibration-slices", type=int, default=64, metavar="N",
                         help="training slices that calibrate int8 (default 64)")
     parser.add_argument("--allow-select-tf-ops", action="store_true",
                         help="tflite: allow TensorFlow ops (Flex delegate) besides the builtins")
