@@ -10,9 +10,9 @@ Which folder is what
 --------------------
 A folder with DICOM files directly in it (``*.dcm``, or files without an extension that start
 as DICOM files do: ``DICM`` at byte 128; hidden files and ``DICOMDIR`` do not count) is one
-series: the single-case DICOM input of `lsnet_tf.predict`, read with its subfolders as before.
-Any other folder is a folder of cases, searched recursively (hidden files and folders are left
-out; hidden NIfTI files, such as ``..dots.nii.gz``, are named in a warning):
+series: the single-case DICOM input of ``python -m lsnet_tf.predict``, read with its subfolders
+as before. Any other folder is a folder of cases, searched recursively (hidden files and
+folders are left out; hidden NIfTI files, such as ``..dots.nii.gz``, are named in a warning):
 
 - every NIfTI file (``.nii``, ``.nii.gz``) is a case, named by its file name without the
   extension and without a trailing ``_0000`` (the channel suffix of the Decathlon / nnU-Net
@@ -25,10 +25,11 @@ Other files are left out (their number is logged). So a patient folder whose ser
 subfolders is now a folder of cases (one per series), where it used to be read as one series.
 
 A list file (``.txt`` or ``.lst``, UTF-8; a byte order mark is ignored) names one case per
-line: any single-case input of `lsnet_tf.predict` (NIfTI, DICOM folder, ``.npy``, ``.png``),
-relative to the list file's folder or absolute; blank lines and lines starting with ``#`` are
-ignored. Cases keep the list's order and are named as above (a ``.npy``/``.png`` file by its
-name without the extension; a DICOM folder outside the list's folder by its own name).
+line: any single-case input (`lsnet_tf.inference.readers`: NIfTI, DICOM folder, ``.npy``,
+``.png``), relative to the list file's folder or absolute; blank lines and lines starting with
+``#`` are ignored. Cases keep the list's order and are named as above (a ``.npy``/``.png``
+file by its name without the extension; a DICOM folder outside the list's folder by its own
+name).
 
 Case names are checked once, in `check_case_names`: a name that is empty, ``.`` or ``..``,
 holds a path separator, starts with ``.`` (hidden, and the batch's work folders), is one of the
@@ -49,13 +50,13 @@ import dataclasses
 import os
 from typing import Sequence
 
+from lsnet_tf.data.names import case_name, is_nifti
+
 __all__ = ["BatchError", "Case", "RESERVED_NAMES", "is_batch_input", "find_cases",
            "check_case_names", "check_out_dir", "case_path", "holds_dicom",
            "file_case_name", "folder_case_name", "name_problem"]
 
 LIST_EXTENSIONS = (".txt", ".lst")
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-CHANNEL_SUFFIX = "_0000"
 # Names under OUT that are the batch's own files (and their temporary names), never a case's
 # folder; compared without regard to letter case (case-insensitive file systems).
 RESERVED_NAMES = ("cases.csv", "cases.json", "cases.csv.tmp", "cases.json.tmp", "summary.json")
@@ -111,18 +112,12 @@ def is_batch_input(path: str) -> bool:
     return os.path.isdir(path) and not holds_dicom(path)
 
 
-def _is_nifti(name: str) -> bool:
-    return name.lower().endswith(NIFTI_EXTENSIONS)
-
-
 def file_case_name(path: str) -> str:
     """A file's case name: its name without ``.nii``/``.nii.gz`` (and a trailing ``_0000``) or
     without its extension."""
     name = os.path.basename(path)
-    if _is_nifti(name):
-        name = name[: -len(next(e for e in NIFTI_EXTENSIONS if name.lower().endswith(e)))]
-        return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) and \
-            len(name) > len(CHANNEL_SUFFIX) else name
+    if is_nifti(name):
+        return case_name(name, strip_channel=True)
     return os.path.splitext(name)[0] or name
 
 
@@ -144,10 +139,10 @@ def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
             continue
         for name in sorted(files):
             if name.startswith("."):
-                if _is_nifti(name):
+                if is_nifti(name):
                     hidden.append(os.path.join(root, name))
                 continue
-            if _is_nifti(name):
+            if is_nifti(name):
                 cases.append(Case(file_case_name(name), os.path.abspath(os.path.join(root, name))))
             else:
                 ignored += 1

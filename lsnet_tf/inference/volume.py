@@ -48,9 +48,9 @@ def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progre
 
     Returns ``{"mask": (n, H, W) uint8 label map, "boxes": (n, K, 4), "scores": (n, K),
     "keypoints": (n, K, 2), "valid": (n, K)}``. For an `EnsemblePredictor` (more than one
-    view) also ``"agreement"`` (`lsnet_tf.ensemble.Agreement` of the case), ``"box_member"``
-    (the member of each of the K box entries) and ``"disagreement"`` (``(n, H, W)`` float32
-    map when `disagreement`, else None).
+    view) also ``"agreement"`` (`lsnet_tf.inference.ensemble.Agreement` of the case),
+    ``"box_member"`` (the member of each of the K box entries) and ``"disagreement"``
+    (``(n, H, W)`` float32 map when `disagreement`, else None).
     """
     n = hu.shape[0]
     per_slice = max(1, int(hu.shape[1]) * int(hu.shape[2]))
