@@ -29,6 +29,7 @@ from lsnet_tf.preparation.prepare_beam import prepare_with_beam
 
 GUIDE = "guide: docs/data.md"
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lsnet_tf.prepare",

@@ -29,6 +29,7 @@ from lsnet_tf.preparation.validation import run_all, run_check, run_infer_schema
 
 GUIDE = "guide: docs/data.md"
 
+
 def _threshold(text: str) -> float:
     try:
         value = float(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+
 def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 

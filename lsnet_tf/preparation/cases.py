@@ -28,6 +28,7 @@ from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.data.names import case_name, is_nifti
 from lsnet_tf.data.volumes import MissingLabelError, PatientSource, PrepareError
 
+
 def patient_number(name: str) -> int | None:
     """The last run of digits in a file or folder name: ``PANCREAS_0012`` and ``label0012.nii.gz``
     both give 12; None when there is none."""

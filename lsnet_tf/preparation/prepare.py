@@ -25,6 +25,7 @@ from lsnet_tf import files
 from lsnet_tf.data import records, volumes
 from lsnet_tf.data.volumes import PatientSkipped, PatientSource, PrepareError
 
+
 @dataclasses.dataclass
 class Summary:
     """Outcome of a prepare run: per-patient results and counts."""

@@ -15,6 +15,7 @@ import os
 from lsnet_tf.files import write_bytes, write_text
 from lsnet_tf.preparation.anomalies import anomaly_rows, drift_rows
 
+
 def summary_rows(stats) -> list[dict]:
     """Per-feature summary of the first dataset of `stats`: ``feature``, ``type``, ``count``,
     ``missing``, and ``mean``/``std``/``min``/``max`` (numeric) or ``unique``/``top``."""
