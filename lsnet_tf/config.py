@@ -96,6 +96,13 @@ class SyntheticConfig:
                self.folds)
 
 
+# L-Net's output stride s: a heatmap cell covers s x s input pixels and stands for the input point
+# ((j + 0.5)·s, (i + 0.5)·s). The one constant of the L-Net decoder (lsnet_tf.models.lnet), its
+# targets (lsnet_tf.data.targets) and its loss (lsnet_tf.losses.localization); data.stride must
+# equal it.
+STRIDE = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     # A dataset folder written by `python -m lsnet_tf.prepare`; empty means the synthetic dataset.
@@ -119,7 +126,7 @@ class DataConfig:
     # the records before each corruption (a corrupt validation shard is an error either way).
     on_corrupt: str = "error"
     # Heatmap: output stride and Gaussian sigma; sigma <= 0 means size-adaptive (CenterNet radius).
-    stride: int = 4
+    stride: int = STRIDE
     heatmap_sigma: float = 0.0
     min_overlap: float = 0.7
     max_boxes: int = 8
@@ -130,7 +137,8 @@ class DataConfig:
                self.image_size)
         _check(self.window_width > 0, "data.window_width must be > 0", self.window_width)
         _check(self.batch_size >= 1, "data.batch_size must be >= 1", self.batch_size)
-        _check(self.stride == 4, "data.stride must be 4 (L-Net's output stride)", self.stride)
+        _check(self.stride == STRIDE, f"data.stride must be {STRIDE} (L-Net's output stride)",
+               self.stride)
         _check(0 < self.min_overlap < 1, "data.min_overlap must lie in (0, 1)", self.min_overlap)
         _check(self.max_boxes >= 1, "data.max_boxes must be >= 1", self.max_boxes)
         _check(self.val_fold >= 0, "data.val_fold must be >= 0", self.val_fold)

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import compiled, make_batch, tiny_cfg
+from lsnet_tf.config import STRIDE
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration
 from lsnet_tf.losses.localization import localization_loss
 from lsnet_tf.losses.segmentation import per_sample_loss_from_logits
@@ -38,7 +39,6 @@ def lnet_crop_predicted_train_boxes(model, out, seed):
 
 # ----------------------------------------------------------------------------- stubs
 
-STRIDE = 4
 # A non-square image and RoI: swapping height and width anywhere changes the answer.
 H, W = 64, 96
 ROI = (32, 48)

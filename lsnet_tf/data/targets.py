@@ -1,8 +1,8 @@
 """L-Net training targets: the keypoint heatmap (Eq. 1) and the l,t,r,b distances, in TF.
 
-Conventions (Sec. 2.1 of the paper): L-Net's output stride is s = 4; feature position (i, j) maps
-to the input point q = ((j + 0.5)·s, (i + 0.5)·s) ("centre-aligned sampling",
-``ops.boxes.cell_centres``). Boxes are xyxy in input pixels (pixel-edge coordinates).
+Conventions (Sec. 2.1 of the paper): L-Net's output stride is s = ``lsnet_tf.config.STRIDE`` = 4;
+feature position (i, j) maps to the input point q = ((j + 0.5)·s, (i + 0.5)·s) ("centre-aligned
+sampling", ``ops.boxes.cell_centres``). Boxes are xyxy in input pixels (pixel-edge coordinates).
 
 For a box with centre c, its keypoint cell is the cell holding c: p = (floor(c_x / s),
 floor(c_y / s)). The heatmap is Y_ij = max over boxes of exp(-((j - p_x)² + (i - p_y)²) / (2σ²)),
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from lsnet_tf.config import STRIDE
 from lsnet_tf.ops import boxes as box_ops
 
 
@@ -42,7 +43,7 @@ def gaussian_radius(height, width, min_overlap=0.7):
     return tf.minimum(tf.minimum(r1, r2), r3)
 
 
-def keypoint_cells(boxes, stride=4):
+def keypoint_cells(boxes, stride=STRIDE):
     """(N, 4) xyxy input pixels -> (N, 2) int32 (x, y) keypoint cells on the stride grid."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
@@ -50,7 +51,7 @@ def keypoint_cells(boxes, stride=4):
     return tf.cast(tf.stack([tf.floor(cx / stride), tf.floor(cy / stride)], -1), tf.int32)
 
 
-def encode_targets(boxes, height: int, width: int, stride: int = 4, sigma: float = 0.0,
+def encode_targets(boxes, height: int, width: int, stride: int = STRIDE, sigma: float = 0.0,
                    min_overlap: float = 0.7):
     """Heatmap and distance targets for one image.
 

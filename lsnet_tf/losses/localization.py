@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from lsnet_tf.config import STRIDE
 from lsnet_tf.losses import segmentation
 from lsnet_tf.ops import boxes as box_ops
 from lsnet_tf.ops.replicas import global_sum
 
 
-def cell_points(height: int, width: int, stride: int = 4):
+def cell_points(height: int, width: int, stride: int = STRIDE):
     """(height, width, 2) input-pixel points (x, y) of a stride grid of height x width cells."""
     ii, jj = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32),
                          indexing="ij")
@@ -27,7 +28,7 @@ def cell_points(height: int, width: int, stride: int = 4):
 
 
 def localization_loss(heatmap_logits, ltrb_pred, heatmap_true, ltrb_true, loss_cfg, global_batch,
-                      stride: int = 4):
+                      stride: int = STRIDE):
     """Eq. (5) for one replica's batch.
 
     Args:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from lsnet_tf.config import check_positive_int
+from lsnet_tf.config import STRIDE, check_positive_int
 from lsnet_tf.losses import localization
 from lsnet_tf.models import two_stage
 from lsnet_tf.models.base import SegmentationModel
@@ -236,7 +236,7 @@ class LNetCrop(_CropCascade):
         out = self.lnet(images, training=training)
         loss, terms = localization.localization_loss(
             out["heatmap_logits"], out["ltrb"], data["heatmap"], data["ltrb"], self.loss_config,
-            global_batch, two_stage.STRIDE)
+            global_batch, STRIDE)
         return loss, {"l_loss": loss, "heatmap_loss": terms["heatmap"],
                       "box_loss": terms["box"]}, out
 

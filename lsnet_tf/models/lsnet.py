@@ -35,7 +35,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from lsnet_tf.config import check_positive_int
+from lsnet_tf.config import STRIDE, check_positive_int
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration, check_margin
 from lsnet_tf.losses import localization
 from lsnet_tf.models import two_stage
@@ -122,7 +122,7 @@ class LSNet(SegmentationModel):
             out = self.lnet(images, training=training)
             l_loss, terms = localization.localization_loss(
                 out["heatmap_logits"], out["ltrb"], data["heatmap"], data["ltrb"], self.loss_config,
-                global_batch, two_stage.STRIDE)
+                global_batch, STRIDE)
             points, dist = two_stage.select_train_rois(out["heatmap"], out["ltrb"], self.top_k,
                                                        training, self._step_seed())
         with tf.GradientTape() as s_tape:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from lsnet_tf.models.lnet import STRIDE
+from lsnet_tf.config import STRIDE
 from lsnet_tf.ops import boxes as box_ops
 from lsnet_tf.ops import components
 from lsnet_tf.ops import sampling
 from lsnet_tf.ops.replicas import replica_uniform
 
-__all__ = ["STRIDE", "decode_keypoints", "roi_targets", "segment_rois", "select_train_rois"]
+__all__ = ["decode_keypoints", "roi_targets", "segment_rois", "select_train_rois"]
 
 
 def _cell_values(tensor, cells):
