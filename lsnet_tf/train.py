@@ -4,18 +4,16 @@ With no arguments it trains the default configuration on the synthetic dataset (
 into ``cache/synthetic``). Outputs go to ``train.output_dir``:
 
 - ``config.yaml``: the resolved config;
-- ``checkpoints/``: a checkpoint per epoch (models, both optimizers, epoch), written atomically
-  and only with finite weights; running the same command again (after a crash or a kill)
-  resumes from the latest readable one, step counter and learning-rate schedule included;
-- ``workers/<task>/checkpoints/``: with several workers, the other workers' copies (the chief
-  writes the files listed here; every worker resumes from the chief's ``checkpoints/``);
-- ``logs/``: TensorBoard scalars for every loss term and metric, and images (input with boxes,
-  heatmap, RoI, mask overlay) — ``tensorboard --logdir runs``;
+- ``checkpoints/``: a checkpoint per epoch; the same command again (after a crash or a kill)
+  resumes from the latest readable one;
+- ``workers/<task>/checkpoints/``: with several workers, the other workers' copies;
+- ``logs/``: TensorBoard scalars and images (``tensorboard --logdir runs``);
 - ``eval.json``: the final evaluation on the validation fold;
 - and the SavedModel in ``export.dir/export.name/export.version``.
 
-Failures (``train.on_nonfinite``, ``data.on_corrupt``) end with ``error: ...`` naming the epoch
-and batch or the shard, and exit status 1.
+Failures (``train.on_nonfinite``, ``data.on_corrupt``) end with ``error: ...`` and exit status 1.
+
+Guide: docs/training.md (configs, resuming, several devices and workers, failure behaviour).
 """
 from __future__ import annotations
 
@@ -28,8 +26,8 @@ from lsnet_tf.config import ConfigError, load_config
 from lsnet_tf.data import records
 from lsnet_tf.files import write_json
 from lsnet_tf.metrics.evaluation import evaluate_model
-from lsnet_tf.models.build import (build_model, compile_model, parameter_counts,
-                                   synchronize_batch_norm)
+from lsnet_tf.models.build import (batch_norm_layers, build_model, compile_model,
+                                   parameter_counts)
 
 
 def make_strategy(name: str):
@@ -55,11 +53,12 @@ def make_strategy(name: str):
 def build_for(cfg, strategy, steps: int, log=print):
     """The compiled model of `cfg` for `strategy` (call it in the strategy's scope), `steps`
     training steps per epoch. Over several replicas with ``train.sync_batch_norm`` (the
-    default) its batch-norm layers normalise with the global batch's statistics."""
-    model = build_model(cfg)
+    default) its batch-norm layers are built to normalise with the global batch's statistics."""
     replicas = strategy.num_replicas_in_sync
-    if cfg.train.sync_batch_norm and replicas > 1:
-        n = synchronize_batch_norm(model)
+    synchronized = cfg.train.sync_batch_norm and replicas > 1
+    model = build_model(cfg, synchronized=synchronized)
+    if synchronized:
+        n = len(batch_norm_layers(model))
         log(f"batch norm: {n} layers normalise with the statistics of the global batch over "
             f"{replicas} replicas (train.sync_batch_norm)")
     compile_model(model, cfg, steps)

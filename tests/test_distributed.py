@@ -17,8 +17,8 @@ What holds and what does not (measured on this tiny model, SGD, one step):
   replicas (it did while every replica drew with the same step seed: image b of every replica got
   the same rank). The tests of the update in training mode use top_k = 1, whose RoI is not
   random, so that they do not depend on the draw.
-- With ``synchronized = True`` on every BN layer (``train.sync_batch_norm``, on by default: the
-  trainer's ``build_for`` sets it over several replicas) every replica's moving statistics after
+- With every BN layer built ``synchronized=True`` (``train.sync_batch_norm``, on by default: the
+  trainer's ``build_for`` asks ``build_model`` for it over several replicas) every replica's moving statistics after
   a step are those of one device's step on the whole global batch. The 2-replica update comes to
   within about 4% of the largest entry of a tensor of the 1-device one. That is the float
   sensitivity of training-mode BN here, not an error: on one device, BN's variance computed as
@@ -34,17 +34,17 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_batch, tiny_cfg
+from lsnet_tf.config import STRIDE
 from lsnet_tf.losses.localization import localization_loss
 from lsnet_tf.losses.segmentation import per_sample_loss_from_logits
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration
 from lsnet_tf import train
 from lsnet_tf.models import two_stage
-from lsnet_tf.models.build import build_model, synchronize_batch_norm
+from lsnet_tf.models.build import batch_norm_layers, build_model
 from lsnet_tf.ops.sampling import affine_grid, bilinear_sample
 
 pytestmark = pytest.mark.slow
 
-STRIDE = 4
 LR = 0.5
 GLOBAL_BATCH = 4
 # Replica 0 gets images 0 and 1 (two targets), replica 1 images 2 and 3 (one): a loss divided by
@@ -76,20 +76,6 @@ def mirrored():
         devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
-def batch_norm_layers(model):
-    found = []
-
-    def walk(layer):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        for sub in getattr(layer, "layers", None) or []:
-            walk(sub)
-
-    walk(model.lnet)
-    walk(model.snet)
-    return found
-
-
 def initial_weights(cfg):
     keras.utils.set_random_seed(0)
     model = build_model(cfg)
@@ -97,14 +83,13 @@ def initial_weights(cfg):
 
 
 def model_with(cfg, weights, frozen_bn=False, strategy=None, synchronized=False):
-    """``build_model(cfg)`` in `strategy`'s scope with `weights`, SGD(LR) for both networks."""
+    """``build_model(cfg, synchronized)`` in `strategy`'s scope with `weights`, SGD(LR) for both
+    networks."""
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = build_model(cfg)
+        model = build_model(cfg, synchronized=synchronized)
         model.lnet.set_weights(weights["lnet"])
         model.snet.set_weights(weights["snet"])
-        if synchronized:
-            synchronize_batch_norm(model)
         if frozen_bn:  # Keras: a BN layer that is not trainable runs in inference mode
             for layer in batch_norm_layers(model):
                 layer.trainable = False

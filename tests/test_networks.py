@@ -6,11 +6,12 @@ import pytest
 import tensorflow as tf
 import keras
 
+from lsnet_tf.config import STRIDE
 from lsnet_tf.models import backbones
 from lsnet_tf.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from lsnet_tf.models.decoders import (attention_gate, decoder_channels, fcn_decoder,
                                       unet_decoder)
-from lsnet_tf.models.lnet import BBR_KERNEL_SIZE, HEATMAP_PRIOR_BIAS, STRIDE, build_lnet
+from lsnet_tf.models.lnet import BBR_KERNEL_SIZE, HEATMAP_PRIOR_BIAS, build_lnet
 from lsnet_tf.models.snet import build_snet, prior_bias
 
 SHAPE = (64, 64, 1)
@@ -387,6 +388,37 @@ def test_models_under_mixed_precision_output_float32(images):
     assert out["heatmap"].dtype == tf.float32 and out["ltrb"].dtype == tf.float32
     assert logits.dtype == tf.float32
     assert np.all(np.isfinite(_np(logits)))
+
+
+@pytest.mark.parametrize("build", [
+    lambda sync: build_lnet(SHAPE, family="attention_unet", width=4, synchronized=sync),
+    lambda sync: build_snet(SHAPE, family="unet", depth=18, width=4, synchronized=sync),
+    lambda sync: build_backbone(depth=18, width=64, input_shape=SHAPE, synchronized=sync),
+])
+def test_synchronized_batch_norm_at_construction(build, images):
+    """``synchronized=True`` (``train.sync_batch_norm`` over several replicas) builds every
+    BatchNormalization layer synchronized, keras-hub's ResNet ones included (the width-64
+    encoder), with the same weights, weight paths and inference outputs as the plain network."""
+    def bn_layers(model):
+        found, stack = [], [model]
+        while stack:
+            layer = stack.pop()
+            found += [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
+            stack += getattr(layer, "layers", None) or []
+        return found
+
+    keras.utils.set_random_seed(0)
+    plain = build(False)
+    keras.utils.set_random_seed(0)
+    synced = build(True)
+    assert len(bn_layers(plain)) == len(bn_layers(synced)) >= 20
+    assert not any(layer.synchronized for layer in bn_layers(plain))
+    assert all(layer.synchronized for layer in bn_layers(synced))
+    assert [w.path for w in plain.weights] == [w.path for w in synced.weights]
+    for a, b in zip(plain.weights, synced.weights):
+        np.testing.assert_array_equal(_np(a), _np(b))
+    for a, b in zip(tf.nest.flatten(plain(images)), tf.nest.flatten(synced(images))):
+        np.testing.assert_array_equal(_np(a), _np(b))
 
 
 @pytest.mark.parametrize("kwargs, message", [

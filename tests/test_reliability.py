@@ -507,28 +507,23 @@ def test_two_workers_end_with_identical_weights(cache, tmp_path):
 
 
 # `python -m lsnet_tf.train` with every BatchNormalization layer of the model in inference mode
-# (trainable = False, Keras's rule). In training mode each worker normalises with its own share
-# of the global batch, so a multi-worker run legitimately differs from a one-process run of the
-# same global batch (tests/test_distributed.py measures it in-process); frozen, the two must
-# agree to float rounding.
+# (trainable = False, Keras's rule). In training mode a multi-worker run legitimately differs from
+# a one-process run of the same global batch (each worker normalises with its own share of the
+# batch, or with train.sync_batch_norm with statistics all-reduced in another float order;
+# tests/test_distributed.py measures both in-process); frozen, the two must agree to float
+# rounding.
 FROZEN_BN_TRAIN = """
 import sys
-
-import keras
 
 from lsnet_tf import train
 from lsnet_tf.models import build
 
 
 def frozen(build_model):
-    def wrapped(cfg):
-        model = build_model(cfg)
-        layers = list(build.model_networks(model).values())
-        while layers:
-            layer = layers.pop()
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
-            layers += getattr(layer, "layers", None) or []
+    def wrapped(cfg, **kwargs):
+        model = build_model(cfg, **kwargs)
+        for layer in build.batch_norm_layers(model):
+            layer.trainable = False
         return model
     return wrapped
 

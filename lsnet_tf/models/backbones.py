@@ -151,8 +151,32 @@ def _preset_resnet(preset: str, depth: int, width: int):
     return backbone
 
 
+def _synchronized(resnet: keras.Model) -> keras.Model:
+    """`resnet` with every BatchNormalization layer built ``synchronized=True`` (Keras: in
+    training mode, normalise with the statistics of the global batch, all-reduced over the
+    replicas): a ``keras.models.clone_model`` that rebuilds each BN layer from its config with
+    ``synchronized=True`` and its weights (a preset's statistics included), and keeps every
+    other layer (the same layer, the same weights). keras-hub builds the ResNet's BN layers
+    itself, without a ``synchronized`` argument."""
+    pairs = []
+
+    def clone(layer):
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            return layer
+        copy = keras.layers.BatchNormalization.from_config(
+            {**layer.get_config(), "synchronized": True})
+        pairs.append((layer, copy))
+        return copy
+
+    synced = keras.models.clone_model(resnet, clone_function=clone)
+    for layer, copy in pairs:
+        copy.set_weights(layer.get_weights())
+    return synced
+
+
 def build_backbone(depth: int = 18, width: int = 64, preset: str = "",
-                   input_shape=(None, None, 1), name: str | None = None) -> keras.Model:
+                   input_shape=(None, None, 1), name: str | None = None,
+                   synchronized: bool = False) -> keras.Model:
     """ResNet encoder of a grayscale slice with pyramid outputs.
 
     Args:
@@ -163,6 +187,8 @@ def build_backbone(depth: int = 18, width: int = 64, preset: str = "",
             the width (it must equal the preset's first stack, 64 for the ImageNet presets).
         input_shape: ``(H, W, 1)``; H and W None (any multiple of 32) or multiples of 32.
         name: model name; default ``"resnet{depth}_encoder"``.
+        synchronized: build every BatchNormalization layer with ``synchronized=True`` (the
+            statistics of the global batch over several replicas; ``train.sync_batch_norm``).
 
     Returns:
         ``keras.Model`` mapping ``(batch, H, W, 1)`` float in [0, 1] to
@@ -181,6 +207,8 @@ def build_backbone(depth: int = 18, width: int = 64, preset: str = "",
         resnet = _pyramid_model(_keras_hub_resnet(depth, width), f"resnet{depth}")
     else:
         resnet = _generic_resnet(depth, width)
+    if synchronized:
+        resnet = _synchronized(resnet)
 
     gray = keras.Input(shape=shape, name="image")
     rgb = keras.layers.Concatenate(axis=-1, name="to_rgb")([gray, gray, gray])

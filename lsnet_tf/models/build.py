@@ -22,44 +22,51 @@ from __future__ import annotations
 from lsnet_tf.config import Config
 
 
-def build_model(cfg: Config):
+def build_model(cfg: Config, synchronized: bool = False):
     """The model of `cfg.model` (see the module docstring), not yet compiled.
 
     With ``train.mixed_precision`` its layers are built under Keras's ``"mixed_float16"`` dtype
     policy (float16 compute, float32 variables); the networks' output layers are float32 either
     way, so losses and outputs stay float32. The global policy is restored afterwards.
+
+    With `synchronized`, every BatchNormalization layer is built ``synchronized=True``: in
+    training mode it normalises with the statistics of the global batch (summed over all
+    replicas with an all-reduce) instead of its replica's share. ``lsnet_tf.train`` asks for it
+    under several replicas when ``train.sync_batch_norm`` is on. Inference (moving statistics)
+    is unchanged; on one device it only swaps TensorFlow's variance for Keras's E[x²] - E[x]²,
+    so the trainer leaves it off there.
     """
     if not cfg.train.mixed_precision:
-        return _build_model(cfg)
+        return _build_model(cfg, synchronized)
     import keras
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        return _build_model(cfg)
+        return _build_model(cfg, synchronized)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
-def synchronize_batch_norm(model) -> int:
-    """Make every BatchNormalization layer of `model` normalise, in training mode, with the
-    statistics of the global batch (summed over all replicas with an all-reduce; Keras's
-    ``synchronized``) instead of its replica's share; returns the number of layers.
-
-    ``lsnet_tf.train`` calls it under several replicas when ``train.sync_batch_norm`` is on.
-    Inference (moving statistics) is unchanged; on one device it only swaps TensorFlow's
-    variance for Keras's E[x²] - E[x]², so the trainer leaves it off there.
-    """
+def batch_norm_layers(model) -> list:
+    """Every BatchNormalization layer of a model of ``build_model``, in its networks and the
+    models nested in them (through the public ``layers`` of each)."""
     import keras
 
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
-        layer.synchronized = True
-    return len(layers)
+    found, seen = [], set()
+    stack = list(model_networks(model).values())[::-1]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        stack.extend((getattr(layer, "layers", None) or [])[::-1])
+    return found
 
 
-def _build_model(cfg: Config):
+def _build_model(cfg: Config, synchronized: bool = False):
     from lsnet_tf.models.cascades import CoarseToFine, LNetCrop
     from lsnet_tf.models.lnet import build_lnet
     from lsnet_tf.models.lsnet import LSNet
@@ -76,11 +83,11 @@ def _build_model(cfg: Config):
     def snet(depth, preset, family, name):
         return build_snet(input_shape=shape, family=family, depth=depth, width=m.width,
                           num_classes=m.num_classes, decoder_width=dec, preset=preset,
-                          mask_prior=m.mask_prior, name=name)
+                          mask_prior=m.mask_prior, name=name, synchronized=synchronized)
 
     def lnet():
         return build_lnet(input_shape=shape, family=m.family, depth=m.lnet_depth, width=m.width,
-                          decoder_width=dec, preset=m.lnet_preset)
+                          decoder_width=dec, preset=m.lnet_preset, synchronized=synchronized)
 
     if m.architecture == "lsnet":
         return LSNet(lnet(), snet(m.snet_depth, m.snet_preset, m.family, "snet"), margin=margin,

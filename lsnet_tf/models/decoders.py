@@ -15,9 +15,10 @@ so a decoder stride-s position (i, j) stays the input point ((j + 0.5) s, (i + 0
 
 U-Net (Ronneberger et al., 2015) with a ResNet encoder: from P5, each step upsamples x2,
 concatenates the pyramid level of the same stride (no skip at stride 1), and applies two 3x3
-conv-BN-ReLU. Channels at stride s are ``max(4, decoder_width * s / 4)``: with the default
+conv-BN-ReLU. Channels at stride s are ``max(4, decoder_width * s / STRIDE)``: with the default
 decoder_width 64 that is 256, 128, 64, 32, 16 at strides 16, 8, 4, 2, 1 (the decoder widths of
-common ResNet U-Nets), and ``decoder_width`` itself at stride 4, L-Net's output stride.
+common ResNet U-Nets), and ``decoder_width`` itself at stride ``STRIDE`` = 4, L-Net's output
+stride (``lsnet_tf.config.STRIDE``).
 
 Attention U-Net (Oktay et al., 2018): the same, with an additive attention gate on each skip,
 gated by the upsampled decoder feature (the arrangement of MONAI's ``AttentionUnet``):
@@ -33,12 +34,14 @@ import math
 
 from keras import layers
 
+from lsnet_tf.config import STRIDE
+
 FAMILIES = ("unet", "attention_unet", "fcn")
 
 
 def decoder_channels(decoder_width: int, stride: int) -> int:
-    """U-Net decoder channels at ``stride``: ``max(4, decoder_width * stride // 4)``."""
-    return max(4, decoder_width * stride // 4)
+    """U-Net decoder channels at ``stride``: ``max(4, decoder_width * stride // STRIDE)``."""
+    return max(4, decoder_width * stride // STRIDE)
 
 
 def _check_pyramid(pyramid, levels, what) -> None:
@@ -56,47 +59,52 @@ def _check_positive_int(value, what, minimum=1) -> None:
         raise ValueError(f"{what} must be an integer >= {minimum}, received {value!r}")
 
 
-def conv_bn_relu(x, filters: int, kernel_size: int = 3, name: str = "conv"):
-    """``kernel_size`` conv (same padding, no bias) + BN + ReLU; layers ``{name}_conv|bn|relu``."""
+def conv_bn_relu(x, filters: int, kernel_size: int = 3, name: str = "conv",
+                 synchronized: bool = False):
+    """``kernel_size`` conv (same padding, no bias) + BN + ReLU; layers ``{name}_conv|bn|relu``.
+    `synchronized`: the BN layer's (Keras's ``BatchNormalization(synchronized=...)``)."""
     x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def attention_gate(skip, gate, inter_channels: int, name: str = "attention"):
+def attention_gate(skip, gate, inter_channels: int, name: str = "attention",
+                   synchronized: bool = False):
     """Additive attention gate (Oktay et al., 2018) on ``skip``, gated by ``gate``.
 
     Args:
         skip: ``(batch, h, w, c)`` encoder feature.
         gate: ``(batch, h, w, c_g)`` decoder feature already upsampled to the skip's size.
         inter_channels: channels of the intermediate 1x1 projections.
+        synchronized: of the BN layers (see ``conv_bn_relu``).
 
     Returns:
         ``(batch, h, w, c)``: ``skip * alpha`` with ``alpha`` in (0, 1) of shape
         ``(batch, h, w, 1)`` (layer ``{name}_alpha``).
     """
     g = layers.Conv2D(inter_channels, 1, use_bias=False, name=f"{name}_gate_conv")(gate)
-    g = layers.BatchNormalization(name=f"{name}_gate_bn")(g)
+    g = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_gate_bn")(g)
     x = layers.Conv2D(inter_channels, 1, use_bias=False, name=f"{name}_skip_conv")(skip)
-    x = layers.BatchNormalization(name=f"{name}_skip_bn")(x)
+    x = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_skip_bn")(x)
     a = layers.Activation("relu", name=f"{name}_relu")(layers.Add(name=f"{name}_add")([g, x]))
     a = layers.Conv2D(1, 1, use_bias=False, name=f"{name}_psi_conv")(a)
-    a = layers.BatchNormalization(name=f"{name}_psi_bn")(a)
+    a = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_psi_bn")(a)
     a = layers.Activation("sigmoid", name=f"{name}_alpha")(a)
     return layers.Multiply(name=f"{name}_apply")([skip, a])
 
 
-def unet_decoder(pyramid: dict, out_stride: int = 4, decoder_width: int = 64,
-                 attention: bool = False, name: str = "decoder"):
+def unet_decoder(pyramid: dict, out_stride: int = STRIDE, decoder_width: int = 64,
+                 attention: bool = False, name: str = "decoder", synchronized: bool = False):
     """U-Net decoder from P5 (stride 32) up to ``out_stride``.
 
     Args:
         pyramid: ``{"P1": (b, H/2, W/2, .), ..., "P5": (b, H/32, W/32, .)}``; P5 and the levels
             of strides ``out_stride .. 16`` (except stride 1, which has no skip) are used.
         out_stride: 1, 2, 4, 8 or 16; ``log2(32 / out_stride)`` upsampling steps.
-        decoder_width: channels at stride 4 (see ``decoder_channels``).
+        decoder_width: channels at stride ``STRIDE`` = 4 (see ``decoder_channels``).
         attention: gate each skip with ``attention_gate`` (Attention U-Net).
         name: prefix of the layer names (``{name}_up{s}``, ``{name}_s{s}_conv1``, ...).
+        synchronized: of the BN layers (see ``conv_bn_relu``).
 
     Returns:
         ``(batch, H / out_stride, W / out_stride, decoder_channels(decoder_width, out_stride))``.
@@ -114,10 +122,11 @@ def unet_decoder(pyramid: dict, out_stride: int = 4, decoder_width: int = 64,
         if s > 1:
             skip = pyramid[f"P{int(math.log2(s))}"]
             if attention:
-                skip = attention_gate(skip, x, max(4, channels // 2), name=f"{name}_s{s}_attention")
+                skip = attention_gate(skip, x, max(4, channels // 2), name=f"{name}_s{s}_attention",
+                                      synchronized=synchronized)
             x = layers.Concatenate(axis=-1, name=f"{name}_s{s}_concat")([x, skip])
-        x = conv_bn_relu(x, channels, name=f"{name}_s{s}_conv1")
-        x = conv_bn_relu(x, channels, name=f"{name}_s{s}_conv2")
+        x = conv_bn_relu(x, channels, name=f"{name}_s{s}_conv1", synchronized=synchronized)
+        x = conv_bn_relu(x, channels, name=f"{name}_s{s}_conv2", synchronized=synchronized)
     return x
 
 
@@ -160,14 +169,17 @@ def check_family(family) -> str:
     return family
 
 
-def decode(pyramid: dict, family: str, out_stride: int, decoder_width: int, name: str = "decoder"):
+def decode(pyramid: dict, family: str, out_stride: int, decoder_width: int, name: str = "decoder",
+           synchronized: bool = False):
     """The feature map of ``family``'s decoder at ``out_stride`` (``decoder_width`` channels for
-    FCN, ``decoder_channels(decoder_width, out_stride)`` for the U-Nets)."""
+    FCN, ``decoder_channels(decoder_width, out_stride)`` for the U-Nets; `synchronized`: of the
+    U-Nets' BN layers, see ``conv_bn_relu``; FCN has none)."""
     check_family(family)
     if family == "fcn":
         return fcn_decoder(pyramid, out_stride=out_stride, channels=decoder_width, name=name)
     return unet_decoder(pyramid, out_stride=out_stride, decoder_width=decoder_width,
-                        attention=family == "attention_unet", name=name)
+                        attention=family == "attention_unet", name=name,
+                        synchronized=synchronized)
 
 
 def resolve_decoder_width(decoder_width, width: int) -> int:
@@ -178,5 +190,5 @@ def resolve_decoder_width(decoder_width, width: int) -> int:
     return decoder_width
 
 
-__all__ = ["FAMILIES", "attention_gate", "check_family", "conv_bn_relu", "decode", "decoder_channels",
-           "fcn_decoder", "resolve_decoder_width", "unet_decoder"]
+__all__ = ["FAMILIES", "attention_gate", "check_family", "conv_bn_relu", "decode",
+           "decoder_channels", "fcn_decoder", "resolve_decoder_width", "unet_decoder"]

@@ -29,10 +29,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from lsnet_tf.config import STRIDE
 from lsnet_tf.models.backbones import build_backbone, check_input_shape
 from lsnet_tf.models.decoders import check_family, decode, resolve_decoder_width
 
-STRIDE = 4
 # Output heads and their channels.
 HEADS = {"heatmap": 1, "ltrb": 4}
 # CenterNet's heatmap bias initialisation: sigmoid(-2.19) ~= 0.1.
@@ -41,7 +41,8 @@ BBR_KERNEL_SIZE = 13
 
 
 def build_lnet(input_shape=(None, None, 1), family: str = "unet", depth: int = 18, width: int = 64,
-               decoder_width: int | None = None, preset: str = "", name: str = "lnet") -> keras.Model:
+               decoder_width: int | None = None, preset: str = "", name: str = "lnet",
+               synchronized: bool = False) -> keras.Model:
     """Build L-Net.
 
     Args:
@@ -53,6 +54,8 @@ def build_lnet(input_shape=(None, None, 1), family: str = "unet", depth: int = 1
             ``width``.
         preset: keras-hub preset (name or folder) with ImageNet weights; "" = random init.
         name: model name.
+        synchronized: build the BatchNormalization layers with ``synchronized=True`` (global-batch
+            statistics over several replicas; ``train.sync_batch_norm``).
 
     Returns:
         ``keras.Model`` with input ``(batch, H, W, 1)`` and dict outputs
@@ -65,9 +68,9 @@ def build_lnet(input_shape=(None, None, 1), family: str = "unet", depth: int = 1
 
     image = keras.Input(shape=shape, name="image")
     pyramid = build_backbone(depth=depth, width=width, preset=preset, input_shape=shape,
-                             name=f"resnet{depth}_encoder")(image)
+                             name=f"resnet{depth}_encoder", synchronized=synchronized)(image)
     feature = decode(pyramid, family, out_stride=STRIDE, decoder_width=decoder_width,
-                     name="decoder")
+                     name="decoder", synchronized=synchronized)
 
     kp = layers.Conv2D(decoder_width, 3, padding="same", activation="relu", name="kp_conv")(feature)
     kp = layers.Conv2D(HEADS["heatmap"], 1, name="kp_logits",

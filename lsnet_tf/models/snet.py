@@ -36,7 +36,8 @@ def prior_bias(prior: float) -> float:
 
 def build_snet(input_shape=(None, None, 1), family: str = "unet", depth: int = 34, width: int = 64,
                num_classes: int = 1, decoder_width: int | None = None, preset: str = "",
-               mask_prior: float = 0.0, name: str = "snet") -> keras.Model:
+               mask_prior: float = 0.0, name: str = "snet",
+               synchronized: bool = False) -> keras.Model:
     """Build S-Net (or a one-stage baseline of the same family).
 
     Args:
@@ -51,6 +52,8 @@ def build_snet(input_shape=(None, None, 1), family: str = "unet", depth: int = 3
         mask_prior: prior probability pi of the output: the output layer's bias starts at
             ``prior_bias(pi) = log(pi / (1 - pi))`` (0: a zero bias, so the mask starts at 0.5).
         name: model name (``"unet"`` / ``"fcn"`` for the baselines, say).
+        synchronized: build the BatchNormalization layers with ``synchronized=True`` (global-batch
+            statistics over several replicas; ``train.sync_batch_norm``).
 
     Returns:
         ``keras.Model``: ``(batch, H, W, 1) -> (batch, H, W, num_classes)`` float32 logits (the
@@ -65,13 +68,14 @@ def build_snet(input_shape=(None, None, 1), family: str = "unet", depth: int = 3
 
     image = keras.Input(shape=shape, name="image")
     pyramid = build_backbone(depth=depth, width=width, preset=preset, input_shape=shape,
-                             name=f"resnet{depth}_encoder")(image)
+                             name=f"resnet{depth}_encoder", synchronized=synchronized)(image)
     if family == "fcn":
         scores = fcn_decoder(pyramid, out_stride=1, channels=num_classes, name="decoder",
                              bias_initializer=bias)
     else:
         feature = unet_decoder(pyramid, out_stride=1, decoder_width=decoder_width,
-                               attention=family == "attention_unet", name="decoder")
+                               attention=family == "attention_unet", name="decoder",
+                               synchronized=synchronized)
         scores = layers.Conv2D(num_classes, 1, bias_initializer=bias, name="mask_conv")(feature)
     logits = layers.Activation("linear", dtype="float32", name="logits")(scores)
     return keras.Model(image, logits, name=name)
