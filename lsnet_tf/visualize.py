@@ -1,89 +1,29 @@
-"""Draw L-SNet's data flow on validation slices from a trained run.
+"""Draw L-SNet's data flow on validation slices from a trained run (one row per slice: input,
+heatmap, box + margin, RoI, S-Net's mask, the mask through θ⁻¹), e.g.
 
-``python -m lsnet_tf.visualize --run runs/default --out docs/dataflow.png [--slices 3]``
+  python -m lsnet_tf.visualize --run runs/default --out docs/dataflow.png --slices 4
 
-One row per slice: the input with the ground-truth box, L-Net's heatmap, the predicted box (+ the
-RR margin) on the input, the recalibrated RoI that S-Net sees, S-Net's mask on the RoI, and the
-mask mapped back through θ⁻¹ over the input with the ground truth outlined. Every panel is the
-code's own output.
+Guide: docs/training.md ("The model").
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-import numpy as np
-
 from lsnet_tf.training.runs import load_run
-
-
-def dataflow_figure(model, batch, out_path: str, n: int = 3):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    import tensorflow as tf
-
-    # Prefer slices with a target, small and large ones alike.
-    order = np.argsort(-batch["num_boxes"].numpy().clip(0, 1), kind="stable")[:n]
-    images = tf.gather(batch["image"], order)
-    pred = model.predict_masks(images)
-    heat = pred["heatmap"].numpy()[..., 0]
-    k = np.argmax(pred["scores"].numpy(), axis=1)  # best RoI of each slice
-    rows = np.arange(len(order))
-    kp = pred["keypoints"].numpy()[rows, k]
-    boxes = pred["boxes"].numpy()[rows, k]
-    valid = pred["valid"].numpy()[rows, k]
-    dist = np.concatenate([kp - boxes[:, :2], boxes[:, 2:] - kp], -1)
-    rois, theta = model.rr([images, tf.constant(kp), tf.constant(dist)])
-    roi_prob = tf.sigmoid(model.snet(rois)).numpy()[..., 0]
-    full = pred["mask"].numpy()[..., 0]
-    m = model.margin
-    titles = ["input + truth box", "L-Net heatmap (stride 4)", f"box + margin {m:g}px",
-              "RoI (RR output)", "S-Net mask on RoI", "mask through θ⁻¹"]
-    fig, axes = plt.subplots(len(order), 6, figsize=(15, 2.6 * len(order)), squeeze=False)
-    for r, i in enumerate(order):
-        img = images[r, ..., 0].numpy()
-        truth = batch["mask"][i, ..., 0].numpy()
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=9)
-        axes[r, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
-        for x1, y1, x2, y2 in batch["boxes"][i, : int(batch["num_boxes"][i])].numpy():
-            axes[r, 0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1))
-        axes[r, 1].imshow(heat[r], cmap="magma", vmin=0, vmax=1)
-        axes[r, 2].imshow(img, cmap="gray", vmin=0, vmax=1)
-        if valid[r]:
-            x1, y1, x2, y2 = boxes[r]
-            axes[r, 2].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=1))
-            axes[r, 2].add_patch(Rectangle((x1 - m, y1 - m), x2 - x1 + 2 * m, y2 - y1 + 2 * m,
-                                           fill=False, ec="orange", lw=1, ls="--"))
-            axes[r, 2].plot(*kp[r], "r+", ms=8)
-        axes[r, 3].imshow(rois[r, ..., 0].numpy(), cmap="gray", vmin=0, vmax=1)
-        axes[r, 4].imshow(roi_prob[r] if valid[r] else np.zeros_like(roi_prob[r]), cmap="viridis", vmin=0, vmax=1)
-        axes[r, 5].imshow(img, cmap="gray", vmin=0, vmax=1)
-        axes[r, 5].imshow(np.ma.masked_less(full[r], 0.5), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
-        axes[r, 5].contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
-    fig.suptitle("L-SNet data flow: input → L-Net → RR → S-Net → θ⁻¹ → mask "
-                 "(green: ground truth)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lsnet_tf.visualize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a training output folder (config.yaml + checkpoints/)")
-    p.add_argument("--out", default="dataflow.png")
-    p.add_argument("--slices", type=int, default=3)
+    p.add_argument("--out", default="dataflow.png", help="the PNG to write (default: %(default)s)")
+    p.add_argument("--slices", type=int, default=3,
+                   help="slices to draw, one row each (default: %(default)s)")
     p.add_argument("--skip", type=int, default=0, help="validation batches to skip before drawing")
     args = p.parse_args(argv)
     from lsnet_tf.data import pipeline  # imports TensorFlow: not for --help
+    from lsnet_tf.training.dataflow import dataflow_figure
 
     model, cfg, _ = load_run(args.run)
     _, val, *_ = pipeline.datasets_for(cfg)

@@ -1,2 +1,3 @@
 """Training loop pieces: callbacks (checkpoints, TensorBoard images, the ground-truth RoI phase),
-the non-finite-loss guard, multi-worker helpers and loading run folders."""
+the non-finite-loss guard, multi-worker helpers, loading run folders and the data-flow figure of a
+trained run."""
