@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from lsnet_tf import curves
 from lsnet_tf.experiments import cli
-from lsnet_tf.experiments.curves import CURVES_FILE, CurvesError, group_mean, read_scalars, \
-    run_curves
+from lsnet_tf.experiments.curves import (CURVES_FILE, CurvesError, group_mean, read_scalars,
+                                         run_curves)
 from lsnet_tf.experiments.runs import keep_records
 
 

@@ -33,8 +33,8 @@ import sys
 
 from lsnet_tf import evaluation as ev
 from lsnet_tf.config import ConfigError
-from lsnet_tf.experiments.catalogue import DATASET_CONFIGS, DATASETS, TABLES, ExperimentError, \
-    Table
+from lsnet_tf.experiments.catalogue import (DATASET_CONFIGS, DATASETS, TABLES, ExperimentError,
+                                            Table)
 from lsnet_tf.experiments.curves import table_curves
 from lsnet_tf.experiments.oracle import ORACLE_PAIRS, run_oracle
 from lsnet_tf.experiments.runs import keep_records, run_table

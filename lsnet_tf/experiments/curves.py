@@ -156,7 +156,7 @@ def table_curves(table, dataset: str, budget_epochs: int | None = None,
                  runs_dir: str = "runs/experiments", out_dir: str = "docs/results", rows=None,
                  configs_dir: str | None = None, seeds=None, seeds_for=None, log=print,
                  folds=None) -> dict:
-    """Draw the training curves (``lsnet_tf.curves``) of `table`'s rows at their seeds (as
+    """Draw the training curves (``plot_curves``) of `table`'s rows at their seeds (as
     ``run_table`` chooses them) into ``<out>/<table>-<dataset>[-e<N>]-curves.png`` and ``.json``:
     per row, each seed's validation DSC and training loss against the epoch, and their mean.
     Trains nothing: a run folder without logs yet is named in the log and left out, and a table

@@ -32,8 +32,8 @@ from lsnet_tf.experiments.catalogue import DATASETS, TABLES, ExperimentError
 from lsnet_tf.experiments.claims import CLAIMS, claims_ratio
 from lsnet_tf.experiments.provenance import _provenance_note, _run_times, provenance
 from lsnet_tf.experiments.tables import _dataset_note, _mean_sd_text
-from lsnet_tf.experiments.units import _seeds_of_rows, repo_path, run_folder, unit_fields, \
-    unit_json, unit_name
+from lsnet_tf.experiments.units import (_seeds_of_rows, repo_path, run_folder, unit_fields,
+                                        unit_json, unit_name)
 from lsnet_tf.files import write_json, write_text
 from lsnet_tf.metrics import segmentation as seg
 from lsnet_tf.metrics import statistics

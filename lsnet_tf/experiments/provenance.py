@@ -11,7 +11,7 @@ import os
 import platform
 import subprocess
 
-from lsnet_tf.experiments.units import _count, unit_json, units_text
+from lsnet_tf.experiments.units import REPO, _count, unit_json, units_text
 from lsnet_tf.files import write_json
 from lsnet_tf.machine import cpu_model
 
@@ -61,7 +61,7 @@ def _run_times(run_dir: str) -> dict:
 def _git_commit(root: str | None = None) -> dict | None:
     """``{"sha", "dirty"}`` of the repository at `root` (default: the one the package runs
     from; None outside git). Dirty: a tracked file outside ``docs/results`` changed."""
-    root = root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = root or REPO
     try:
         sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=30, check=True).stdout.strip()

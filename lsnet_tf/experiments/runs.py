@@ -14,7 +14,8 @@ anything but logging, export and the folder's own path) is an error, found befor
 before seed folders (``<row>/eval.json``) is not read; moving its files into ``<row>/seed<k>/``
 (``k`` its ``train.seed``) makes it that seed's run.
 
-``--rows`` restricts a run to some rows (the written table then has only those, and only the claims between them).
+``--rows`` restricts a run to some rows (the written table then has only those, and only the
+claims between them).
 
 ``--parallel`` lets several processes run the same command at once, e.g. one per GPU
 (``CUDA_VISIBLE_DEVICES=0 ... --parallel & CUDA_VISIBLE_DEVICES=1 ... --parallel``) or one per
@@ -114,9 +115,9 @@ RECORDS_MARKER = ".lsnet-records"
 def keep_records(runs_dir: str, to: str, log=print) -> list:
     """Copy the record of every finished run under `runs_dir` (a folder
     ``<dataset>/<row>/seed<k>/`` with its ``eval.json``) to the same place under `to`: the files
-    of ``RECORD_FILES``, every ``evaluation-*.json``, and the run's curves (``lsnet_tf.curves``)
-    as ``curves.json``. Files already there are replaced; unfinished runs are left out. Returns
-    the record folders written."""
+    of ``RECORD_FILES``, every ``evaluation-*.json``, and the run's curves
+    (``lsnet_tf.experiments.curves``) as ``curves.json``. Files already there are replaced;
+    unfinished runs are left out. Returns the record folders written."""
     found = sorted(glob.glob(os.path.join(runs_dir, "*", "*", "seed*", "eval.json"))
                    + glob.glob(os.path.join(runs_dir, "*", "*", "fold*", "seed*", "eval.json")))
     if not found:

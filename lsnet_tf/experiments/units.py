@@ -23,6 +23,9 @@ from lsnet_tf.config import load_config
 from lsnet_tf.experiments.catalogue import (DATASET_CONFIGS, DATASET_INFO, DATASETS, TABLES,
                                             ExperimentError, Row)
 
+# The repository the package runs from (lsnet_tf/experiments/ is two folders below it).
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 class Unit(tuple):
     """One run of a row on a cross-validated dataset: the held-out ``fold`` and the ``seed``.
@@ -89,7 +92,7 @@ def _count(n: int, one: str, many: str) -> str:
 def repo_path(path: str) -> str:
     """`path` relative to the repository when it lies inside it (the tables' JSON), else
     absolute."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = REPO
     full = os.path.abspath(path)
     rel = os.path.relpath(full, root)
     return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
@@ -100,7 +103,7 @@ def unit_name(unit) -> str:
 
 
 def default_configs_dir() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+    return os.path.join(REPO, "configs")
 
 
 def row_config(path: str, run_dir: str, overrides=(), budget_epochs: int | None = None):
@@ -243,7 +246,8 @@ def _table_rows(table, dataset: str, rows=None) -> tuple:
         known = {r.config for r in table.rows}
         unknown = [r for r in rows if r not in known]
         if unknown:
-            raise ExperimentError(f"{table.name} has no rows {unknown}; rows: {', '.join(sorted(known))}")
+            raise ExperimentError(f"{table.name} has no rows {unknown}; rows: "
+                                  f"{', '.join(sorted(known))}")
         chosen = [r for r in table.rows if r.config in rows]
     return table, chosen
 
