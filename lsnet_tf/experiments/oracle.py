@@ -221,7 +221,7 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
              f"{dataset}", "",
              f"{_dataset_note(dataset)}Each second stage fed its own first stage's boxes, the "
              "true boxes (its own margin rule applied) and the other model's boxes, on the "
-             "held-out slices with a target; nothing retrained (`lsnet_tf.oracle`). "
+             "held-out slices with a target; nothing retrained (`lsnet_tf.experiments.oracle`). "
              f"{_provenance_note(doc['provenance'])}", "",
              "| Model | Boxes | n | DSC(%) | small | medium | large | found(%) | box mIoU(%) |",
              "|---|---|---|---|---|---|---|---|---|"]
