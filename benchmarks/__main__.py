@@ -9,7 +9,7 @@ import sys
 import time
 
 # Before TensorFlow: imported under python -m benchmarks, lsnet_tf sets the commands'
-# environment (lsnet_tf.console.command_environment: quiet console, oneDNN kernels).
+# environment (lsnet_tf.utils.console.command_environment: quiet console, oneDNN kernels).
 import lsnet_tf  # noqa: F401
 
 NAMES = ("sampler", "training", "profile", "pipeline", "memory", "export", "precision",

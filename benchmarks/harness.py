@@ -13,8 +13,8 @@ import statistics
 import time
 from typing import Callable
 
-from lsnet_tf.files import write_text
-from lsnet_tf.machine import cpu_model
+from lsnet_tf.utils.files import write_text
+from lsnet_tf.utils.machine import cpu_model
 
 __all__ = ["interleaved", "median_ms", "ratio", "machine", "load", "merge_results",
            "write_results", "markdown", "scratch_dir"]

@@ -9,7 +9,7 @@ pipeline batch (median of `steps` after two untimed), then times L-SNet's ``pred
 (``benchmarks.training.inference``: threshold 0, one RoI per slice) on one slice and on a batch of
 8 at the inference size (512² in full), per slice, and reports whether oneDNN was on
 (``IsMklEnabled``). The commands turn the kernels on unless the variable is set
-(``lsnet_tf.console.command_environment``); here the parent sets it to 0 or 1 explicitly.
+(``lsnet_tf.utils.console.command_environment``); here the parent sets it to 0 or 1 explicitly.
 """
 from __future__ import annotations
 

@@ -60,9 +60,9 @@ def step_alone(cfg, rounds: int = 15) -> list[float]:
 
 
 def profile_once(settings, out) -> dict:
-    from lsnet_tf import train
+    from lsnet_tf.training import session
     from lsnet_tf.data import pipeline
-    from lsnet_tf.train import validation_epochs
+    from lsnet_tf.training.session import validation_epochs
     from lsnet_tf.training.timing import Timeline
 
     shutil.rmtree(out, ignore_errors=True)
@@ -70,7 +70,7 @@ def profile_once(settings, out) -> dict:
     pipeline.resolve_dataset(cfg.data)  # generated once, before the clock
     trace = os.environ.get("LSNET_PROFILE_TRACE")
     timeline = Timeline(trace_dir=os.path.join(trace, os.path.basename(out)) if trace else None)
-    summary = train.run(cfg, log=lambda *a: None, timeline=timeline)
+    summary = session.run(cfg, log=lambda *a: None, timeline=timeline)
     timing = timeline.summary()
     default = _config(dict(settings, epochs=0, overrides=()), out).train  # the full default run
     share = len(validation_epochs(default)) / default.epochs

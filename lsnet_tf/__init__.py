@@ -7,12 +7,12 @@ entry points are ``python -m lsnet_tf.prepare | validate | train``.
 Importing the package imports no TensorFlow and changes nothing in the host process: no
 environment variable, warning filter or logging setting. Only when this process is one of the
 project's commands (``python -m lsnet_tf.<command>`` or ``python -m benchmarks``:
-`lsnet_tf.console.is_command`) does it set the commands' environment here, before the command's
-module and TensorFlow are imported (`lsnet_tf.console.command_environment`): a quiet console
+`lsnet_tf.utils.console.is_command`) does it set the commands' environment here, before the command's
+module and TensorFlow are imported (`lsnet_tf.utils.console.command_environment`): a quiet console
 (``LSNET_VERBOSE=1`` shows everything) and TensorFlow's oneDNN CPU kernels unless
 ``TF_ENABLE_ONEDNN_OPTS`` says otherwise.
 """
-from lsnet_tf import console as _console
+from lsnet_tf.utils import console as _console
 
 __version__ = "0.1.0"
 

@@ -37,10 +37,9 @@ def train_model(config, log=print) -> dict:
     """Train, evaluate and export as `config` says (``python -m lsnet_tf.train``'s job);
     returns the evaluation summary (also written to ``<train.output_dir>/eval.json``).
     Running it again on the same output folder resumes from the last checkpoint."""
-    import importlib
+    from lsnet_tf.training import session
 
-    # the command module, by its full name (``lsnet_tf.train`` is a module, not this function)
-    return importlib.import_module("lsnet_tf.train").run(config, log=log)
+    return session.run(config, log=log)
 
 
 def load_predictor(path: str, batch_size: int = 8):

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from lsnet_tf.files import write_text
+from lsnet_tf.utils.files import write_text
 
 
 class ConfigError(ValueError):
@@ -308,7 +308,7 @@ class TrainConfig:
     # term; "skip" drops the batch (no weight, optimizer-moment or metric update) and counts it.
     on_nonfinite: str = "stop"
     # Bit-identical weights for the same seed and config on the same machine: op determinism,
-    # seeded Keras/NumPy/Python generators and data.deterministic (slower; see README).
+    # seeded Keras/NumPy/Python generators and data.deterministic (slower; see docs/training.md).
     deterministic: bool = False
 
     def validate(self) -> None:

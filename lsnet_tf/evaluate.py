@@ -26,7 +26,7 @@ from lsnet_tf.evaluation import EvaluationError
 from lsnet_tf.evaluation.folder import AFFINE_TOL_MM, evaluate_folder
 from lsnet_tf.evaluation.report import folder_markdown, markdown, output_paths
 from lsnet_tf.evaluation.slices import evaluate_run
-from lsnet_tf.files import write_json, write_text
+from lsnet_tf.utils.files import write_json, write_text
 from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES
 
 DESCRIPTION = """\

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lsnet_tf import beam
+from lsnet_tf.utils import beam
 from lsnet_tf.inference import cases, ensemble, many
 from lsnet_tf.inference.outputs import DISAGREEMENT_FILE, SEG_FILE
 from lsnet_tf.inference.readers import INPUT_KINDS

@@ -19,10 +19,10 @@ import argparse
 import os
 import sys
 
-from lsnet_tf import beam
+from lsnet_tf.utils import beam
 from lsnet_tf.data import volumes
 from lsnet_tf.data.volumes import PrepareError
-from lsnet_tf.files import is_remote
+from lsnet_tf.utils.files import is_remote
 from lsnet_tf.preparation.cases import msd_patients, tcia_patients
 from lsnet_tf.preparation.prepare import prepare_patients
 from lsnet_tf.preparation.prepare_beam import prepare_with_beam

@@ -21,7 +21,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from lsnet_tf import beam, console
+from lsnet_tf.utils import beam, console
 from lsnet_tf.preparation.anomalies import DEFAULT_LINF_THRESHOLD, JSD_FEATURES
 from lsnet_tf.preparation.schema import DEFAULT_HU_RANGE
 from lsnet_tf.preparation.statistics import SPLITS, ValidationError, parse_folds

@@ -1,5 +1,5 @@
 """Shared test settings: quiet TensorFlow, TensorFlow's CPU kernels as the commands have them
-(the commands' environment, ``lsnet_tf.console.command_environment``, set here before TensorFlow
+(the commands' environment, ``lsnet_tf.utils.console.command_environment``, set here before TensorFlow
 is imported: importing ``lsnet_tf`` alone sets nothing), and two logical CPU devices for
 distribution tests.
 
@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from lsnet_tf import console  # noqa: E402
+from lsnet_tf.utils import console  # noqa: E402
 
 console.command_environment()  # before TensorFlow, as every command: oneDNN kernels on
 

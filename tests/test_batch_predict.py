@@ -18,7 +18,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from lsnet_tf import files, predict
+from lsnet_tf import predict
+from lsnet_tf.utils import files
 from lsnet_tf.inference import cases as predict_cases
 from lsnet_tf.inference import many, predictors
 from lsnet_tf.inference.batch import CASE_COLUMNS

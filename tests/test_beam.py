@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lsnet_tf import beam, files, prepare
+from lsnet_tf import prepare
+from lsnet_tf.utils import beam, files
 from lsnet_tf import validate as V
 from lsnet_tf.data import records, volumes
 from lsnet_tf.preparation.statistics import (VALIDATED_FEATURES, available_folds, folds_of,

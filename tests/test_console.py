@@ -1,4 +1,4 @@
-"""A quiet console (``lsnet_tf.console``): our lines and progress bars, no third-party noise.
+"""A quiet console (``lsnet_tf.utils.console``): our lines and progress bars, no third-party noise.
 
 Known answers: a one-epoch training run of ``python -m lsnet_tf.train`` prints none of
 TensorFlow's start-up lines (CUDA, cuDNN, TensorRT, oneDNN), no FutureWarning or UserWarning, no
@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from lsnet_tf import console
+from lsnet_tf.utils import console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = ("cuda", "cudnn", "tensorrt", "onednn", "futurewarning", "userwarning", "rendezvous",

@@ -38,7 +38,7 @@ from lsnet_tf.config import STRIDE
 from lsnet_tf.losses.localization import localization_loss
 from lsnet_tf.losses.segmentation import per_sample_loss_from_logits
 from lsnet_tf.layers.roi_recalibration import RoIRecalibration
-from lsnet_tf import train
+from lsnet_tf.training import session
 from lsnet_tf.models import two_stage
 from lsnet_tf.models.build import batch_norm_layers, build_model
 from lsnet_tf.ops.sampling import affine_grid, bilinear_sample
@@ -302,12 +302,12 @@ def test_synchronized_batch_norm_keeps_the_statistics_of_the_global_batch(mirror
 
 
 def test_build_for_synchronizes_batch_norm_over_several_replicas(mirrored):
-    """``train.build_for``: every BN layer synchronized over 2 replicas, with one log line; none
+    """``session.build_for``: every BN layer synchronized over 2 replicas, with one log line; none
     with ``train.sync_batch_norm=false`` or on one device."""
     def built(strategy, *overrides):
         lines = []
         with strategy.scope():
-            model = train.build_for(tiny_cfg(*overrides), strategy, 4, lines.append)
+            model = session.build_for(tiny_cfg(*overrides), strategy, 4, lines.append)
         layers = batch_norm_layers(model)
         assert len(layers) > 20
         return [layer.synchronized for layer in layers], lines

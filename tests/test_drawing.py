@@ -1,7 +1,7 @@
-"""lsnet_tf.drawing: box outlines and mask tints on a gray slice."""
+"""lsnet_tf.utils.drawing: box outlines and mask tints on a gray slice."""
 import numpy as np
 
-from lsnet_tf.drawing import draw_boxes, overlay
+from lsnet_tf.utils.drawing import draw_boxes, overlay
 
 
 def test_draw_boxes_outlines_valid_boxes_only():

@@ -241,9 +241,9 @@ def test_seeds_flags_parse():
 
 
 def test_a_malformed_seeds_value_is_a_usage_error(tmp_path, capsys, monkeypatch):
-    from lsnet_tf import train
+    from lsnet_tf.training import session
 
-    monkeypatch.setattr(train, "run", lambda *a, **k: pytest.fail("nothing may train"))
+    monkeypatch.setattr(session, "run", lambda *a, **k: pytest.fail("nothing may train"))
     common = ["run", "table3", "--dataset", "synthetic", "--runs-dir", str(tmp_path)]
     assert main(common + ["--seeds", "0,one"]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -481,7 +481,7 @@ def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, 
     """The two-stage rows of the evidence set at held-out fold 1 (1 epoch of 1 step each): each
     run holds out its fold, the table pairs by (fold, seed), ``keep`` copies the fold layout, and
     ``oracle`` feeds each second stage the true and the other's boxes."""
-    from lsnet_tf import train
+    from lsnet_tf.training import session
     from lsnet_tf.evaluation import slices as evaluate
 
     table = Table("tinycv", "A cross-validated table", ("Model",), ("dsc",), (
@@ -530,7 +530,7 @@ def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, 
     def fail(*args, **kw):
         raise AssertionError("a kept run was run again")
 
-    monkeypatch.setattr(train, "run", fail)
+    monkeypatch.setattr(session, "run", fail)
     monkeypatch.setattr(evaluate, "evaluate_run", fail)
     again = [str(records) if a == str(runs_dir) else str(tmp_path / "again") if a == str(out)
              else a for a in argv]
@@ -547,7 +547,7 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     to do. 4 trainings in all."""
     import subprocess
 
-    from lsnet_tf import train
+    from lsnet_tf.training import session
     from lsnet_tf.evaluation import slices as evaluate
 
     table = Table("tiny", "A tiny table", ("Model",), ("dsc", "miou", "case_dsc"), (
@@ -583,8 +583,8 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
 
     # 2. Every row at seeds 0 and 1: only FCN's seed 1 trains.
     trained = []
-    real_run = train.run
-    monkeypatch.setattr(train, "run", lambda cfg, **kw: trained.append(cfg.train.output_dir)
+    real_run = session.run
+    monkeypatch.setattr(session, "run", lambda cfg, **kw: trained.append(cfg.train.output_dir)
                         or real_run(cfg, **kw))
     assert main(argv) == 0
     assert trained == [str(runs / "fcn" / "seed1")]
@@ -659,7 +659,7 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
         raise AssertionError("a finished run was run again")
 
     doc, _ = table_files()
-    monkeypatch.setattr(train, "run", fail)
+    monkeypatch.setattr(session, "run", fail)
     monkeypatch.setattr(evaluate, "evaluate_run", fail)
     (runs / "unet" / "eval.json").write_text("{}")
     capsys.readouterr()
@@ -694,7 +694,7 @@ def test_tiny_table_over_seeds_end_to_end_and_resumable(tmp_path, monkeypatch, c
     assert again["provenance"]["trained_at"] == doc["provenance"]["trained_at"]
     # A records folder never trains: a seed without a record is an error, before anything runs.
     assert (records / RECORDS_MARKER).is_file()
-    monkeypatch.setattr(train, "run", fail)
+    monkeypatch.setattr(session, "run", fail)
     capsys.readouterr()
     more_seeds = [("0,1,2" if a == "0,1" else a) for a in argv_records]
     assert main(more_seeds) == 2

@@ -415,19 +415,19 @@ def trained_run(tmp_path_factory):
     heatmap's peaks sit around 0.5 (median 0.57), and at threshold 0.5 the slices whose peak
     stayed below it got no RoI and DSC 0 (seed 2: DSC 0.62; seed 3 as low as 0.31).
 
-    ``train.run`` turns TensorFlow's op determinism on for the process; it is turned off again
+    ``session.run`` turns TensorFlow's op determinism on for the process; it is turned off again
     afterwards (TensorFlow's own ``disable_op_determinism``), so that the tests after this
     module run as they would without it."""
     from tensorflow.python.framework import config as tf_config
 
-    from lsnet_tf import train
+    from lsnet_tf.training import session
 
     root = tmp_path_factory.mktemp("trained")
     cfg = load_config(None, EASY + [f"data.cache_dir={root / 'cache'}",
                                     f"train.output_dir={root / 'run'}"])
     was_deterministic = tf_config.is_op_determinism_enabled()
     try:
-        summary = train.run(cfg, log=lambda *args: None)
+        summary = session.run(cfg, log=lambda *args: None)
     finally:
         if not was_deterministic:
             tf_config.disable_op_determinism()

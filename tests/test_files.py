@@ -1,4 +1,4 @@
-"""lsnet_tf.files: write-to-temporary-then-rename, and content fingerprints."""
+"""lsnet_tf.utils.files: write-to-temporary-then-rename, and content fingerprints."""
 import hashlib
 import json
 import os
@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from lsnet_tf import files
+from lsnet_tf.utils import files
 
 
 def test_atomic_write_replaces_the_target_on_success(tmp_path):

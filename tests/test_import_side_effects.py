@@ -1,5 +1,5 @@
 """No side effects on import: ``import lsnet_tf`` leaves the host process as it was; the commands
-still set their environment (``lsnet_tf.console.command_environment``) before TensorFlow loads.
+still set their environment (``lsnet_tf.utils.console.command_environment``) before TensorFlow loads.
 
 Importing the package, or its library modules, in a notebook or a service changes no environment
 variable (``TF_CPP_MIN_LOG_LEVEL``, ``TF_ENABLE_ONEDNN_OPTS``, ...), no ``warnings`` filter and
@@ -25,7 +25,7 @@ import textwrap
 
 import pytest
 
-from lsnet_tf import console
+from lsnet_tf.utils import console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND_VARIABLES = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")

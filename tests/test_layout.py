@@ -151,9 +151,9 @@ def test_the_detector_finds_a_known_cycle(tmp_path):
 
 
 # Modules whose import (``python -m ... --help``, a usage error) must not load TensorFlow.
-LIGHT_MODULES = ("config", "files", "drawing", "data.records", "metrics.evaluation",
-                 "training.runs", "prepare", "validate", "train", "evaluate", "experiments",
-                 "experiments.cli", "predict", "visualize", "export.cli", "curves")
+LIGHT_MODULES = ("config", "utils.files", "utils.drawing", "data.records", "metrics.evaluation",
+                 "training.runs", "training.session", "prepare", "validate", "train", "evaluate",
+                 "experiments", "experiments.cli", "predict", "visualize", "export.cli", "curves")
 
 
 def test_command_line_modules_import_without_tensorflow():

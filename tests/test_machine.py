@@ -1,11 +1,11 @@
-"""lsnet_tf.machine: the CPU model recorded beside results, and oneDNN turned on at import."""
+"""lsnet_tf.utils.machine: the CPU model recorded beside results, and oneDNN turned on at import."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from lsnet_tf import machine
+from lsnet_tf.utils import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def test_the_command_environment_before_tensorflow_decides_onednn(setting, enabl
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    code = ("import lsnet_tf.console\nlsnet_tf.console.command_environment()\n"
+    code = ("import lsnet_tf.utils.console\nlsnet_tf.utils.console.command_environment()\n"
             "import os, tensorflow\n"
             "assert os.environ['TF_ENABLE_ONEDNN_OPTS'] == ('0' if "
             f"{setting!r} == '0' else '1')\n"

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from lsnet_tf import train
+from lsnet_tf.training import session
 from lsnet_tf.config import ConfigError, load_config
 from lsnet_tf.data import pipeline, records
 from lsnet_tf.models.build import build_model, compile_model, model_networks
@@ -400,7 +401,7 @@ def test_skip_policies_end_to_end(cache, tmp_path, monkeypatch):
     lines = []
     cfg = tiny_cfg(cache, out, f"data.dataset={data}", "train.epochs=2",
                    "train.on_nonfinite=skip", "data.on_corrupt=skip", "train.verbose=0", *UNET)
-    summary = train.run(cfg, log=lines.append)
+    summary = session.run(cfg, log=lines.append)
     text = "\n".join(lines)
     assert f"{shard}: corrupt TFRecord shard, unreadable from record 3 on (2 record(s)" in text
     assert "1 corrupt training shard(s), 2 of 8 training slices skipped" in text
@@ -516,6 +517,7 @@ FROZEN_BN_TRAIN = """
 import sys
 
 from lsnet_tf import train
+from lsnet_tf.training import session
 from lsnet_tf.models import build
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lsnet_tf import train
+from lsnet_tf.training import session
 from lsnet_tf.experiments import curves
 from lsnet_tf.models.build import lr_schedule
 from lsnet_tf.config import load_config
@@ -49,7 +50,7 @@ def validation_dsc(cfg, run):
 def test_train_writes_outputs_and_resumes(tmp_path):
     lines = []
     cfg = tiny(tmp_path, "train.epochs=1")
-    summary = train.run(cfg, log=lines.append)
+    summary = session.run(cfg, log=lines.append)
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "eval.json").is_file()
     assert load_config(str(run / "config.yaml")) == cfg
@@ -67,7 +68,7 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     # step counter and the decayed learning rate continue.
     lines.clear()
     cfg2 = tiny(tmp_path, "train.epochs=2")
-    train.run(cfg2, log=lines.append)
+    session.run(cfg2, log=lines.append)
     assert any("resumed from" in l and "at epoch 1" in l for l in lines)
     from lsnet_tf.training.callbacks import CheckpointCallback
     from lsnet_tf.models.build import build_model, compile_model

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from lsnet_tf.config import ConfigError, load_config
-from lsnet_tf.train import make_strategy, validation_epochs
+from lsnet_tf.training.session import make_strategy, validation_epochs
 from lsnet_tf.training.timing import Timeline
 
 

@@ -393,7 +393,7 @@ def gradient_batch():
     """Four images, the third without a target. An even batch: on CPUs with AVX-512, TensorFlow
     2.16's oneDNN kernels abort the process in the backward pass of a 1x1 stride-2 convolution
     with 4 or 8 channels at an odd batch (3 or 5 here); widths of 16 and more, the configs'
-    smallest, train at any batch (README, "Known issues")."""
+    smallest, train at any batch (docs/performance.md, "Known issue")."""
     return make_batch(n=4, with_target=(True, True, False))
 
 

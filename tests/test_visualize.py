@@ -7,7 +7,7 @@ from lsnet_tf import visualize
 
 @pytest.mark.slow
 def test_dataflow_figure_from_a_run(tmp_path):
-    from lsnet_tf import train
+    from lsnet_tf.training import session
     from lsnet_tf.config import load_config
     from lsnet_tf.data import pipeline
 
@@ -18,7 +18,7 @@ def test_dataflow_figure_from_a_run(tmp_path):
         "data.max_boxes=2", f"data.cache_dir={tmp_path / 'cache'}", "train.strategy=default",
         f"train.output_dir={tmp_path / 'run'}", "export.dir=", "train.verbose=0", "train.epochs=1",
         "train.image_log_epochs=0"])
-    train.run(cfg, log=lambda *_: None)
+    session.run(cfg, log=lambda *_: None)
     out = tmp_path / "flow.png"
     assert visualize.main(["--run", str(tmp_path / "run"), "--out", str(out), "--slices", "2"]) == 0
     from PIL import Image

@@ -37,9 +37,9 @@ re-preparation.
 
 Shards are written through ``tf.io.gfile``, so a dataset folder may be any filesystem TensorFlow
 writes (a local folder, ``gs://bucket/dataset``, ...); `read_info`, `list_shards` and
-`write_info` go through ``tf.io.gfile`` for such URLs (``lsnet_tf.files.is_remote``), and
-``lsnet_tf.files.write_text`` writes any file there with the same write-then-rename rule as
-``lsnet_tf.files.atomic_write``.
+`write_info` go through ``tf.io.gfile`` for such URLs (``lsnet_tf.utils.files.is_remote``), and
+``lsnet_tf.utils.files.write_text`` writes any file there with the same write-then-rename rule as
+``lsnet_tf.utils.files.atomic_write``.
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ from typing import Iterable
 
 import numpy as np
 
-from lsnet_tf.files import TMP_SUFFIX, is_remote, isfile, read_text, write_json, write_text
-from lsnet_tf.files import glob as find_files
+from lsnet_tf.utils.files import TMP_SUFFIX, is_remote, isfile, read_text, write_json, write_text
+from lsnet_tf.utils.files import glob as find_files
 
 FORMAT = "lsnet_tf-slices"
 FORMAT_VERSION = 1

@@ -280,7 +280,7 @@ class LabelledVolume:
     """A patient's canonical volume and its labels, to prepare: `hu` (slice, row, col) int16,
     `labels` same shape (label values as integers), `affine` the canonical voxel->LPS affine,
     `spacing` (row, col, slice) mm. (An input of ``python -m lsnet_tf.predict``, without labels,
-    is a ``predict.Volume``.)"""
+    is a ``lsnet_tf.inference.readers.Volume``.)"""
 
     hu: np.ndarray
     labels: np.ndarray

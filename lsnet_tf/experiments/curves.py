@@ -111,7 +111,7 @@ def plot_curves(path: str, groups: dict, title: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lsnet_tf.files import atomic_write, write_json
+    from lsnet_tf.utils.files import atomic_write, write_json
 
     if not groups or not any(groups.values()):
         raise CurvesError("no runs to draw")

@@ -34,7 +34,7 @@ from lsnet_tf.experiments.provenance import _provenance_note, _run_times, proven
 from lsnet_tf.experiments.tables import _dataset_note, _mean_sd_text
 from lsnet_tf.experiments.units import (_seeds_of_rows, repo_path, run_folder, unit_fields,
                                         unit_json, unit_name)
-from lsnet_tf.files import write_json, write_text
+from lsnet_tf.utils.files import write_json, write_text
 from lsnet_tf.metrics import segmentation as seg
 from lsnet_tf.metrics import statistics
 from lsnet_tf.metrics.evaluation import SIZE_BUCKETS, slice_rows

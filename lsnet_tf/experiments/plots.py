@@ -13,7 +13,7 @@ import numpy as np
 
 from lsnet_tf.experiments.catalogue import ExperimentError
 from lsnet_tf.experiments.units import _count
-from lsnet_tf.files import atomic_write
+from lsnet_tf.utils.files import atomic_write
 from lsnet_tf.metrics.segmentation import scores_from_counts
 
 

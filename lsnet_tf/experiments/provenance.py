@@ -12,8 +12,8 @@ import platform
 import subprocess
 
 from lsnet_tf.experiments.units import REPO, _count, unit_json, units_text
-from lsnet_tf.files import write_json
-from lsnet_tf.machine import cpu_model
+from lsnet_tf.utils.files import write_json
+from lsnet_tf.utils.machine import cpu_model
 
 
 CPU_FILE = "train-cpu.json"  # beside a run's eval.json: process CPU time of its training

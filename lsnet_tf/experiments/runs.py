@@ -1,7 +1,7 @@
 """Running a table: ``run_table`` trains and evaluates each of its runs (``run_row``) and writes
 the table; ``keep_records`` keeps the finished runs' records.
 
-For each (row, seed): train with ``lsnet_tf.train.run`` into
+For each (row, seed): train with ``lsnet_tf.training.session.run`` into
 ``<runs-dir>/<dataset>[-e<N>]/<row>/seed<k>/`` (``-e<N>`` with ``--budget-epochs N``), then
 evaluate the latest checkpoint with ``lsnet_tf.evaluate`` (validation fold; also the training folds
 for Table 4's training mIoU) into ``evaluation-<split>-<empty-slices>.json`` beside it; the process
@@ -44,7 +44,7 @@ import os
 import time
 
 from lsnet_tf.evaluation import slices as ev
-from lsnet_tf import train
+from lsnet_tf.training import session
 from lsnet_tf.config import load_config
 from lsnet_tf.experiments import curves
 from lsnet_tf.experiments.catalogue import (CLAIM_METRICS, DATASET_INFO, SIZE_PLOT_ROWS,
@@ -60,7 +60,7 @@ from lsnet_tf.experiments.units import (RunLock, _check_same_config, _count, _ro
                                         _seeds_of_rows, _table_rows, repo_path, row_config,
                                         run_folder, unit_fields, unit_json, unit_name,
                                         unit_overrides)
-from lsnet_tf.files import atomic_write, write_json, write_text
+from lsnet_tf.utils.files import atomic_write, write_json, write_text
 from lsnet_tf.metrics.evaluation import EMPTY_SLICE_MODES
 
 
@@ -86,7 +86,7 @@ def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/exper
         log(f"[{name}] training {cfg.model.architecture} from {path} into {run_dir}")
         start, commit = time.process_time(), _git_commit()
         try:
-            train.run(cfg, log=log)
+            session.run(cfg, log=log)
         finally:  # an interrupted session's CPU time counts too
             _add_cpu_seconds(run_dir, time.process_time() - start, commit)
     results = {}

@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from lsnet_tf.console import native_stderr
+from lsnet_tf.utils.console import native_stderr
 
 __all__ = ["MASK_THRESHOLD", "OUTPUT_NAMES", "METADATA_NAME", "RUNTIMES", "LiteRTMissingError",
            "usable_cores", "read_metadata", "resize_bilinear", "postprocess", "TFLiteModel",
@@ -234,7 +234,7 @@ class TFLiteModel:
 class TFLitePredictor:
     """``predict(hu)``: ``(n, H, W)`` raw HU -> dict of numpy outputs on the input grid.
 
-    The interface of ``lsnet_tf.predict``'s predictors for a ``.tflite`` file: one slice per
+    The interface of ``lsnet_tf.inference.predictors`` for a ``.tflite`` file: one slice per
     invocation, resized to the model's input size and the outputs back (`resize_bilinear`,
     `postprocess`), so the outputs are those of the SavedModel graph. ``window`` is the file's HU
     window ``(center, width)`` (None without metadata); `batch_size` is how many slices

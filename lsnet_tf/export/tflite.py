@@ -61,13 +61,13 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
-from lsnet_tf.console import native_stderr
+from lsnet_tf.utils.console import native_stderr
 from lsnet_tf.data import pipeline, records
 from lsnet_tf.data.pipeline import window
 # The runtime side (TensorFlow-free) lives in lsnet_tf.export.litert; re-exported here.
 from lsnet_tf.export.litert import METADATA_NAME, TFLiteModel, read_metadata
 from lsnet_tf.export.saved_model import MASK_THRESHOLD
-from lsnet_tf.files import write_bytes
+from lsnet_tf.utils.files import write_bytes
 from lsnet_tf.models.build import model_networks
 
 __all__ = ["QUANTIZE_MODES", "METADATA_NAME", "TFLiteConversionError", "convert", "export",

@@ -19,7 +19,7 @@ Outputs
 Resuming
 --------
 Running the same command again skips every case whose ``OUT/<case>/summary.json`` exists,
-names the same input and the same model content (``model_sha256``, `lsnet_tf.files.fingerprint`
+names the same input and the same model content (``model_sha256``, `lsnet_tf.utils.files.fingerprint`
 of the model file or folder), and whose listed ``outputs`` are all there with the size and
 SHA-256 it recorded (status ``skipped``, its slices, volume and seconds read from that summary).
 A case predicted by another model (retrained or re-exported at the same path) is predicted
@@ -45,7 +45,7 @@ Progress: one line per case on stderr (``cases [###.......] 3/10 NAME``), the sl
 On Apache Beam
 --------------
 ``--runner NAME`` (with pipeline options in ``--beam-options "..."`` or after ``--``, see
-`lsnet_tf.beam`) runs the cases to predict as a pipeline, one element per case, e.g. on two
+`lsnet_tf.utils.beam`) runs the cases to predict as a pipeline, one element per case, e.g. on two
 local processes::
 
     python -m lsnet_tf.predict --model M --input imagesTs --out preds --runner DirectRunner \
@@ -80,8 +80,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from lsnet_tf import beam
-from lsnet_tf.files import check_outputs, write_json, write_text, writing
+from lsnet_tf.utils import beam
+from lsnet_tf.utils.files import check_outputs, write_json, write_text, writing
 from lsnet_tf.inference.many import BatchError, Case, case_path, check_case_names
 
 __all__ = ["CASE_COLUMNS", "run_batch", "write_summary", "predict_one", "case_bar"]

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from lsnet_tf.files import describe_outputs, fingerprint, write_json, writing
+from lsnet_tf.utils.files import describe_outputs, fingerprint, write_json, writing
 from lsnet_tf.inference import batch, dicom_seg, ensemble, many, predictors
 from lsnet_tf.inference.outputs import DISAGREEMENT_FILE, SEG_FILE, save_overlay, summarize
 from lsnet_tf.inference.readers import DEFAULT_WINDOW, PredictError, not_dicom_note, read_input
@@ -59,7 +59,7 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
 
     The summary's ``outputs`` maps each file written (relative to `out_dir`) to its ``bytes``
     and ``sha256``: a later batch run skips the case only while they are unchanged. A file that
-    cannot be written raises `lsnet_tf.files.WriteError` naming it and what it is.
+    cannot be written raises `lsnet_tf.utils.files.WriteError` naming it and what it is.
     """
     t0 = time.time() if t0 is None else t0
     window = predictor.window or DEFAULT_WINDOW
@@ -196,7 +196,7 @@ def run_many(model_path, input_path: str, out_dir: str, batch_size: int = 8, spa
     """Predict every case of a folder or list file `input_path` (`lsnet_tf.inference.many`)
     into ``out_dir/<case>/``, loading the model once; returns the rows of ``cases.csv``.
 
-    `options`: Beam ``PipelineOptions`` (`lsnet_tf.beam.pipeline_options`) to run the cases as
+    `options`: Beam ``PipelineOptions`` (`lsnet_tf.utils.beam.pipeline_options`) to run the cases as
     a pipeline, each worker loading the model once; None runs them in this process.
     `model_path`, `tta`, `disagreement`, `review_below`: as for `run` (the members are checked
     before any case is predicted; a skipped case's ``review`` is taken against `review_below`).

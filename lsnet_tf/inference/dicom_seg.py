@@ -46,7 +46,7 @@ import numpy as np
 
 from lsnet_tf import __version__
 from lsnet_tf.data import dicom, volumes
-from lsnet_tf.files import atomic_write
+from lsnet_tf.utils.files import atomic_write
 
 __all__ = ["DicomSegError", "SeriesLayout", "series_layout", "to_stored", "write_dicom_seg"]
 

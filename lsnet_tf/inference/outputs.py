@@ -22,14 +22,14 @@ Outputs in ``--out`` (for many cases, in ``--out/<case>/``):
 - ``disagreement.nii.gz`` (``--disagreement``, an ensemble or ``--tta``): float32 in the mask's
   geometry, per voxel the standard deviation of the views' probabilities (0 to 0.5).
 
-A file that cannot be written is named with what it is (`lsnet_tf.files.WriteError`).
+A file that cannot be written is named with what it is (`lsnet_tf.utils.files.WriteError`).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from lsnet_tf.data import volumes
-from lsnet_tf.drawing import draw_boxes, overlay
+from lsnet_tf.utils.drawing import draw_boxes, overlay
 from lsnet_tf.inference.readers import Volume
 from lsnet_tf.inference.volume import MASK_THRESHOLD
 

@@ -36,7 +36,7 @@ import os
 import numpy as np
 
 from lsnet_tf.export.litert import TFLitePredictor  # LiteRT and numpy: no TensorFlow
-from lsnet_tf.files import fingerprint
+from lsnet_tf.utils.files import fingerprint
 from lsnet_tf.inference import ensemble
 from lsnet_tf.inference.readers import DEFAULT_WINDOW, PredictError
 
@@ -111,7 +111,7 @@ class SavedModelPredictor:
 def load_predictor(path: str, batch_size: int = 8, model_sha256: str | None = None):
     """A `SavedModelPredictor` for a folder, a `TFLitePredictor` for a ``.tflite`` file; its
     ``fingerprint`` (summary.json's ``model_sha256``) is `model_sha256` when the caller has
-    hashed the model already, else ``lsnet_tf.files.fingerprint(path)``."""
+    hashed the model already, else ``lsnet_tf.utils.files.fingerprint(path)``."""
     if not os.path.exists(path):
         raise PredictError(f"{path}: model not found")
     if os.path.isdir(path):
@@ -155,7 +155,7 @@ def is_ensemble(members, tta: str = "none") -> bool:
 
 
 def member_fingerprints(members) -> list[str]:
-    """`lsnet_tf.files.fingerprint` of each member (a path given twice is hashed once)."""
+    """`lsnet_tf.utils.files.fingerprint` of each member (a path given twice is hashed once)."""
     done, out = {}, []
     for member in members:
         key = os.path.realpath(member)

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lsnet_tf import files
+from lsnet_tf.utils import files
 from lsnet_tf.data import records, volumes
 from lsnet_tf.data.volumes import PatientSkipped, PatientSource, PrepareError
 

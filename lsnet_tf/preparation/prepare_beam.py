@@ -9,7 +9,7 @@ The fold split is decided before the pipeline from the patient list, so it does 
 runner; shards and ``dataset.json`` are the same as in process. ``--out`` may then be any
 filesystem TensorFlow writes (``gs://bucket/dataset``); the inputs must be readable by every
 worker (a shared or mounted folder). Pipeline options: ``--beam-options "..."`` and everything
-after ``--`` (see `lsnet_tf.beam`)::
+after ``--`` (see `lsnet_tf.utils.beam`)::
 
     python -m lsnet_tf.prepare tcia --images ... --labels ... --out DATASET --runner DirectRunner \\
         --beam-options "--direct_num_workers=2 --direct_running_mode=multi_processing"
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from lsnet_tf import files
+from lsnet_tf.utils import files
 from lsnet_tf.data import records, volumes
 from lsnet_tf.preparation.prepare import (Summary, dataset_info, existing_outputs,
                                           prepare_patient, summary_of)
@@ -54,7 +54,7 @@ def _prepare_element(element, out_dir: str, label_values=None):
 def _publish_dataset_info(outcomes, out_dir: str, folds: int, seed: int, assignment: dict,
                           label_values=None, info=None, notes=()) -> None:
     """Beam: every patient's outcome -> ``dataset.json``, written last (atomically, through
-    tf.io.gfile for a URL: `lsnet_tf.files.write_text`)."""
+    tf.io.gfile for a URL: `lsnet_tf.utils.files.write_text`)."""
     summary = summary_of(outcomes, folds, assignment, notes, label_values)
     files.write_text(os.path.join(out_dir, records.INFO_FILE),
                      records.info_text(dataset_info(summary, seed, label_values, info)))
@@ -64,7 +64,7 @@ def prepare_with_beam(patients, out_dir: str, options, *, folds: int, seed: int 
                       label_values=None, info: dict | None = None, overwrite: bool = False,
                       notes=(), log=print) -> Summary:
     """`lsnet_tf.preparation.prepare.prepare_patients` as an Apache Beam pipeline run with
-    `options` (``PipelineOptions``, see `lsnet_tf.beam`): one element per patient, failures and
+    `options` (``PipelineOptions``, see `lsnet_tf.utils.beam`): one element per patient, failures and
     skips as tagged outputs, ``dataset.json`` written by the pipeline's last step; returns the
     Summary read back from it. The same shards, ``dataset.json`` and folds as in process.
 

@@ -3,7 +3,7 @@ the HTML report, and the statistics and anomalies files.
 
 The HTML report (`statistics_html`) holds summary tables (readable offline) followed by TFDV's
 Facets Overview of the split next to the training split (Facets loads its scripts from the web,
-so that part needs a network connection to render). Files go through `lsnet_tf.files`, so a
+so that part needs a network connection to render). Files go through `lsnet_tf.utils.files`, so a
 folder may be a URL (``gs://...``).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import html
 import json
 import os
 
-from lsnet_tf.files import write_bytes, write_text
+from lsnet_tf.utils.files import write_bytes, write_text
 from lsnet_tf.preparation.anomalies import anomaly_rows, drift_rows
 
 

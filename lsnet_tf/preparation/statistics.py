@@ -15,7 +15,7 @@ exists, the second time with ``num_boxes`` categorical) from the decoded scalar 
 reading the records again.
 
 With ``--runner NAME`` (and Beam pipeline options in ``--beam-options "..."`` or after ``--``, see
-`lsnet_tf.beam`) the statistics are computed by an Apache Beam pipeline instead
+`lsnet_tf.utils.beam`) the statistics are computed by an Apache Beam pipeline instead
 (`beam_statistics`): the shards are read with Beam's TFRecord source, decoded by the same tfx_bsl
 decoder and summarised by ``tfdv.GenerateStatistics`` (``DirectRunner`` here, ``DataflowRunner``,
 ``FlinkRunner``, ``SparkRunner`` for datasets larger than one machine); schema inference,
@@ -35,7 +35,7 @@ import re
 from typing import Iterable, Sequence
 
 from lsnet_tf.data import records
-from lsnet_tf.files import isdir, listdir, makedirs
+from lsnet_tf.utils.files import isdir, listdir, makedirs
 
 VALIDATED_FEATURES = (*records.SCALAR_FEATURES, "height", "width", "slice_index", "spacing")
 # The commands' splits: records.split_folds's "train" and "val" (called "eval" here).

@@ -31,7 +31,7 @@ import os
 import sys
 from typing import Sequence
 
-from lsnet_tf.files import isfile, makedirs, read_text, write_text
+from lsnet_tf.utils.files import isfile, makedirs, read_text, write_text
 from lsnet_tf.preparation.anomalies import (DEFAULT_LINF_THRESHOLD, anomaly_rows,
                                             format_anomalies, set_drift_thresholds, validate)
 from lsnet_tf.preparation.report import (format_summary, save_anomalies, save_statistics,

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lsnet_tf.drawing import draw_boxes, overlay
+from lsnet_tf.utils.drawing import draw_boxes, overlay
 from lsnet_tf.models import two_stage
 from lsnet_tf.models.build import checkpoint_objects
 from lsnet_tf.training.nonfinite import NonFiniteLossError, check_finite

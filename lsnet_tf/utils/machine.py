@@ -27,8 +27,8 @@ def configure_cpu(environ=None) -> None:
     TensorFlow 2.16 turns them on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX; on an
     AVX2 CPU (this project's 2-core AMD EPYC) they made the training steps 1.2-1.9 × and L-SNet's
     inference on batches of 8 slices about 1.9 × faster, and one slice alone 1.4-1.75 × slower
-    (``python -m benchmarks onednn``, README "Performance"). Part of the commands' environment
-    (`lsnet_tf.console.command_environment`), not of importing ``lsnet_tf``; it only has an
+    (``python -m benchmarks onednn``, docs/performance.md). Part of the commands' environment
+    (`lsnet_tf.utils.console.command_environment`), not of importing ``lsnet_tf``; it only has an
     effect before TensorFlow is imported. ``TF_ENABLE_ONEDNN_OPTS=0`` turns them off; results
     then differ in float round-off only.
     """

@@ -20,7 +20,7 @@ nothing. The commands start quiet:
   project (`KNOWN_WARNINGS`) are ignored. Warnings raised because of how this project calls a
   library are not filtered.
 - TensorFlow's oneDNN CPU kernels are on (``TF_ENABLE_ONEDNN_OPTS=1``,
-  `lsnet_tf.machine.configure_cpu`) unless the user set the variable.
+  `lsnet_tf.utils.machine.configure_cpu`) unless the user set the variable.
 - Native lines of the TFLite converter and of LiteRT (`NATIVE_NOISE`: "Created TensorFlow Lite
   XNNPACK delegate for CPU", absl's "All log messages before absl::InitializeLog()", the
   converter's "Ignored output_format", the int8 quantizer's "fully_quantize: 0, ...") are held
@@ -31,7 +31,7 @@ nothing. The commands start quiet:
 ``LSNET_VERBOSE=1`` (or true/yes/on) turns the quiet part off: TensorFlow's own default log level
 and every warning come back. A ``TF_CPP_MIN_LOG_LEVEL`` the user has set is kept as it is, and so
 are warning filters given with ``python -W`` or ``PYTHONWARNINGS``. A notebook that wants the
-commands' settings calls ``lsnet_tf.console.command_environment()`` before importing TensorFlow.
+commands' settings calls ``lsnet_tf.utils.console.command_environment()`` before importing TensorFlow.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ import sys
 import tempfile
 import warnings
 
-import lsnet_tf.machine as machine  # not `from lsnet_tf import`: no edge back to the package
+import lsnet_tf.utils.machine as machine  # not `from lsnet_tf import`: no edge back to the package
 
 __all__ = ["VERBOSE_ENV", "QUIET_TF_CPP_MIN_LOG_LEVEL", "KNOWN_WARNINGS", "NATIVE_NOISE",
            "COMMAND_PACKAGES", "verbose", "configure", "command_environment", "command_module",
@@ -101,7 +101,7 @@ def configure(environ=None) -> None:
 
 def command_environment(environ=None) -> None:
     """What every command sets before TensorFlow is imported: the quiet console (`configure`)
-    and TensorFlow's oneDNN CPU kernels (`lsnet_tf.machine.configure_cpu`).
+    and TensorFlow's oneDNN CPU kernels (`lsnet_tf.utils.machine.configure_cpu`).
 
     `environ` (default ``os.environ``) gets ``TF_CPP_MIN_LOG_LEVEL=3`` (unless `verbose`) and
     ``TF_ENABLE_ONEDNN_OPTS=1``, each only where the user has not set it; the warning filters
