@@ -530,7 +530,7 @@ def frozen(build_model):
     return wrapped
 
 
-for module in (build, train):
+for module in (build, session):
     if hasattr(module, "build_model"):
         module.build_model = frozen(module.build_model)
 sys.exit(train.main(sys.argv[1:]))
