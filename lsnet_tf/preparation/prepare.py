@@ -124,6 +124,18 @@ def prepare_patient(patient: PatientSource, fold: int, out_dir: str, label_value
             "label_values_found": sorted(int(v) for v in np.unique(volume.labels))}
 
 
+def clear_outputs(out_dir: str, overwrite: bool) -> None:
+    """Refuse (`FileExistsError`) an `out_dir` that holds an earlier run's outputs, unless
+    `overwrite`: then delete those files, and only those."""
+    old = existing_outputs(out_dir)
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds a prepared dataset ({len(old)} files, e.g. {old[0]}); "
+            "pass --overwrite to replace it")
+    for path in old:
+        files.remove(path)
+
+
 def prepare_patients(patients: Sequence[PatientSource], out_dir: str, *, folds: int, seed: int = 0,
                      label_values=None, info: dict | None = None, overwrite: bool = False,
                      notes: Sequence[str] = (), log: Callable[[str], None] = print) -> Summary:
@@ -144,13 +156,7 @@ def prepare_patients(patients: Sequence[PatientSource], out_dir: str, *, folds: 
       FileExistsError: `out_dir` holds an earlier run's outputs and `overwrite` is false (with
         `overwrite`, those files, and only those, are deleted first).
     """
-    old = existing_outputs(out_dir)
-    if old and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds a prepared dataset ({len(old)} files, e.g. {old[0]}); "
-            "pass --overwrite to replace it")
-    for path in old:
-        files.remove(path)
+    clear_outputs(out_dir, overwrite)
     assignment = volumes.kfold_split([p.patient_id for p in patients], folds, seed)
     summary = Summary(folds=int(folds), assignment=assignment, notes=list(notes))
     n = len(patients)

@@ -22,7 +22,7 @@ import os
 
 from lsnet_tf.utils import files
 from lsnet_tf.data import records, volumes
-from lsnet_tf.preparation.prepare import (Summary, dataset_info, existing_outputs,
+from lsnet_tf.preparation.prepare import (Summary, clear_outputs, dataset_info,
                                           prepare_patient, summary_of)
 
 METRICS_NAMESPACE = "lsnet_tf.prepare"
@@ -74,13 +74,7 @@ def prepare_with_beam(patients, out_dir: str, options, *, folds: int, seed: int 
     """
     import apache_beam as beam_sdk
 
-    old = existing_outputs(out_dir)
-    if old and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds a prepared dataset ({len(old)} files, e.g. {old[0]}); "
-            "pass --overwrite to replace it")
-    for path in old:
-        files.remove(path)
+    clear_outputs(out_dir, overwrite)
     # The fold split is decided here, from the patient list, whatever the runner does.
     assignment = volumes.kfold_split([p.patient_id for p in patients], folds, seed)
     elements = [(p, assignment[p.patient_id]) for p in sorted(patients, key=lambda p: p.patient_id)]
