@@ -18,7 +18,7 @@ over the views (members x mirrors) and the mean thresholded at 0.5; the boxes of
 are listed per member. The summary then also holds the members, the mirroring, and the case's
 agreement: ``mean_pairwise_dice`` (the mean Dice between the views' masks),
 ``volume_sd_ml``/``volume_range_ml`` (the spread of their volumes) and ``review`` (mean
-pairwise Dice below ``--review-below``, default 0.8, provisional); ``--disagreement`` writes
+pairwise Dice below ``--review-below``, default 0.9875); ``--disagreement`` writes
 ``disagreement.nii.gz``, per voxel the standard deviation of the views' probabilities. With
 one model and no mirroring none of these appear.
 

@@ -6,11 +6,12 @@
 Patient ``p`` of generator seed ``S`` is ``lsnet_tf.data.synthetic.generate_patient`` of the
 config's ``data.synthetic`` settings with ``seed = S`` (a patient depends on the settings, the
 seed and its index only, not on ``num_patients`` or ``folds``). Each patient is written as
-``DIR/images/case_<p>.nii.gz`` (int16 HU, as the generator gives them) and
-``DIR/labels/case_<p>.nii.gz`` (uint8 0/1), both in the canonical (slice, row, col) layout with
+``DIR/images/patient_<p>.nii.gz`` (int16 HU, as the generator gives them) and
+``DIR/labels/patient_<p>.nii.gz`` (uint8 0/1), both in the canonical (slice, row, col) layout with
 the synthetic set's spacing (0.8 x 0.8 mm, 2.5 mm slices), so that ``predict`` reads back
 exactly the generated slices (checked here for every case) and ``evaluate --predictions`` pairs
-each mask with its label on one grid.
+each mask with its label on one grid. (Names end in 3 digits: ``predict`` reads a trailing
+``_0000`` as nnU-Net's channel suffix and drops it from the case name.)
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def write_cases(config: str, seed: int, patients: int, out: str) -> list[str]:
         slices = synthetic.generate_patient(cfg, p)
         hu = np.stack([s[0] for s in slices]).astype(np.int16)
         mask = np.stack([s[1] for s in slices]).astype(np.uint8)
-        name = f"case_{p:04d}"
+        name = f"patient_{p:03d}"
         image_path = os.path.join(out, "images", f"{name}.nii.gz")
         nifti.write_volume(image_path, hu, affine)
         nifti.write_volume(os.path.join(out, "labels", f"{name}.nii.gz"), mask, affine)
