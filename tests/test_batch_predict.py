@@ -70,6 +70,11 @@ def read_json(path):
         return json.load(f)
 
 
+def thumbnails(summary):
+    """The review page's thumbnails a case summary lists (``review_slices``)."""
+    return [p for entry in summary["review_slices"] for p in entry["images"].values()]
+
+
 def read_csv(out):
     with open(Path(out) / "cases.csv", encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
@@ -172,7 +177,8 @@ def test_cases_sharing_a_name_each_fail_and_the_others_run(tmp_path, monkeypatch
         assert row["error"] == (f"{path}: the case name {row['case']!r} is shared with {others} "
                                 "(their outputs would overwrite each other); rename one of them")
         assert f"error: case {row['case']}: {row['error']}" in err
-    assert sorted(os.listdir(tmp_path / "out")) == ["cases.csv", "cases.json", "other"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["cases.csv", "cases.json", "other",
+                                                    "review.html"]
 
 
 def test_a_folder_or_list_without_cases_is_an_error(tmp_path, monkeypatch, capsys):
@@ -207,7 +213,7 @@ def test_folder_of_cases_gives_the_single_case_outputs(batch):
     assert batch["loads"] == 1
     out = batch["out"]
     assert sorted(p.name for p in out.iterdir()) == ["cases.csv", "cases.json", "dicom__CT5N",
-                                                     "liver_1", "liver_2"]
+                                                     "liver_1", "liver_2", "review.html"]
     for name in batch["inputs"]:
         mask, affine = read_mask(out / name)
         single_mask, single_affine = read_mask(batch["root"] / "single" / name)
@@ -215,8 +221,9 @@ def test_folder_of_cases_gives_the_single_case_outputs(batch):
         np.testing.assert_array_equal(mask, single_mask)
         np.testing.assert_array_equal(affine, single_affine)
         summary = read_json(out / name / "summary.json")
-        assert without_seconds(summary) == without_seconds(
-            json.loads(json.dumps(batch["singles"][name])))
+        assert thumbnails(summary)  # the review page's, which a single case does not write
+        assert without_seconds({k: v for k, v in summary.items() if k != "review_slices"}) == \
+            without_seconds(json.loads(json.dumps(batch["singles"][name])))
         assert sorted(os.listdir(out / name / "overlays")) == sorted(
             os.path.basename(p) for p in summary["overlays"])
 
@@ -301,7 +308,8 @@ def test_broken_cases_are_reported_and_the_others_written(batch, model_path, cou
         assert not (tmp_path / "out" / name).exists()
     np.testing.assert_array_equal(read_mask(tmp_path / "out" / "good")[0],
                                   read_mask(batch["out"] / "liver_2")[0])
-    assert sorted(os.listdir(tmp_path / "out")) == ["cases.csv", "cases.json", "good"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["cases.csv", "cases.json", "good",
+                                                    "review.html"]
 
 
 # ------------------------------------------------------------------ resuming
@@ -359,7 +367,7 @@ def test_a_killed_run_is_resumed_and_overwrite_redoes_every_case(batch, model_pa
     assert float(rows[0]["seconds"]) == summary["seconds"]
     assert {p: os.stat(out / "dicom__CT5N" / p).st_mtime_ns for p in first} == first
     assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "dicom__CT5N", "liver_1",
-                                       "liver_2"]
+                                       "liver_2", "review.html"]
     for name in batch["inputs"]:
         np.testing.assert_array_equal(read_mask(out / name)[0], read_mask(batch["out"] / name)[0])
 
@@ -372,7 +380,7 @@ def test_a_killed_run_is_resumed_and_overwrite_redoes_every_case(batch, model_pa
     np.testing.assert_array_equal(read_mask(out / "dicom__CT5N")[0],
                                   read_mask(batch["out"] / "dicom__CT5N")[0])
     assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "dicom__CT5N", "liver_1",
-                                       "liver_2"]
+                                       "liver_2", "review.html"]
 
 
 def test_cases_predicted_by_another_model_are_predicted_again(batch, counted_loads, model_path,
@@ -448,7 +456,8 @@ def test_direct_runner_with_two_workers_gives_the_in_process_outputs(batch, mode
                                       read_mask(batch["out"] / reference)[0])
         assert without_seconds(read_json(out / name / "summary.json")) == without_seconds(
             read_json(batch["out"] / reference / "summary.json"))
-    assert sorted(os.listdir(out)) == ["CT5N", "cases.csv", "cases.json", "liver_1", "liver_2"]
+    assert sorted(os.listdir(out)) == ["CT5N", "cases.csv", "cases.json", "liver_1", "liver_2",
+                                       "review.html"]
 
 
 def test_runner_options_apply_to_many_cases_only(tmp_path, capsys):
@@ -512,7 +521,7 @@ def check_hostile_run(root, cases, out, rows, err, listed, good="done"):
             assert row["input"] == path
             assert row["error"] == f"{path}: {why}; rename the input"
             assert f"error: case {row['case']}: {row['error']}" in err
-    assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "good"]
+    assert sorted(os.listdir(out)) == ["cases.csv", "cases.json", "good", "review.html"]
     assert os.path.isfile(out / "cases.json")  # the summary, not a case folder
 
 
@@ -639,7 +648,8 @@ def test_a_case_whose_outputs_changed_is_predicted_again(batch, counted_loads, m
     for name in batch["inputs"]:
         np.testing.assert_array_equal(read_mask(out / name)[0], read_mask(batch["out"] / name)[0])
         summary = read_json(out / name / "summary.json")  # what the summary records
-        assert set(summary["outputs"]) == {"mask.nii.gz", *summary["overlays"]} | (
+        assert set(summary["outputs"]) == {"mask.nii.gz", *summary["overlays"],
+                                           *thumbnails(summary)} | (
             {"mask.seg.dcm"} if summary["dicom_seg_file"] else set())
         for file, entry in summary["outputs"].items():
             assert entry == {"bytes": os.path.getsize(out / name / file),

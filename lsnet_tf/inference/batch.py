@@ -15,6 +15,9 @@ Outputs
   mean_pairwise_dice, volume_sd_ml, volume_range_ml and review (empty otherwise; a skipped
   case's review is taken against this run's ``--review-below``). Both are rewritten atomically
   after each case, so a killed run leaves a consistent summary of the cases before the kill.
+- ``OUT/review.html``: the cases on one static page, lowest agreement first, with thumbnails
+  (`lsnet_tf.inference.review`), written when every case is done (skipped ones included); a
+  run removes the previous run's page when it starts.
 
 Resuming
 --------
@@ -83,6 +86,7 @@ from typing import Callable, Sequence
 from lsnet_tf.utils import beam
 from lsnet_tf.utils.files import check_outputs, write_json, write_text, writing
 from lsnet_tf.inference.many import BatchError, Case, case_path, check_case_names
+from lsnet_tf.inference import review
 
 __all__ = ["CASE_COLUMNS", "run_batch", "write_summary", "predict_one", "case_bar"]
 
@@ -273,6 +277,7 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
         + f", {len(complete)} complete already "
         f"(skipped{'; --overwrite redoes them' if complete else ''}) -> {out_dir}"
         + (f" with {beam.describe(options)}" if options is not None and todo else ""))
+    review.remove_page(out_dir)  # the page of this run comes when its cases are done
     if options is not None:
         if todo:  # a model that cannot load is one error here, not a traceback in each worker
             load()
@@ -284,11 +289,12 @@ def run_batch(cases: Sequence[Case], out_dir: str, *, load: Callable, predict: C
     else:
         rows = _run_in_process(cases, complete, out_dir, load() if todo else None, predict,
                                progress, log, stream, review_below)
+    review.write_page(out_dir, rows, review_below)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
     if progress or options is not None:
         case_bar(len(cases), len(cases), ", ".join(f"{v} {k}" for k, v in counts.items()), stream)
     log(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed -> "
-        f"{os.path.join(out_dir, 'cases.csv')}")
+        f"{os.path.join(out_dir, 'cases.csv')}, {os.path.join(out_dir, review.PAGE)}")
     return rows
 
 

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from lsnet_tf.utils.files import describe_outputs, fingerprint, write_json, writing
-from lsnet_tf.inference import batch, dicom_seg, ensemble, many, predictors
+from lsnet_tf.inference import batch, dicom_seg, ensemble, many, predictors, review
 from lsnet_tf.inference.outputs import DISAGREEMENT_FILE, SEG_FILE, save_overlay, summarize
 from lsnet_tf.inference.readers import DEFAULT_WINDOW, PredictError, not_dicom_note, read_input
 from lsnet_tf.inference.volume import predict_volume, progress_bar
@@ -40,7 +40,7 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
                  progress: Callable | None = progress_bar, log=print, t0: float | None = None,
                  shown_as: str | None = None, dicom_seg_file: bool = True,
                  series_uid=None, disagreement: bool = False,
-                 review_below: float = ensemble.REVIEW_BELOW) -> dict:
+                 review_below: float = ensemble.REVIEW_BELOW, thumbnails: bool = False) -> dict:
     """Predict `input_path` with a loaded `predictor` into `out_dir`; returns the summary dict.
 
     With an `EnsemblePredictor` (more than one view: `lsnet_tf.inference.ensemble`) the summary
@@ -48,6 +48,9 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
     `lsnet_tf.inference.ensemble.Agreement.summary` (``review`` against `review_below`);
     `disagreement` writes ``disagreement.nii.gz`` (float32, the input's geometry) beside the
     mask.
+
+    `thumbnails`: also write the thumbnails of the review page (`lsnet_tf.inference.review`:
+    ``thumbnails/``, listed in the summary as ``review_slices``), as many cases do.
 
     `dicom_seg_file`: for a DICOM series, also write ``mask.seg.dcm``
     (`lsnet_tf.inference.dicom_seg`), a DICOM Segmentation of the mask referencing the CT slices
@@ -126,6 +129,10 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
                               pred["boxes"][k], pred["valid"][k].astype(bool), window)
             written.append(os.path.join("overlays", name))
     summary["overlays"] = written
+    if thumbnails:
+        summary["review_slices"] = review.write_thumbnails(out_dir, volume.hu, pred["mask"],
+                                                           window, pred.get("slice_ranking"))
+        written = written + [p for e in summary["review_slices"] for p in e["images"].values()]
     summary["outputs"] = describe_outputs(out_dir, [os.path.basename(mask_path)]
                                           + ([seg_file] if seg_file else [])
                                           + ([DISAGREEMENT_FILE] if agreement.get(
@@ -227,6 +234,6 @@ def run_many(model_path, input_path: str, out_dir: str, batch_size: int = 8, spa
         cases, out_dir, load=load,
         predict=functools.partial(predict_case, spacing=spacing, overlays=overlays,
                                   dicom_seg_file=dicom_seg_file, disagreement=disagreement,
-                                  review_below=review_below),
+                                  review_below=review_below, thumbnails=True),
         overwrite=overwrite, progress=progress, log=log, options=options, model_sha256=sha256,
         review_below=review_below)

@@ -59,7 +59,8 @@ __all__ = ["BatchError", "Case", "RESERVED_NAMES", "is_batch_input", "find_cases
 LIST_EXTENSIONS = (".txt", ".lst")
 # Names under OUT that are the batch's own files (and their temporary names), never a case's
 # folder; compared without regard to letter case (case-insensitive file systems).
-RESERVED_NAMES = ("cases.csv", "cases.json", "cases.csv.tmp", "cases.json.tmp", "summary.json")
+RESERVED_NAMES = ("cases.csv", "cases.json", "cases.csv.tmp", "cases.json.tmp", "summary.json",
+                  "review.html", "review.html.tmp")
 # A case folder's name, and the work folders ``.<case>.partial``/``.<case>.old``, must fit in
 # one path component (255 bytes on the common file systems).
 MAX_NAME_BYTES = 255 - len("..partial")

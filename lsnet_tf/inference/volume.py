@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from lsnet_tf.inference import ensemble
+from lsnet_tf.inference import ensemble, review
 
 __all__ = ["MASK_THRESHOLD", "MAX_BATCH_PIXELS", "progress_bar", "predict_volume"]
 
@@ -50,7 +50,8 @@ def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progre
     "keypoints": (n, K, 2), "valid": (n, K)}``. For an `EnsemblePredictor` (more than one
     view) also ``"agreement"`` (`lsnet_tf.inference.ensemble.Agreement` of the case),
     ``"box_member"`` (the member of each of the K box entries) and ``"disagreement"``
-    (``(n, H, W)`` float32 map when `disagreement`, else None).
+    (``(n, H, W)`` float32 map when `disagreement`, else None) and ``"slice_ranking"`` (the
+    slices of most disagreement with their maps, `lsnet_tf.inference.review.SliceRanking`).
     """
     n = hu.shape[0]
     per_slice = max(1, int(hu.shape[1]) * int(hu.shape[2]))
@@ -58,6 +59,7 @@ def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progre
     masks, rest = [], {"boxes": [], "scores": [], "keypoints": [], "valid": []}
     views = int(getattr(predictor, "views", 1))
     agreement = ensemble.Agreement(views) if views > 1 else None
+    ranking = review.SliceRanking() if views > 1 else None
     maps, box_member = [], None
     if progress:
         progress(0, n)
@@ -69,6 +71,7 @@ def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progre
         if agreement is not None:
             agreement.add(out["view_foreground"])
             box_member = out["box_member"]
+            ranking.add(start, out["disagreement"])
             if disagreement:
                 maps.append(out["disagreement"])
         if progress:
@@ -76,7 +79,7 @@ def predict_volume(predictor, hu: np.ndarray, progress: Callable | None = progre
     result = {"mask": np.concatenate(masks, 0),
               **{k: np.concatenate(v, 0) for k, v in rest.items()}}
     if agreement is not None:
-        result.update(agreement=agreement, box_member=box_member,
+        result.update(agreement=agreement, box_member=box_member, slice_ranking=ranking,
                       disagreement=np.concatenate(maps, 0) if disagreement else None)
     return result
 
