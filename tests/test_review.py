@@ -296,3 +296,27 @@ def test_chromium_renders_every_case_and_every_image(tmp_path, two_members):
     assert rendered["rows"] == ["missing", "worst", HOSTILE, "mild", "calm"]
     assert rendered["images"] == 3 * 11 and rendered["broken"] == 0
     assert rendered["widths"] == [96]
+
+
+def test_a_case_without_thumbnails_or_with_a_missing_or_outside_one_shows_no_image(tmp_path):
+    """Summaries of cases written before the page (no ``review_slices``), a thumbnail deleted
+    and one named outside the case folder: the row says so, and nothing is embedded."""
+    out = tmp_path / "out"
+    for name, slices in (("old", None), ("broken", [{"slice": 1, "disagreement": 2.0, "images": {
+            "image": "thumbnails/gone.png", "mask": "../secret.png",
+            "disagreement": "/etc/hostname"}}])):
+        (out / name).mkdir(parents=True)
+        summary = {"views": 2, "tta": "none", "members": [], "mean_pairwise_dice": 0.5}
+        if slices is not None:
+            summary["review_slices"] = slices
+        (out / name / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    Image.new("L", (2, 2)).save(out / "secret.png")  # a PNG, but not the case's
+    rows = [{"case": n, "status": "skipped", "mean_pairwise_dice": d, "review": True}
+            for n, d in (("old", 0.5), ("broken", 0.4))]
+    assert review.write_page(str(out), rows, 0.8) == str(out / "review.html")
+    text, page = read_page(out)
+    assert [r["case"] for r in page.rows] == ["broken", "old"] and page.images == 0
+    assert "no thumbnails (none recorded in summary.json)" in text
+    for panel in ("image", "mask", "disagreement"):
+        assert f'<span class="missing">{panel} missing</span>' in text
+    assert "base64" not in text
