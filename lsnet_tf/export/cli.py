@@ -11,6 +11,9 @@ FORMAT and where ``--out`` writes:
   ``OUT/<name>/<version>/``; ``--quantize none`` or ``fp16``. Needs a GPU and TensorRT:
   without them it stops at once with what is missing.
 
+Several exported SavedModels as one SavedModel (their ensemble in one graph, for TF Serving):
+``python -m lsnet_tf.export ensemble --model A --model B --out OUT`` (see ``ensemble --help``).
+
 The run folder is one of ``python -m lsnet_tf.train``: its ``config.yaml`` rebuilds the model
 and its latest checkpoint (or ``--checkpoint``) gives the weights (L-Net and S-Net, or a
 baseline's networks; optimizer state is ignored). A run trained from a keras-hub preset
@@ -28,6 +31,19 @@ import time
 
 from lsnet_tf.config import ConfigError
 from lsnet_tf.training.runs import RunError, load_run  # noqa: F401  (part of this module's API)
+
+ENSEMBLE_DOC = """Several exported SavedModels as one SavedModel for TF Serving (an ensemble).
+
+Written (``lsnet_tf.export.ensemble``) to ``OUT/<name>/<version>/`` with the signatures of one
+member: the same inputs and outputs. Inside, every member runs on the slices (and on their
+mirrors with ``--tta``); ``probability`` is the mean of the members' probability maps and
+``mask`` that mean > 0.5, as ``python -m lsnet_tf.predict --model A --model B`` gives them;
+``boxes``, ``keypoints``, ``scores`` and ``valid`` are the first member's. Members (``--model``,
+repeated, or a folder of models) must share input size, HU window, classes and label;
+``.tflite`` files run as an ensemble in ``predict`` only (LiteRT, member after member).
+Exit status: 0 on success, 2 for bad arguments, 1 when the export fails.
+Guide: docs/deployment.md ("One SavedModel for TF Serving").
+"""
 
 FORMATS = ("saved_model", "tflite", "tftrt")
 QUANTIZE = ("none", "fp16", "int8")
@@ -73,6 +89,40 @@ def parse_args(argv=None):
     return args
 
 
+def parse_ensemble_args(argv):
+    """The arguments of ``python -m lsnet_tf.export ensemble`` (`argv` after ``ensemble``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lsnet_tf.export ensemble", description=ENSEMBLE_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, action="append", metavar="PATH",
+                        help="a member SavedModel (repeat for each) or a folder of them")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="base folder: writes OUT/<name>/<version>")
+    parser.add_argument("--name", default="ensemble",
+                        help="model name in the serving layout (default ensemble)")
+    parser.add_argument("--version", type=int, default=1, metavar="N",
+                        help="model version (default 1)")
+    parser.add_argument("--tta", default="none", choices=("none", "flip", "flip2"),
+                        help="mirrored views inside the graph, as predict's --tta "
+                             "(default none)")
+    args = parser.parse_args(argv)
+    if args.version < 1:
+        parser.error(f"--version must be >= 1, got {args.version}")
+    return args
+
+
+def run_ensemble(args, log=print) -> str:
+    """Export the ensemble `args` describe (`parse_ensemble_args`); returns the written path."""
+    from lsnet_tf.export import ensemble, saved_model  # TensorFlow: not for --help
+
+    t0 = time.time()
+    target = saved_model.serving_path(args.out, args.name, args.version)
+    path = ensemble.export(args.model, target, tta=args.tta)
+    views = ensemble.read_manifest(path)["views"]
+    log(f"ensemble ({views} views) written to {path} in {time.time() - t0:.0f} s")
+    return path
+
+
 def run(args, log=print) -> str:
     """Export as `args` say (see `parse_args`); returns the written path."""
     # The exporters import TensorFlow: not at module level, so that --help and argument errors
@@ -104,6 +154,15 @@ def run(args, log=print) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ensemble"]:
+        args = parse_ensemble_args(argv[1:])
+        try:
+            run_ensemble(args)
+        except (ValueError, OSError) as e:  # MemberError is a ValueError
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
     args = parse_args(argv)
     from lsnet_tf.export.tflite import TFLiteConversionError  # TensorFlow: after parse_args
     from lsnet_tf.export.tftrt import TensorRTUnavailableError
