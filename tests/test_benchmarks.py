@@ -181,14 +181,14 @@ def test_train_option_values_are_checked():
 def test_mixed_precision_builds_float16_networks_with_float32_heads(tiny_batch):
     import keras
 
-    from lsnet_tf.models.build import build_model, compile_model
+    from lsnet_tf.models.build import build_model, compile_model, nested_layers
 
     config, batch = tiny_batch
     lsnet = build_model(config("train.mixed_precision=true"))
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     for net in (lsnet.lnet, lsnet.snet):
         assert net.dtype_policy.name == "mixed_float16"
-        convs = [l for l in net._flatten_layers() if isinstance(l, keras.layers.Conv2D)]
+        convs = nested_layers(net, keras.layers.Conv2D)
         assert convs and all(c.compute_dtype == "float16" and c.kernel.dtype == "float32"
                              for c in convs)
     out = lsnet.lnet(batch["image"], training=False)

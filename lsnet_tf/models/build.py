@@ -48,22 +48,28 @@ def build_model(cfg: Config, synchronized: bool = False):
         keras.config.set_dtype_policy(previous)
 
 
-def batch_norm_layers(model) -> list:
-    """Every BatchNormalization layer of a model of ``build_model``, in its networks and the
-    models nested in them (through the public ``layers`` of each)."""
-    import keras
-
+def nested_layers(roots, layer_type) -> list:
+    """Every layer of ``layer_type`` in ``roots`` (a layer or a list of them) and the models
+    nested in them, depth first, each once (through the public ``layers`` of each)."""
     found, seen = [], set()
-    stack = list(model_networks(model).values())[::-1]
+    stack = list(roots)[::-1] if isinstance(roots, (list, tuple)) else [roots]
     while stack:
         layer = stack.pop()
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, layer_type):
             found.append(layer)
         stack.extend((getattr(layer, "layers", None) or [])[::-1])
     return found
+
+
+def batch_norm_layers(model) -> list:
+    """Every BatchNormalization layer of a model of ``build_model``, in its networks and the
+    models nested in them."""
+    import keras
+
+    return nested_layers(list(model_networks(model).values()), keras.layers.BatchNormalization)
 
 
 def _build_model(cfg: Config, synchronized: bool = False):
