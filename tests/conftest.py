@@ -48,6 +48,23 @@ def pytest_runtest_call(item):
     yield
 
 
+# ------------------------------------------------------------------------- heavy files first
+# `make test` gives each xdist worker whole files (--dist loadfile), in collection order. The
+# files below take most of the suite's time (tests/test_reliability.py alone about a quarter);
+# collected first, they start at once and the light files fill the gaps, instead of one worker
+# finishing a heavy file alone at the end. Heaviest first, from `pytest --durations`; the order
+# of the tests inside a file does not change.
+
+HEAVY_FILES = ("test_reliability.py", "test_lsnet.py", "test_predict.py", "test_export.py",
+               "test_benchmarks.py", "test_train.py", "test_readme.py", "test_distributed.py",
+               "test_experiments.py", "test_ensemble.py", "test_beam.py", "test_console.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 # ----------------------------------------------------------------------------- tiny models
 # Shared by the model tests (importable as ``from conftest import ...``: pytest puts tests/ on
 # sys.path, there being no tests/__init__.py). Files that need other settings add them to these.
