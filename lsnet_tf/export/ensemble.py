@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from lsnet_tf.export import saved_model
 from lsnet_tf.inference.ensemble import (MASK_THRESHOLD, MIRRORS, MemberError, check_members,
-                                         find_models)
+                                         find_models, saved_model_version)
 from lsnet_tf.utils.files import fingerprint
 
 __all__ = ["SIGNATURES", "MANIFEST", "EnsembleModule", "version_folder", "load_members",
@@ -55,13 +55,10 @@ MANIFEST = "ensemble.json"
 
 def version_folder(path: str) -> str:
     """The SavedModel version folder of `path` (itself, or its highest numeric version)."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [d for d in os.listdir(path) if d.isdigit()
-                and os.path.isfile(os.path.join(path, d, "saved_model.pb"))]
-    if not versions:
+    version = saved_model_version(path)
+    if version is None:
         raise MemberError(f"{path}: no saved_model.pb here nor in a numeric version folder")
-    return os.path.join(path, max(versions, key=int))
+    return version
 
 
 def _spec_text(spec) -> str:
@@ -148,7 +145,7 @@ class EnsembleModule(tf.Module):
         # with another message): the check and message of a single model's graph.
         given = tf.shape(hu)
         check = tf.debugging.Assert(tf.equal(tf.size(given), 3), [
-            saved_model._RANK_MESSAGE, "; received shape", given], summarize=16)
+            saved_model.RANK_MESSAGE, "; received shape", given], summarize=16)
         with tf.control_dependencies([check]):
             hu = tf.identity(hu)
         first_spec = _outputs_of(self.members[self.order[0]].signatures[signature])

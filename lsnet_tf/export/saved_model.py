@@ -55,7 +55,7 @@ __all__ = ["MASK_THRESHOLD", "OUTPUT_NAMES", "ServingModule", "preprocess", "pos
 
 MASK_THRESHOLD = 0.5
 OUTPUT_NAMES = ("probability", "mask", "keypoints", "scores", "boxes", "valid")
-_RANK_MESSAGE = ("hu must be a batch of slices (batch, height, width) of raw HU; send one slice "
+RANK_MESSAGE = ("hu must be a batch of slices (batch, height, width) of raw HU; send one slice "
                  "as a batch of one")
 
 
@@ -109,7 +109,7 @@ class ServingModule(tf.Module):
         rank_ok = tf.equal(tf.size(given), 3)
         dims = tf.where(rank_ok, tf.concat([given, tf.ones([3], tf.int32)], 0)[:3],
                         tf.stack([tf.size(hu), 1, 1]))
-        check = tf.debugging.Assert(rank_ok, [_RANK_MESSAGE, "; received shape", given],
+        check = tf.debugging.Assert(rank_ok, [RANK_MESSAGE, "; received shape", given],
                                     summarize=16)
         with tf.control_dependencies([check]):
             hu = tf.reshape(tf.cast(hu, tf.float32), dims)

@@ -79,16 +79,19 @@ class MemberError(ValueError):
 
 
 # ----------------------------------------------------------------------------------- finding
-def _is_saved_model(folder: str) -> bool:
-    """A SavedModel version folder, or a TF Serving model folder (numeric versions inside)."""
-    if os.path.isfile(os.path.join(folder, "saved_model.pb")):
-        return True
+def saved_model_version(path: str) -> str | None:
+    """The SavedModel version folder of `path`: `path` itself when it holds ``saved_model.pb``,
+    else its highest numeric version folder that does (a TF Serving model folder); None when
+    neither (or `path` cannot be listed)."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
     try:
-        names = os.listdir(folder)
+        names = os.listdir(path)
     except OSError:
-        return False
-    return any(n.isdigit() and os.path.isfile(os.path.join(folder, n, "saved_model.pb"))
-               for n in names)
+        return None
+    versions = [n for n in names
+                if n.isdigit() and os.path.isfile(os.path.join(path, n, "saved_model.pb"))]
+    return os.path.join(path, max(versions, key=int)) if versions else None
 
 
 def _models_under(folder: str) -> list[str]:
@@ -102,7 +105,7 @@ def _models_under(folder: str) -> list[str]:
             if d.startswith("."):
                 continue
             path = os.path.join(root, d)
-            if _is_saved_model(path):
+            if saved_model_version(path) is not None:
                 found.append(path)
             else:
                 keep.append(d)
@@ -127,7 +130,7 @@ def find_models(paths: Sequence[str] | str) -> list[str]:
         if not os.path.exists(path):
             raise MemberError(f"{path}: model not found")
         if os.path.isdir(path):
-            if _is_saved_model(path):
+            if saved_model_version(path) is not None:
                 members.append(path)
                 continue
             inside = _models_under(path)
@@ -160,14 +163,6 @@ class MemberSpec:
     label: str | None = None
 
 
-def _saved_model_version(path: str) -> str:
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [d for d in os.listdir(path) if d.isdigit()
-                and os.path.isfile(os.path.join(path, d, "saved_model.pb"))]
-    return os.path.join(path, max(versions, key=int)) if versions else path
-
-
 def _label_of(dataset: str | None) -> str | None:
     if dataset == "":
         return "synthetic"
@@ -183,7 +178,7 @@ def read_spec(path: str) -> MemberSpec:
     """The `MemberSpec` of a model, read from its files without loading it: a SavedModel's
     ``assets.extra/config.yaml``, a ``.tflite`` file's ``lsnet_tf`` metadata."""
     if os.path.isdir(path):
-        config = os.path.join(_saved_model_version(path), "assets.extra", "config.yaml")
+        config = os.path.join(saved_model_version(path) or path, "assets.extra", "config.yaml")
         try:
             import yaml
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from lsnet_tf.data import volumes
-from lsnet_tf.utils.drawing import draw_boxes, overlay
+from lsnet_tf.utils.drawing import display_window, draw_boxes, overlay
 from lsnet_tf.inference.readers import Volume
 from lsnet_tf.inference.volume import MASK_THRESHOLD
 
@@ -39,15 +39,10 @@ SEG_FILE = "mask.seg.dcm"
 DISAGREEMENT_FILE = "disagreement.nii.gz"
 
 
-def _display(hu: np.ndarray, window) -> np.ndarray:
-    center, width = window
-    return np.clip((hu - (center - width / 2.0)) / width, 0.0, 1.0)
-
-
 def save_overlay(path: str, hu: np.ndarray, mask: np.ndarray, boxes, valid, window) -> None:
     from PIL import Image
 
-    image = _display(hu, window)
+    image = display_window(hu, window)
     rgb = overlay(image, (mask > 0).astype(np.float32))
     rgb = np.where(draw_boxes(np.zeros_like(image), boxes, valid).sum(-1, keepdims=True) > 0,
                    np.array([1.0, 0.2, 0.2]), rgb)

@@ -48,14 +48,11 @@ OUTPUTS = ("mask", "boxes", "scores", "keypoints", "valid")
 
 
 def _resolve_saved_model(path: str) -> str:
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [d for d in os.listdir(path) if d.isdigit()
-                and os.path.isfile(os.path.join(path, d, "saved_model.pb"))]
-    if not versions:
+    version = ensemble.saved_model_version(path)
+    if version is None:
         raise PredictError(f"{path}: no saved_model.pb here nor in a numeric version folder "
                            "(expected an exported SavedModel or a .tflite file)")
-    return os.path.join(path, max(versions, key=int))
+    return version
 
 
 def _window_of_config(path: str):

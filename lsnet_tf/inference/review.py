@@ -42,6 +42,7 @@ import urllib.parse
 import numpy as np
 
 from lsnet_tf.inference.many import case_path
+from lsnet_tf.utils.drawing import display_window
 from lsnet_tf.utils.files import write_text, writing
 
 __all__ = ["PAGE", "THUMBNAIL_SLICES", "THUMBNAIL_PX", "THUMBNAIL_FOLDER", "SliceRanking",
@@ -81,11 +82,6 @@ class SliceRanking:
 
 
 # ----------------------------------------------------------------------------------- thumbnails
-def _display(hu, window) -> np.ndarray:
-    center, width = window
-    return np.clip((np.asarray(hu, np.float32) - (center - width / 2.0)) / width, 0.0, 1.0)
-
-
 def _palettes() -> dict:
     """The 256-colour palettes of the thumbnails: ``mask``: 128 grays, then the same grays
     tinted green as the overlays are (`lsnet_tf.utils.drawing.overlay`); ``disagreement``:
@@ -157,8 +153,8 @@ def write_thumbnails(out_dir: str, hu, mask, window, ranking: SliceRanking | Non
         if ranking is not None and disagreement is None:
             disagreement = np.zeros(mask.shape[1:], np.float32)  # the views agree everywhere
         images = {}
-        for panel, (indices, palette) in _panels(_display(hu[k], window), mask[k] > 0,
-                                                 disagreement).items():
+        image = display_window(np.asarray(hu[k], np.float32), window)
+        for panel, (indices, palette) in _panels(image, mask[k] > 0, disagreement).items():
             name = f"{THUMBNAIL_FOLDER}/slice_{k:04d}_{panel}.png"
             with writing("a thumbnail", os.path.join(out_dir, name)):
                 _save(os.path.join(out_dir, *name.split("/")), indices, palette)

@@ -22,6 +22,12 @@ def draw_boxes(image, boxes, valid, color=(1.0, 0.2, 0.2)):
     return rgb
 
 
+def display_window(hu: np.ndarray, window) -> np.ndarray:
+    """HU mapped to [0, 1] for display by `window` = (center, width) HU."""
+    center, width = window
+    return np.clip((hu - (center - width / 2.0)) / width, 0.0, 1.0)
+
+
 def overlay(image, mask, color=(0.1, 1.0, 0.1), alpha=0.5):
     """image (H, W) in [0, 1] -> (H, W, 3) with the pixels of ``mask > 0.5`` blended with `color`."""
     rgb = np.repeat(np.clip(image, 0, 1)[..., None], 3, -1)
