@@ -20,7 +20,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import keras
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -40,7 +39,6 @@ from lsnet_tf.data.targets import encode_targets
 from lsnet_tf.data.volumes import GeometryError, VolumeSizeError
 from lsnet_tf.export import saved_model
 from lsnet_tf.losses.localization import localization_loss
-from lsnet_tf.models.build import build_model
 from lsnet_tf.ops import boxes as box_ops
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -447,20 +445,11 @@ def test_an_image_without_positives_does_not_change_the_box_term():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The smallest exportable model (width 4, 64 x 64), exported once and loaded as TF Serving
-    would (``tf.saved_model.load(...).signatures``); its heatmap head is scaled so that RoIs are
-    valid and masks non-empty."""
-    cfg = load_config(None, ["model.width=4", "data.image_size=64", "data.max_boxes=2"])
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg)
-    head = model.lnet.get_layer("kp_logits")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 4.0, bias + 2.0])
-    base = tmp_path_factory.mktemp("served")
-    path = saved_model.export(model, cfg, saved_model.serving_path(str(base), "lsnet", 1))
-    predictor = predictors.load_predictor(path)
-    return predictor
+def served(tiny_saved_model):
+    """The session's tiny random SavedModel (tests/conftest.py: 64 x 64, its heatmap head
+    scaled so that RoIs are valid and masks non-empty), loaded as TF Serving would
+    (``tf.saved_model.load(...).signatures``)."""
+    return predictors.load_predictor(tiny_saved_model)
 
 
 @pytest.mark.slow

@@ -115,10 +115,9 @@ def test_onednn_runs_each_setting_in_its_own_process(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LSNET_BENCH_TMP", str(tmp_path / "scratch"))
     bench = onednn.run(quick=True)  # raises if a child's oneDNN is not what it was asked for
+    # The quick size measures one thing (inference at batch 1): the test is about the processes.
     assert [(r["round"], r["measure"]) for r in bench["rows"]] == [
-        (1, "U-Net training step, 64x64, batch 2"),
-        (1, "L-SNet (U-Net) inference per slice, 64x64, batch 1"),
-        (1, "L-SNet (U-Net) inference per slice, 64x64, batch 2")]
+        (1, "L-SNet (U-Net) inference per slice, 64x64, batch 1")]
     for row in bench["rows"]:
         assert row["oneDNN off (ms)"] > 0 and row["oneDNN on (ms)"] > 0
         assert row["on / off"] == pytest.approx(

@@ -9,7 +9,8 @@ What holds and what does not (measured on this tiny model, SGD, one step):
   9 times the largest update of a tensor (the strict test, xfail).
 - With the BN layers in inference mode (``trainable = False``), everything else agrees to float
   rounding (1e-6 of the largest entry): global-count normalisation of every loss term, the
-  gradient sum over replicas, both optimizers.
+  gradient sum over replicas, both optimizers. ``evaluate`` (BN in inference mode by itself)
+  reduces every loss term over the replicas to the 1-device loss of the same batch.
 - With BN in training mode, the 2-replica update equals the sum of per-replica references built by
   hand (each half batch through the networks, each loss term divided by the global count), and
   each replica's BN moving statistics are those of its half batch.
@@ -168,6 +169,22 @@ def test_mirrored_step_equals_one_device_step_with_batch_norm_in_inference_mode(
             if not t:
                 for c in after[name][k]:
                     np.testing.assert_array_equal(c, before[name][k])
+
+
+def test_mirrored_evaluation_equals_one_device_evaluation(mirrored):
+    """``evaluate`` under the strategy reduces every loss term over the replicas to the loss of
+    one device on the same global batch (BN in inference mode in both: nothing else differs)."""
+    cfg = tiny_cfg("train.top_k=1")
+    weights = initial_weights(cfg)
+    ds = tf.data.Dataset.from_tensor_slices(global_batch()).batch(GLOBAL_BATCH)
+    single = model_with(cfg, weights)
+    model = model_with(cfg, weights, strategy=mirrored)
+    ref = single.evaluate(ds, verbose=0, return_dict=True)
+    res = model.evaluate(ds, verbose=0, return_dict=True)
+    names = ("loss", "l_loss", "s_loss", "box_loss", "heatmap_loss")
+    assert all(ref[name] > 0 for name in names), ref
+    for name in names:
+        assert res[name] == pytest.approx(ref[name], rel=1e-5, abs=1e-7), name
 
 
 def split_and_whole_rois(model, strategy, seed):

@@ -471,6 +471,8 @@ TINY = ["data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=2",
         "data.synthetic.max_target_size=24", "data.image_size=64", "model.width=4",
         "data.batch_size=2", "data.max_boxes=2", "train.steps_per_epoch=1",
         "train.image_log_epochs=0", "train.verbose=0",
+        # ResNet-18 for S-Net too: a third less to trace for every row (the runner is under test).
+        "model.snet_depth=18",
         # One replica: the experiment runner is under test, not tf.distribute (the test
         # session has two logical CPU devices, see conftest.py).
         "train.strategy=default"]

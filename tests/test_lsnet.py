@@ -1,4 +1,5 @@
-"""The L-SNet model: the two-tape train step, γ, distribution, inference and serialization."""
+"""The L-SNet model: the two-tape train step, γ, inference and serialization (under a strategy:
+tests/test_distributed.py)."""
 import numpy as np
 import pytest
 import keras
@@ -136,30 +137,6 @@ def test_invalid_arguments_raise():
         LSNet(m.lnet, m.snet, max_rois=0)
     with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\), received 1.5"):
         LSNet(m.lnet, m.snet, threshold=1.5)
-
-
-@pytest.mark.slow
-def test_train_step_under_mirrored_strategy_with_two_cpus():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    assert len(devices) >= 2, "tests/conftest.py configures two logical CPUs"
-    strategy = tf.distribute.MirroredStrategy(devices[:2])
-    assert strategy.num_replicas_in_sync == 2
-    with strategy.scope():
-        model = compiled(tiny_cfg("data.batch_size=4"))
-    batch = make_batch(n=4, with_target=(True, False))
-    ds = tf.data.Dataset.from_tensors(batch).repeat(3)
-    hist = model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0)
-    for name in ("loss", "l_loss", "s_loss", "box_loss", "heatmap_loss"):
-        assert np.isfinite(hist.history[name][-1]), name
-    # The losses reduced across replicas equal the single-device loss of the same global batch.
-    with strategy.scope():
-        m2 = compiled(tiny_cfg("data.batch_size=4"))
-    single = compiled(tiny_cfg("data.batch_size=4"))
-    single.set_weights(m2.get_weights())
-    res = m2.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)
-    ref = single.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)
-    for name in ("l_loss", "heatmap_loss", "s_loss"):
-        assert res[name] == pytest.approx(ref[name], rel=1e-4, abs=1e-6), name
 
 
 def test_gamma_and_margin_set_after_a_step_reach_the_next_step():
