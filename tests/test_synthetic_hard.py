@@ -208,7 +208,7 @@ def test_cache_key_holds_the_preset_and_its_settings(tmp_path):
     difficult = synthetic.ensure_dataset(
         SyntheticConfig(**tiny, preset="hard", hard_max_target_size=16.0), str(tmp_path),
         progress=False)
-    assert standard != difficult and sorted(os.listdir(tmp_path)) == sorted(
+    assert standard != difficult and sorted(visible(tmp_path)) == sorted(
         os.path.basename(p) for p in (standard, difficult))
     info = records.read_info(difficult)
     assert info["synthetic"]["preset"] == "hard" and info["synthetic"]["hard_contrast_hu"] == 25.0
@@ -220,26 +220,53 @@ def test_cache_key_holds_the_preset_and_its_settings(tmp_path):
     assert os.path.getmtime(os.path.join(difficult, records.INFO_FILE)) == stamp
 
 
-def test_a_generation_that_starts_during_another_gives_one_whole_dataset(tmp_path, monkeypatch):
-    """Two runs that start on an empty cache at once (here the second starts while the first
-    writes its first shard) each write their own copy; both get the same, complete folder, every
-    slice once, and no work folder is left behind."""
+def visible(folder):
+    """The names in `folder` but the generation's lock files (``.<key>.lock``)."""
+    return [n for n in os.listdir(folder) if not (n.startswith(".") and n.endswith(".lock"))]
+
+
+GENERATE = """
+import sys
+from lsnet_tf.config import SyntheticConfig
+from lsnet_tf.data import synthetic
+cfg = SyntheticConfig(num_patients=3, slices_per_patient=2, image_size=64, max_target_size=24.0,
+                      folds=2)
+print("ready", flush=True)
+sys.stdin.readline()  # every process waits here, then all call ensure_dataset at once
+print("dataset", synthetic.ensure_dataset(cfg, sys.argv[1]), flush=True)
+"""
+
+
+def test_processes_that_start_at_once_generate_the_dataset_once(tmp_path):
+    """Three processes call ``ensure_dataset`` on one empty cache at the same moment (each
+    released from a pipe once all have imported): one generates, the others wait on the lock
+    and read its folder; every slice once, no work folder left behind."""
+    import subprocess
+    import sys
+
     import tensorflow as tf
 
-    tiny = SyntheticConfig(num_patients=3, slices_per_patient=2, image_size=64,
-                           max_target_size=24.0, folds=2)
-    real, started, inner = synthetic.generate_patient, [], []
-
-    def generate(cfg, index):
-        if not started:
-            started.append(index)
-            inner.append(synthetic.ensure_dataset(tiny, str(tmp_path), progress=False))
-        yield from real(cfg, index)
-
-    monkeypatch.setattr(synthetic, "generate_patient", generate)
-    out = synthetic.ensure_dataset(tiny, str(tmp_path), progress=False)
-    assert inner == [out] and os.listdir(tmp_path) == [os.path.basename(out)]
-    shards = records.list_shards(out, range(tiny.folds))
+    procs = [subprocess.Popen([sys.executable, "-c", GENERATE, str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for _ in range(3)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), outputs
+    folders = {line.split(" ", 1)[1] for o in outputs for line in o.splitlines()
+               if line.startswith("dataset ")}
+    assert len(folders) == 1, outputs
+    out = folders.pop()
+    assert sum(o.count("generating the synthetic dataset") for o in outputs) == 1, outputs
+    assert visible(tmp_path) == [os.path.basename(out)]
+    shards = records.list_shards(out, range(2))
     assert len(shards) == 3
     assert [sum(1 for _ in tf.data.TFRecordDataset(s)) for s in shards] == [2, 2, 2]
     assert sum(records.read_info(out)["num_slices"].values()) == 6
@@ -253,7 +280,7 @@ def test_an_interrupted_generation_is_redone(tmp_path):
     (half / "fold-0").mkdir(parents=True)
     (half / "fold-0" / "synthetic-0000.tfrecord").write_bytes(b"cut short")
     out = synthetic.ensure_dataset(tiny, str(tmp_path), progress=False)
-    assert out == str(half) and os.listdir(tmp_path) == [half.name]
+    assert out == str(half) and visible(tmp_path) == [half.name]
     assert sum(records.read_info(out)["num_slices"].values()) == 4
     assert all(os.path.getsize(p) > 100 for p in records.list_shards(out, range(2)))
     umask = os.umask(0)
