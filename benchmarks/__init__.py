@@ -14,6 +14,8 @@ export     per-slice latency of the SavedModel and TFLite float32 / fp16 / int8 
 precision  mixed precision and XLA as training options (`precision`)
 onednn     TensorFlow's oneDNN CPU kernels on against off: training steps, a process per
            setting (`onednn`)
+volume     a 100-slice 512² DICOM series through predict end to end per backend (SavedModel
+           with oneDNN on and off, LiteRT float32 and int8): read, inference, write (`volume`)
 =========  ====================================================================================
 
 Results go to ``OUT/results.json`` and ``OUT/results.md`` (default ``docs/benchmarks``). Naming

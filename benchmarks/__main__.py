@@ -13,7 +13,7 @@ import time
 import lsnet_tf  # noqa: F401
 
 NAMES = ("sampler", "training", "profile", "pipeline", "memory", "export", "precision",
-         "onednn")
+         "onednn", "volume")
 
 
 def parse_args(argv=None):
