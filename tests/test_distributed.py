@@ -1,30 +1,29 @@
 """L-SNet's training step under ``tf.distribute.MirroredStrategy`` on the two logical CPUs of
-``tests/conftest.py`` against one device, for the same global batch of 4.
+``tests/conftest.py`` against one device, for the same global batch (of 4; of 8 for synchronized
+batch norm).
 
-What holds and what does not (measured on this tiny model, SGD, one step):
+What holds (measured, SGD, one step):
 
-- The networks' BatchNormalization layers are not synchronized: in training mode each replica
-  normalises with its own half-batch statistics, so the 2-replica step is a different function
-  of the batch than the 1-device step. Its weight updates differ from the 1-device ones by 2 to
-  9 times the largest update of a tensor (the strict test, xfail).
+- Batch norm synchronized (``train.sync_batch_norm``, on by default: the trainer's
+  ``build_for`` asks ``build_model`` for it over several replicas): on a well-conditioned batch
+  (width 8, 64 x 64, 8 images none alike, ground-truth RoIs) the 2-replica step equals one
+  device's step on the whole global batch, trainable weights to 2e-5 of a tensor's update and
+  moving statistics to 3e-5 of theirs (float rounding; the test asserts 5e-4). Its docstring
+  shows where worse-conditioned cases (smooth images, predicted RoIs) differ, and that one
+  device alone differs as much there from a float-level change.
+- Batch norm not synchronized (``train.sync_batch_norm: false``): in training mode each replica
+  normalises with its own half batch's statistics, a different function of the batch than one
+  device's. Pinned instead: the 2-replica update equals the sum of per-replica references built
+  by hand (each half batch through the networks, each loss term divided by the global count),
+  and each replica's BN moving statistics are those of its half batch.
 - With the BN layers in inference mode (``trainable = False``), everything else agrees to float
   rounding (1e-6 of the largest entry): global-count normalisation of every loss term, the
   gradient sum over replicas, both optimizers. ``evaluate`` (BN in inference mode by itself)
   reduces every loss term over the replicas to the 1-device loss of the same batch.
-- With BN in training mode, the 2-replica update equals the sum of per-replica references built by
-  hand (each half batch through the networks, each loss term divided by the global count), and
-  each replica's BN moving statistics are those of its half batch.
 - The random training RoI (top_k = 3) does not depend on how a global batch is split over
   replicas (it did while every replica drew with the same step seed: image b of every replica got
   the same rank). The tests of the update in training mode use top_k = 1, whose RoI is not
   random, so that they do not depend on the draw.
-- With every BN layer built ``synchronized=True`` (``train.sync_batch_norm``, on by default: the
-  trainer's ``build_for`` asks ``build_model`` for it over several replicas) every replica's moving statistics after
-  a step are those of one device's step on the whole global batch. The 2-replica update comes to
-  within about 4% of the largest entry of a tensor of the 1-device one. That is the float
-  sensitivity of training-mode BN here, not an error: on one device, BN's variance computed as
-  E[x²] - E[x]² instead of E[(x - E[x])²] alone changes the gradients by up to 1%, and scaling
-  the input by 1 + 1e-7 by up to 0.08%. No test pins that comparison.
 
 The steps run eagerly (``run_eagerly=True``): tracing the two replicas' step takes minutes on two
 CPUs; the operations are the same.
@@ -99,10 +98,10 @@ def model_with(cfg, weights, frozen_bn=False, strategy=None, synchronized=False)
     return model
 
 
-def one_step(model, batch):
-    """One ``fit`` step on the global batch; the networks' weights after it: per network, per
-    variable, the values of every replica."""
-    ds = tf.data.Dataset.from_tensor_slices(batch).batch(GLOBAL_BATCH)
+def one_step(model, batch, size=GLOBAL_BATCH):
+    """One ``fit`` step on the global batch (of `size` images); the networks' weights after it:
+    per network, per variable, the values of every replica."""
+    ds = tf.data.Dataset.from_tensor_slices(batch).batch(size)
     model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 1
     return {name: [[np.array(c) for c in getattr(v.value, "values", [v.value])]
@@ -150,14 +149,6 @@ def single_and_mirrored(cfg, mirrored, frozen_bn):
 
 
 # ----------------------------------------------------------------------------- tests
-
-@pytest.mark.xfail(strict=True, reason="BatchNormalization is not synchronized across replicas: "
-                   "each normalises with its half batch's statistics in training mode")
-def test_mirrored_step_equals_one_device_step(mirrored):
-    after, expected, before, _ = single_and_mirrored(tiny_cfg("train.top_k=1"), mirrored, False)
-    every = {n: [True] * len(v) for n, v in before.items()}
-    compare(after, expected, before, every, 1e-4)
-
 
 def test_mirrored_step_equals_one_device_step_with_batch_norm_in_inference_mode(mirrored):
     after, expected, before, trainable = single_and_mirrored(
@@ -292,30 +283,105 @@ def test_mirrored_step_is_the_sum_of_per_replica_references(mirrored):
         assert moved, "the two replicas' statistics differ (half batches differ)"
 
 
-def test_synchronized_batch_norm_keeps_the_statistics_of_the_global_batch(mirrored):
-    """BN synchronized: after one step, both replicas' moving statistics are those of one
-    device's step on the whole global batch (not of their halves, as in the test above).
+SYNC_BATCH = 8
+# One target per image, each elsewhere and of another size: (x1, y1, x2, y2) in pixels.
+SYNC_BOXES = ((8, 10, 30, 28), (30, 6, 56, 24), (12, 34, 28, 58), (36, 36, 60, 54),
+              (20, 20, 44, 40), (6, 40, 26, 60), (40, 8, 58, 30), (26, 30, 50, 50))
 
-    The error is measured against each statistic's update in that step (momentum 0.9 or 0.99,
-    so the update is 1-10 % of the statistic): 2.9e-5 measured synchronized (float rounding;
-    Keras's variance is E[x²] - E[x]²), 1.39 without synchronizing."""
-    cfg = tiny_cfg("train.top_k=1", "train.gamma=1.0")
+
+def well_conditioned_batch(size=64):
+    """`SYNC_BATCH` images in the pipeline's format, none alike: a smooth random background per
+    image (a level and three low-frequency waves), a target of soft edges (a logistic ramp of 1.5
+    pixels) at its own place and size, and pixel noise (uniform, ±0.1); the mask, heatmap and
+    distances are those of the box."""
+    from lsnet_tf.data import targets
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    images, masks, heat, ltrb = [], [], [], []
+    boxes = np.zeros((SYNC_BATCH, 4, 4), np.float32)
+    for i, (x1, y1, x2, y2) in enumerate(SYNC_BOXES):
+        image = np.full((size, size), 0.3 + rng.uniform(-0.2, 0.2))
+        for _ in range(3):
+            kx, ky = rng.uniform(0.3, 2.0, 2) * 2 * np.pi / size
+            px, py = rng.uniform(0, 2 * np.pi, 2)
+            image += rng.uniform(0.05, 0.2) * np.cos(kx * xx + px) * np.cos(ky * yy + py)
+        edge = lambda t: 1 / (1 + np.exp(-t / 1.5))  # noqa: E731
+        image += 0.5 * edge(xx - x1) * edge(x2 - xx) * edge(yy - y1) * edge(y2 - yy)
+        images.append(image + rng.uniform(-0.1, 0.1, image.shape))
+        masks.append((xx > x1) & (xx < x2) & (yy > y1) & (yy < y2))
+        h, d = targets.encode_targets(tf.constant([[x1, y1, x2, y2]], tf.float32), size, size)
+        heat.append(h.numpy())
+        ltrb.append(d.numpy())
+        boxes[i, 0] = (x1, y1, x2, y2)
+    as_tensor = lambda a: tf.constant(np.asarray(a, np.float32))  # noqa: E731
+    return {"image": as_tensor(images)[..., None], "mask": as_tensor(masks)[..., None],
+            "heatmap": as_tensor(heat), "ltrb": as_tensor(ltrb), "boxes": as_tensor(boxes),
+            "num_boxes": tf.ones([SYNC_BATCH], tf.int32)}
+
+
+def test_synchronized_batch_norm_step_equals_one_device_step(mirrored):
+    """BN synchronized, in training mode: one 2-replica step on a well-conditioned global batch
+    of 8 equals one device's step on the whole batch (BN not synchronized there, as the trainer
+    builds it on one device): both networks' trainable weights, and every BN moving statistic on
+    both replicas.
+
+    The case: width 8, 64 x 64, 8 images none alike (``well_conditioned_batch``), ground-truth
+    RoIs for S-Net (``gt_phase``, as ``train.gt_box_epochs`` sets it). Measured
+    (``max_update_error``; a statistic against its own update in the step): weights 3.9e-6
+    (L-Net) and 2.0e-5 (S-Net) of a tensor's update, statistics 1.7e-5 and 3.2e-5: float
+    rounding. Without synchronizing, the statistics are off by about their whole update.
+
+    Where the cases that are not float-tolerant go wrong (measured on the same model, batch of 8,
+    one step; "1-device sync" is ``synchronized=True`` on one device, which only swaps
+    TensorFlow's variance for Keras's E[x²] - E[x]², a float-level change):
+
+    - Such a batch without the pixel noise: L-Net 5e-6, S-Net 7.6e-3, in the gamma of S-Net's
+      first BN layers (conv1_bn, stack0, stack1), whose input is the RoI resampled to 64 x 64.
+    - The RoIs L-Net predicts (``conftest.make_batch``'s images, 6 of 8 with a target, noise
+      ±0.2, gamma = 1): 2-replica against 1-device 9.4e-2 (L-Net) and 1.4e-1 (S-Net), and
+      1-device sync against 1-device 2.6e-2 and 1.4e-1 (2.9e-2 and 2.7e-2 in another process):
+      the float sensitivity of that case, not an error of the synchronization. Per layer, in
+      both comparisons, the forward outputs of L-Net's BN layers agree to 5e-6 of their largest
+      value, S-Net's to 1e-5 at its first layer (its input is cropped at L-Net's predicted
+      distances) and 1e-4 at its deepest, and the backward gradients at S-Net's last BN outputs
+      already differ by 8 % (elementwise: ReLUs near zero switch): the difference enters where
+      L-Net's outputs reach S-Net and grows in S-Net's backward pass, which feeds L-Net's
+      distances (gamma = 1). With ground-truth RoIs on those images, 1-device sync against
+      1-device is 3e-5 for S-Net but still 3.8e-3 for L-Net: pixel noise ±0.2 on a constant
+      background makes L-Net's update sensitive too; the batch here avoids both."""
+    cfg = tiny_cfg("model.width=8", "train.top_k=1", "train.gamma=1.0")
     weights = initial_weights(cfg)
-    batch = global_batch()
-    expected = one_step(model_with(cfg, weights), batch)
+    batch = well_conditioned_batch()
+    single = model_with(cfg, weights)
+    single.gt_phase.assign(1)
+    expected = one_step(single, batch, SYNC_BATCH)
+    expected = {n: [r[0] for r in v] for n, v in expected.items()}
     model = model_with(cfg, weights, strategy=mirrored, synchronized=True)
-    after = one_step(model, batch)
-    worst = 0.0
-    for name, net in (("lnet", model.lnet), ("snet", model.snet)):
-        stats = [k for k, v in enumerate(net.weights) if not v.trainable]
-        assert len(stats) > 10, (name, len(stats))
+    assert all(layer.synchronized for layer in batch_norm_layers(model))
+    model.gt_phase.assign(1)
+    after = one_step(model, batch, SYNC_BATCH)
+    before = {n: [np.array(w) for w in ws] for n, ws in weights.items()}
+    trainable = trainable_mask(model)
+    errors = {}
+    for name in ("lnet", "snet"):
+        sel = [k for k, t in enumerate(trainable[name]) if t]
+        errors[name] = max_update_error([after[name][k] for k in sel],
+                                        [expected[name][k] for k in sel],
+                                        [before[name][k] for k in sel])
+        stats = [k for k, t in enumerate(trainable[name]) if not t]
+        assert len(stats) > 40, (name, len(stats))  # moving mean and variance of 20+ layers
+        worst = 0.0
         for k in stats:
-            want = expected[name][k][0]
+            want = expected[name][k]
             assert len(after[name][k]) == 2
+            scale = np.abs(want - before[name][k]).max()
+            assert scale > 1e-4, (name, k)  # the statistic moved in the step
             for got in after[name][k]:
-                scale = max(np.abs(want - weights[name][k]).max(), 1e-12)
                 worst = max(worst, np.abs(got - want).max() / scale)
-    assert worst <= 1e-3, worst
+        errors[name + " statistics"] = worst
+    print("synchronized BN, 2 replicas against 1 device, error / update:", errors)
+    assert all(e <= 5e-4 for e in errors.values()), errors
 
 
 def test_build_for_synchronizes_batch_norm_over_several_replicas(mirrored):
