@@ -218,3 +218,58 @@ def test_jit_compile_option_reaches_the_compiled_model(tiny_batch):
 def test_mixed_precision_with_jit_compile_is_refused():
     with pytest.raises(ConfigError, match="cannot be combined"):
         load_config(None, ["train.mixed_precision=true", "train.jit_compile=true"])
+
+
+@pytest.mark.slow
+def test_volume_predicts_the_series_per_backend_and_splits_the_time(tmp_path, monkeypatch):
+    import os
+
+    import nibabel as nib
+    import pydicom
+
+    from benchmarks import volume
+    from lsnet_tf.inference.readers import read_input
+
+    # The synthetic series: air in the corner, soft tissue in the middle, the geometry it says.
+    assert len(volume.write_series(str(tmp_path / "small"), 3, 32)) == 3
+    small = read_input(str(tmp_path / "small"))
+    assert small.kind == "dicom" and small.hu.shape == (3, 32, 32)
+    assert small.spacing == pytest.approx((0.7, 0.7, 2.5))
+    assert abs(small.hu[0, 0, 0] + 1000) < 100 and abs(small.hu[0, 16, 4] - 40) < 100
+
+    monkeypatch.setenv("LSNET_BENCH_TMP", str(tmp_path / "scratch"))
+    bench = volume.run(quick=True)  # raises if a child's oneDNN is not what it was asked for
+    n = volume.QUICK["slices"]
+    assert bench["volume_shape"] == [n, volume.QUICK["image"], volume.QUICK["image"]]
+    assert [(r["backend"], r["round"]) for r in bench["rows"]] == [
+        (b, 1) for b in volume.BACKENDS]
+    rows = {r["backend"]: r for r in bench["rows"]}
+    for backend, row in rows.items():
+        assert row["read s"] > 0 and row["inference s"] > 0 and row["write s"] > 0
+        assert row["read s"] + row["inference s"] + row["write s"] == pytest.approx(
+            row["end-to-end s"], abs=0.003)
+        # The columns are rounded to ms: a ratio of two of them may be off by their rounding.
+        for ratio, den in (("end-to-end / inference", row["inference alone s"]),
+                           ("/ SavedModel (oneDNN on)", rows[volume.SAVED_ON]["end-to-end s"])):
+            expected = row["end-to-end s"] / den
+            slack = expected * (5e-4 / row["end-to-end s"] + 5e-4 / den) + 1e-3
+            assert row[ratio] == pytest.approx(expected, abs=slack)
+        # S-Net's raised bias: a mask on every slice, so the SEG has a frame per slice.
+        assert row["slices with mask"] == n
+        mask = nib.load(os.path.join(bench["outputs"][backend], "mask.nii.gz"))
+        assert mask.shape == tuple(bench["volume_shape"]) and np.asarray(mask.dataobj).any()
+        seg = pydicom.dcmread(os.path.join(bench["outputs"][backend], "mask.seg.dcm"))
+        assert seg.Modality == "SEG" and int(seg.NumberOfFrames) == n
+    assert rows[volume.SAVED_ON]["/ SavedModel (oneDNN on)"] == 1
+    targets = {t["name"]: t for t in bench["targets"]}
+    phase = [f"{b}: end to end / inference alone" for b in (volume.SAVED_ON, volume.SAVED_OFF,
+                                                             volume.LITERT_F32)]
+    litert = f"{volume.LITERT_F32} / {volume.SAVED_ON}, end to end"
+    assert list(targets) == [*phase, litert]
+    for name, backend in zip(phase, (volume.SAVED_ON, volume.SAVED_OFF, volume.LITERT_F32)):
+        assert targets[name]["measured"] == pytest.approx(rows[backend]["end-to-end / inference"],
+                                                          abs=1e-3)
+        assert targets[name]["met"] == (targets[name]["measured"] <= volume.PHASE_TARGET)
+    assert targets[litert]["measured"] == pytest.approx(
+        rows[volume.LITERT_F32]["/ SavedModel (oneDNN on)"], abs=1e-3)
+    assert targets[litert]["met"] == (targets[litert]["measured"] <= volume.LITERT_TARGET)
