@@ -10,6 +10,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -214,3 +216,22 @@ def write_results(results: dict, out_dir: str, order=()) -> tuple[str, str]:
 def target(name: str, wanted: str, measured: float, met: bool) -> dict:
     """One target row: what is wanted (e.g. ``"<= 1.5"``), the measured value, whether met."""
     return {"name": name, "wanted": wanted, "measured": measured, "met": bool(met)}
+
+
+def onednn_child(module: str, setting: str, payload, timeout: int = 3600) -> dict:
+    """``python -m <module> --child <payload as JSON>`` with ``TF_ENABLE_ONEDNN_OPTS=<setting>``
+    (read when TensorFlow loads, hence a process per setting): the JSON object of its last line
+    of output, whose ``onednn`` (TensorFlow's own report) must be what `setting` asked for."""
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting)
+    argv = [sys.executable, "-m", module, "--child", json.dumps(payload)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"TF_ENABLE_ONEDNN_OPTS={setting} child failed: "
+                           f"{result.stderr.strip()[-2000:]}")
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    if got["onednn"] != (setting == "1"):
+        raise RuntimeError(f"TF_ENABLE_ONEDNN_OPTS={setting} left oneDNN "
+                           f"{'on' if got['onednn'] else 'off'}")
+    return got

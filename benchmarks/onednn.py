@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 TITLE = ("TensorFlow's oneDNN CPU kernels on against off (TF_ENABLE_ONEDNN_OPTS): training "
@@ -26,7 +25,6 @@ FULL = dict(image=128, batch=8, steps=7, rounds=3, overrides=(), models=tuple(MO
             infer_image=512, infer_batch=8)
 QUICK = dict(image=64, batch=2, steps=2, rounds=1, models=(), infer_image=64, infer_batch=1,
              overrides=("model.width=4", "model.decoder_width=8", "data.max_boxes=2"))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _median_ms(call, n: int) -> float:
@@ -64,26 +62,15 @@ def child(size: dict) -> dict:
     return {"ms": out, "onednn": bool(_pywrap_util_port.IsMklEnabled())}
 
 
-def _run_child(setting: str, size: dict) -> dict:
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting)
-    argv = [sys.executable, "-m", "benchmarks.onednn", "--child", json.dumps(size)]
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise RuntimeError(f"TF_ENABLE_ONEDNN_OPTS={setting} child failed: "
-                           f"{result.stderr.strip()[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def run(quick: bool = False) -> dict:
+    from benchmarks import harness
+
     size = QUICK if quick else FULL
     rows = []
     for r in range(size["rounds"]):
         order = ("0", "1") if r % 2 == 0 else ("1", "0")
-        got = {s: _run_child(s, size) for s in order}
-        for s in ("0", "1"):
-            if got[s]["onednn"] != (s == "1"):
-                raise RuntimeError(f"TF_ENABLE_ONEDNN_OPTS={s} left oneDNN "
-                                   f"{'on' if got[s]['onednn'] else 'off'}")
+        # Raises if a child's oneDNN is not what it was asked for.
+        got = {s: harness.onednn_child("benchmarks.onednn", s, size, 1800) for s in order}
         for measure in got["0"]["ms"]:
             off, on = got["0"]["ms"][measure], got["1"]["ms"][measure]
             rows.append({"round": r + 1, "first": "off" if order[0] == "0" else "on",

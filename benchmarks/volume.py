@@ -21,13 +21,13 @@ writers' imports); the model's loading is reported apart.
 per setting (``python -m benchmarks.volume --child``), their order alternating from round to
 round: the oneDNN-off child runs the SavedModel, the oneDNN-on child the SavedModel and both
 LiteRT files (LiteRT does not use TensorFlow's kernels), in an order rotating from round to round.
+The quick size (`--quick`) leaves out int8.
 """
 from __future__ import annotations
 
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -36,12 +36,16 @@ import numpy as np
 TITLE = ("A whole CT volume through predict (read, window, batched inference, paste, NIfTI and "
          "DICOM SEG), per backend: seconds per volume and where they go (CPU).")
 CONFIG = "configs/synthetic/lsnet_unet.yaml"
-FULL = dict(image=512, slices=100, rounds=3, batch=8, calibration=4, overrides=())
-QUICK = dict(image=64, slices=6, rounds=1, batch=4, calibration=1,
-             overrides=("model.width=4", "model.decoder_width=8", "data.max_boxes=2"))
 SAVED_ON, SAVED_OFF = "SavedModel, oneDNN on", "SavedModel, oneDNN off"
 LITERT_F32, LITERT_INT8 = "LiteRT float32", "LiteRT int8"
 BACKENDS = (SAVED_ON, SAVED_OFF, LITERT_F32, LITERT_INT8)
+FULL = dict(image=512, slices=100, rounds=3, batch=8, calibration=4, overrides=(),
+            backends=BACKENDS)
+# The quick size leaves out int8, whose conversion (calibration, quantization) is most of its
+# time: LiteRT runs it as it runs float32.
+QUICK = dict(image=64, slices=6, rounds=1, batch=4, calibration=1,
+             overrides=("model.width=4", "model.decoder_width=8", "data.max_boxes=2"),
+             backends=(SAVED_ON, SAVED_OFF, LITERT_F32))
 CHILD_BACKENDS = {"1": (SAVED_ON, LITERT_F32, LITERT_INT8), "0": (SAVED_OFF,)}
 PHASE_TARGET, LITERT_TARGET = 1.2, 0.6  # end to end / inference alone; LiteRT f32 / SavedModel
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,6 +145,8 @@ def export_models(out: str, size: dict, series: str) -> dict:
     path = saved_model.export(model, cfg, os.path.join(out, "saved_model", "1"))
     paths[SAVED_ON] = paths[SAVED_OFF] = path
     for name, quantize in ((LITERT_F32, "none"), (LITERT_INT8, "int8")):
+        if name not in size["backends"]:
+            continue
         content = tflite.convert(model, cfg, quantize, representative=lambda: calibration)
         paths[name] = os.path.join(out, f"lsnet_{quantize}.tflite")
         with open(paths[name], "wb") as f:
@@ -199,20 +205,6 @@ def child(spec: dict) -> dict:
     return {"results": results, "onednn": bool(_pywrap_util_port.IsMklEnabled())}
 
 
-def _run_child(setting: str, spec: dict) -> dict:
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting)
-    argv = [sys.executable, "-m", "benchmarks.volume", "--child", json.dumps(spec)]
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
-    if result.returncode != 0:
-        raise RuntimeError(f"TF_ENABLE_ONEDNN_OPTS={setting} child failed: "
-                           f"{result.stderr.strip()[-2000:]}")
-    got = json.loads(result.stdout.strip().splitlines()[-1])
-    if got["onednn"] != (setting == "1"):
-        raise RuntimeError(f"TF_ENABLE_ONEDNN_OPTS={setting} left oneDNN "
-                           f"{'on' if got['onednn'] else 'off'}")
-    return got["results"]
-
-
 def _spread(values) -> str:
     return f"{min(values):.3f}-{max(values):.3f}"
 
@@ -229,20 +221,20 @@ def run(quick: bool = False) -> dict:
     export_s = time.time() - start
     print(f"[volume] series and models ready ({export_s:.0f} s of export)", file=sys.stderr,
           flush=True)
-    rows, outputs, measured = [], {}, {b: [] for b in BACKENDS}
+    rows, outputs, measured = [], {}, {b: [] for b in size["backends"]}
     for r in range(size["rounds"]):
         settings = ("1", "0") if r % 2 == 0 else ("0", "1")
         got = {}
         for s in settings:
-            names = CHILD_BACKENDS[s]
+            names = tuple(b for b in CHILD_BACKENDS[s] if b in size["backends"])
             k = r % len(names)
             spec = {"series": series, "warmup": warmup, "models": models, "batch": size["batch"],
                     "backends": list(names[k:] + names[:k]), "out": os.path.join(out, "predict")}
-            got.update(_run_child(s, spec))
+            got.update(harness.onednn_child("benchmarks.volume", s, spec)["results"])
             print(f"[volume] round {r + 1}, oneDNN {'on' if s == '1' else 'off'}: " + ", ".join(
                 f"{b} {got[b]['end_to_end']:.1f} s" for b in names), file=sys.stderr, flush=True)
         reference = got[SAVED_ON]["end_to_end"]
-        for backend in BACKENDS:
+        for backend in size["backends"]:
             m = got[backend]
             measured[backend].append(m)
             outputs[backend] = m["out"]
@@ -272,11 +264,12 @@ def run(quick: bool = False) -> dict:
     targets.append(harness.target(f"{LITERT_F32} / {SAVED_ON}, end to end", f"<= {LITERT_TARGET}",
                                   round(statistics.median(values), 3),
                                   statistics.median(values) <= LITERT_TARGET))
-    notes.append(f"{LITERT_F32} / {SAVED_ON}, end to end, over the rounds {_spread(values)}; "
-                 f"{LITERT_INT8}: {_spread(ratios(LITERT_INT8, measured[SAVED_ON]))}.")
+    notes.append(f"{LITERT_F32} / {SAVED_ON}, end to end, over the rounds {_spread(values)}" + (
+        f"; {LITERT_INT8}: {_spread(ratios(LITERT_INT8, measured[SAVED_ON]))}."
+        if LITERT_INT8 in measured else "."))
     medians = {b: {k: statistics.median(m[k] for m in measured[b])
                    for k in ("end_to_end", "read", "inference", "write", "alone")}
-               for b in BACKENDS}
+               for b in size["backends"]}
     notes.append("Medians over the rounds, seconds per volume (read / inference / write of end "
                  "to end; inference alone): " + "; ".join(
                      f"{b} {v['end_to_end']:.2f} ({v['read']:.2f} / {v['inference']:.2f} / "
