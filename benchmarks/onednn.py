@@ -14,7 +14,6 @@ pipeline batch (median of `steps` after two untimed), then times L-SNet's ``pred
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 TITLE = ("TensorFlow's oneDNN CPU kernels on against off (TF_ENABLE_ONEDNN_OPTS): training "
