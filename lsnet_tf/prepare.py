@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from lsnet_tf.utils import beam
+from lsnet_tf.utils import beam, gcs
 from lsnet_tf.data import volumes
 from lsnet_tf.data.volumes import PrepareError
 from lsnet_tf.utils.files import is_remote
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--origin-tolerance-mm must be >= 0, got {args.origin_tolerance_mm}")
         label_values = volumes.parse_label_values(args.label_values)
         options = beam.pipeline_options(args, beam_argv)
-        if options is None and is_remote(args.out):
+        if options is None and is_remote(args.out) and not gcs.is_gcs(args.out):
             raise ValueError(f"--out {args.out} is not a local folder: writing there needs "
                              "--runner (e.g. --runner DirectRunner on this machine)")
         resolved = {k: (os.path.abspath(v) if k in ("out", "images", "labels", "root")
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                 sources, args.out, options, folds=args.folds, seed=args.seed,
                 label_values=label_values, info=info, overwrite=args.overwrite, notes=notes,
                 log=log)
-    except (PrepareError, ValueError, FileExistsError) as e:
+    except (PrepareError, ValueError, FileExistsError, gcs.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log(summary.report())

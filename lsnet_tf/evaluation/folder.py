@@ -37,6 +37,8 @@ reference labels, case by case, on the masks' own voxel grid (``evaluate_folder`
   counted in ``hd95_undefined``) when exactly one is.
 - ``summary``: per metric the mean and the sample standard deviation (``ddof=1``) over the
   cases with a value, and that number of cases (``metrics.statistics.mean_sd``).
+- Either folder may be a ``gs://`` URL (`lsnet_tf.utils.files`): each mask is copied to a
+  temporary local file, read and removed (`lsnet_tf.utils.staging`); errors name the URL.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ import os
 
 import numpy as np
 
+from lsnet_tf.utils import files, staging
 from lsnet_tf.data import nifti
 from lsnet_tf.data import volumes as data_volumes
 from lsnet_tf.data.names import case_name
@@ -61,6 +64,11 @@ FOLDER_METRICS = ("dsc", "precision", "recall", "hd95_mm", "pred_ml", "label_ml"
                   "volume_diff_ml", "abs_volume_diff_ml")
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute; a URL as it is."""
+    return path if files.is_remote(path) else os.path.abspath(path)
+
+
 def _add_case(found: dict, case: str, path: str, folder: str) -> None:
     if case in found:
         raise EvaluationError(f"{folder}: case {case!r} has two files, {found[case]} and {path}; "
@@ -73,22 +81,22 @@ def case_files(folder: str, what: str, case_folders: bool = False) -> dict:
     `lsnet_tf.data.names.case_name`) and,
     with `case_folders`, of ``<case>/mask.nii.gz`` (or ``mask.nii``) in its subfolders. `what`
     names the folder in errors ("predictions", "labels")."""
-    if not os.path.isdir(folder):
+    if not files.isdir(folder):
         raise EvaluationError(f"{folder}: {what} folder not found")
     found = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isdir(path):
+    for name in sorted(files.listdir(folder)):
+        path = files.join(folder, name)
+        if files.isdir(path):
             if not case_folders or name.startswith("."):
                 continue
-            masks = [os.path.join(path, m) for m in CASE_MASK_NAMES
-                     if os.path.isfile(os.path.join(path, m))]
+            masks = [files.join(path, m) for m in CASE_MASK_NAMES
+                     if files.isfile(files.join(path, m))]
             if len(masks) > 1:
                 raise EvaluationError(f"{path}: case {name!r} has two masks, {masks[0]} and "
                                       f"{masks[1]}; keep one")
             if masks:
                 _add_case(found, name, masks[0], folder)
-        elif os.path.isfile(path):
+        elif files.isfile(path):
             case = None if name.startswith(".") else case_name(name)  # hidden files left out
             if case is not None:
                 _add_case(found, case, path, folder)
@@ -125,8 +133,9 @@ def pair_cases(predictions: str, labels: str, allow_missing: bool = False) -> di
 def _read_mask(path: str, what: str):
     """``(integer array, affine)`` of a NIfTI mask as stored (nibabel's array and RAS affine)."""
     try:
-        img = nifti.load(path)
-        data = nifti.read_array(img, path)
+        with staging.local_copies(path) as (_, (local,)):
+            img = nifti.load(local)
+            data = nifti.read_array(img, local)
     except PrepareError as e:
         raise EvaluationError(f"{what}: {e}") from None
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
@@ -230,8 +239,8 @@ def evaluate_folder(predictions: str, labels: str, label_values=None, prediction
                 case, pred_path, _target(pred_data, prediction_values), pred_affine, label_path,
                 label, label_affine, affine_tol)
         row = {"case": case,
-               "prediction": os.path.abspath(pred_path) if pred_path else None,
-               "label": os.path.abspath(label_path),
+               "prediction": _absolute(pred_path) if pred_path else None,
+               "label": _absolute(label_path),
                "shape": [int(n) for n in label.shape],
                "spacing_mm": list(volume_metrics.axis_spacing(affine)),
                "voxel_ml": volume_metrics.voxel_volume_ml(affine),
@@ -247,8 +256,8 @@ def evaluate_folder(predictions: str, labels: str, label_values=None, prediction
             f"{'any non-zero' if label_values is None else list(label_values)})")
     return {
         "mode": "folder",
-        "predictions": os.path.abspath(predictions),
-        "labels": os.path.abspath(labels),
+        "predictions": _absolute(predictions),
+        "labels": _absolute(labels),
         "label_values": None if label_values is None else list(label_values),
         "prediction_values": None if prediction_values is None else list(prediction_values),
         "affine_tol_mm": affine_tol,

@@ -16,6 +16,11 @@ redoes cases already complete, which are skipped otherwise), with ``--out/cases.
 ``cases.json`` summing them up; a broken case is reported and the others go on (the command's
 exit status is 1 when a case failed). ``--runner NAME`` with ``--beam-options "..."`` runs them
 as an Apache Beam pipeline.
+
+Inputs and ``--out`` may be ``gs://`` URLs: a case in a bucket is read from a temporary local
+copy of that case alone (`lsnet_tf.utils.staging`; the summary, the log and errors name the
+URL), and outputs for a URL are written locally and published to it
+(`lsnet_tf.inference.buckets`).
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ from typing import Callable
 
 import numpy as np
 
+from lsnet_tf.utils import files, staging
 from lsnet_tf.utils.files import describe_outputs, fingerprint, write_json, writing
-from lsnet_tf.inference import batch, dicom_seg, ensemble, many, predictors, review
+from lsnet_tf.inference import batch, buckets, dicom_seg, ensemble, many, predictors, review
 from lsnet_tf.inference.outputs import DISAGREEMENT_FILE, SEG_FILE, save_overlay, summarize
 from lsnet_tf.inference.readers import DEFAULT_WINDOW, PredictError, not_dicom_note, read_input
 from lsnet_tf.inference.volume import predict_volume, progress_bar
@@ -65,8 +71,23 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
     cannot be written raises `lsnet_tf.utils.files.WriteError` naming it and what it is.
     """
     t0 = time.time() if t0 is None else t0
+    with staging.local_copies(input_path) as (staged, (local_input,)):
+        return _predict_case(predictor, input_path, local_input, staged, out_dir, t0,
+                             spacing=spacing, overlays=overlays, progress=progress, log=log,
+                             shown_as=shown_as, dicom_seg_file=dicom_seg_file,
+                             series_uid=series_uid, disagreement=disagreement,
+                             review_below=review_below, thumbnails=thumbnails)
+
+
+def _predict_case(predictor, input_path, local_input, staged, out_dir, t0, *, spacing,
+                  overlays, progress, log, shown_as, dicom_seg_file, series_uid, disagreement,
+                  review_below, thumbnails) -> dict:
+    """`predict_case` with the input at `local_input` (its temporary copy when `input_path` is
+    a URL: `staged` maps it back)."""
     window = predictor.window or DEFAULT_WINDOW
-    volume = read_input(input_path, spacing=spacing, window=window, series_uid=series_uid)
+    volume = read_input(local_input, spacing=spacing, window=window, series_uid=series_uid)
+    volume.files, volume.notes = staged.to_source(volume.files), staged.to_source(volume.notes)
+    volume.info = staged.to_source(volume.info)
     log(f"{input_path}: {volume.kind}, {volume.hu.shape[0]} slices of {volume.hu.shape[1]} x "
         f"{volume.hu.shape[2]}, spacing {tuple(round(s, 4) for s in volume.spacing)} mm "
         f"({volume.spacing_source})")
@@ -108,7 +129,7 @@ def predict_case(predictor, input_path: str, out_dir: str, spacing=None, overlay
         else:
             seg_file = os.path.basename(seg_path)
     summary = summarize(volume, pred, {
-        "input": os.path.abspath(input_path),
+        "input": input_path if files.is_remote(input_path) else os.path.abspath(input_path),
         "model": os.path.abspath(predictor.path),
         "model_format": predictor.format,
         "model_sha256": getattr(predictor, "fingerprint", None),
@@ -184,16 +205,18 @@ def run(model_path, input_path: str, out_dir: str, batch_size: int = 8, spacing=
     file or lies inside a DICOM input folder (`check_out_dir`), and for models that cannot form
     an ensemble (`lsnet_tf.inference.predictors.resolve_models`)."""
     t0 = time.time()
-    if not os.path.exists(input_path):
+    if not files.exists(input_path):
         raise PredictError(f"{input_path}: input not found")
     check_out_dir(out_dir, [input_path])
     members = predictors.resolve_models(model_path, tta, disagreement)
     predictor = predictors.load_members(members, batch_size, tta=tta, disagreement=disagreement,
                                         path=_shown(model_path))
-    return predict_case(predictor, input_path, out_dir, spacing=spacing, overlays=overlays,
-                        progress=progress, log=log, t0=t0, dicom_seg_file=dicom_seg_file,
-                        series_uid=series_uid, disagreement=disagreement,
-                        review_below=review_below)
+    more = dict(spacing=spacing, overlays=overlays, progress=progress, log=log, t0=t0,
+                dicom_seg_file=dicom_seg_file, series_uid=series_uid, disagreement=disagreement,
+                review_below=review_below)
+    if files.is_remote(out_dir):
+        return buckets.predict_to_url(predict_case, predictor, input_path, out_dir, **more)
+    return predict_case(predictor, input_path, out_dir, **more)
 
 
 def run_many(model_path, input_path: str, out_dir: str, batch_size: int = 8, spacing=None,
@@ -230,10 +253,17 @@ def run_many(model_path, input_path: str, out_dir: str, batch_size: int = 8, spa
         sha256 = fingerprint(members[0]) if os.path.exists(members[0]) else None
         load = functools.partial(predictors.load_predictor, members[0], batch_size,
                                  model_sha256=sha256)
-    return batch.run_batch(
-        cases, out_dir, load=load,
-        predict=functools.partial(predict_case, spacing=spacing, overlays=overlays,
-                                  dicom_seg_file=dicom_seg_file, disagreement=disagreement,
-                                  review_below=review_below, thumbnails=True),
-        overwrite=overwrite, progress=progress, log=log, options=options, model_sha256=sha256,
-        review_below=review_below)
+    predict = functools.partial(predict_case, spacing=spacing, overlays=overlays,
+                                dicom_seg_file=dicom_seg_file, disagreement=disagreement,
+                                review_below=review_below, thumbnails=True)
+    more = dict(load=load, overwrite=overwrite, progress=progress, log=log, options=options,
+                model_sha256=sha256, review_below=review_below)
+    if not files.is_remote(out_dir):
+        return batch.run_batch(cases, out_dir, predict=predict, **more)
+    # Resumed from a local copy of the outputs so far; each case published when done.
+    with buckets.mirror(out_dir) as local:
+        rows = batch.run_batch(cases, local, **more, predict=functools.partial(
+            buckets.predict_and_publish, predict=predict, out_url=out_dir))
+        buckets.publish_summary(local, out_dir)
+    log(f"published to {out_dir}")
+    return rows

@@ -50,6 +50,7 @@ import dataclasses
 import os
 from typing import Sequence
 
+from lsnet_tf.utils import files, gcs
 from lsnet_tf.data.names import case_name, is_nifti
 
 __all__ = ["BatchError", "Case", "RESERVED_NAMES", "is_batch_input", "find_cases",
@@ -105,9 +106,72 @@ def holds_dicom(folder: str) -> bool:
     return False
 
 
+def _url_starts_as_dicom(url: str) -> bool:
+    try:
+        head = gcs.read_bytes(url, 128, 131) if gcs.is_gcs(url) else files.read_bytes(url)[128:132]
+    except OSError:  # shorter than 132 bytes (a range the service cannot serve), unreadable
+        return False
+    return head == b"DICM"
+
+
+def _is_dicom_name(name: str, path: str) -> bool:
+    if name.startswith(".") or name.upper() == "DICOMDIR":
+        return False
+    ext = os.path.splitext(name)[1].lower()
+    return ext == ".dcm" or (ext == "" and _url_starts_as_dicom(path))
+
+
+def _url_tree(url: str) -> dict:
+    """``{folder: [file names directly in it]}`` of every folder under `url` that holds files
+    (folders relative to `url`, ``""`` for `url` itself; hidden ones left out)."""
+    tree: dict = {}
+    for rel in files.walk_files(url):
+        folder, _, name = rel.rpartition("/")
+        if not any(p.startswith(".") for p in folder.split("/") if p):
+            tree.setdefault(folder, []).append(name)
+    return tree
+
+
+def _url_holds_dicom(url: str, names) -> bool:
+    return any(_is_dicom_name(n, files.join(url, n)) for n in sorted(names))
+
+
+def _url_cases(url: str, log) -> list[Case]:
+    """The cases of a folder of cases in a bucket (`lsnet_tf.utils.files`), found as
+    `_folder_cases` finds them in a local folder; each case's input is its URL."""
+    url = url.rstrip("/")
+    tree = _url_tree(url)
+    series = [f for f in sorted(tree) if f and _url_holds_dicom(files.join(url, f), tree[f])]
+    cases, ignored, hidden = [], 0, []
+    cases += [Case(folder_case_name(f), files.join(url, f)) for f in series]
+    for folder, names in tree.items():
+        if any(folder == s or folder.startswith(s + "/") for s in series):
+            continue  # the folders under a series belong to it
+        for name in names:
+            path = files.join(url, folder, name)
+            if name.startswith("."):
+                if is_nifti(name):
+                    hidden.append(path)
+            elif is_nifti(name):
+                cases.append(Case(file_case_name(name), path))
+            else:
+                ignored += 1
+    if ignored:
+        log(f"{url}: left out {ignored} files that are neither NIfTI nor in a DICOM folder")
+    if hidden:
+        log(f"warning: {url}: left out {len(hidden)} hidden NIfTI file(s) (names starting "
+            f"with '.'; rename them to predict them): {', '.join(sorted(hidden))}")
+    return sorted(cases, key=lambda c: (c.name, c.input))
+
+
 def is_batch_input(path: str) -> bool:
     """Whether `path` is a list file (``.txt``/``.lst``) or a folder of cases (a folder without
-    DICOM files directly in it); anything else is a single case."""
+    DICOM files directly in it); anything else is a single case. A URL (``gs://...``) is read
+    through `lsnet_tf.utils.files`."""
+    if files.is_remote(path):
+        if files.isfile(path):
+            return path.lower().endswith(LIST_EXTENSIONS)
+        return files.isdir(path) and not _url_holds_dicom(path, _url_tree(path).get("", []))
     if os.path.isfile(path):
         return path.lower().endswith(LIST_EXTENSIONS)
     return os.path.isdir(path) and not holds_dicom(path)
@@ -231,7 +295,12 @@ def find_cases(path: str, out_dir: str | None = None, log=print) -> list[Case]:
     folder or list without cases; a case with an unsafe name or a name shared with another
     input comes back with its `Case.error` set (`check_case_names`).
     """
-    if os.path.isfile(path):
+    if files.is_remote(path):
+        cases = _url_cases(path, log)
+        if not cases:
+            raise BatchError(f"{path}: no cases found: no NIfTI files (.nii, .nii.gz) and no "
+                             "folders with DICOM files under it")
+    elif os.path.isfile(path):
         cases = _list_cases(path)
         if not cases:
             raise BatchError(f"{path}: the list names no cases (one path a line; blank lines and "
@@ -255,7 +324,21 @@ def check_out_dir(out_dir: str, inputs: Sequence[str] = ()) -> None:
     """Refuse (`BatchError`) an output folder `out_dir` that is an existing file (or lies under
     one), or that is one of the folders `inputs` (an input folder of cases, DICOM series
     folders) or lies inside it: its outputs would be read as input on the next run. Called
-    before the model loads."""
+    before the model loads. A URL is compared by name with the URLs among `inputs`."""
+    if files.is_remote(out_dir):
+        out = out_dir.rstrip("/")
+        for folder in inputs:
+            inside = str(folder).rstrip("/")
+            if files.is_remote(folder) and (out == inside or out.startswith(inside + "/")):
+                where = "is" if out == inside else "lies inside"
+                raise BatchError(f"--out {out_dir} {where} the input folder {folder}: the "
+                                 "outputs would be read as input on the next run; choose an "
+                                 "output folder outside it")
+        if gcs.is_gcs(out):
+            gcs.makedirs(out)  # a missing bucket: `lsnet_tf.utils.gcs.BucketNotFound`
+        if files.isfile(out):
+            raise BatchError(f"--out {out_dir} is an existing file, not a folder; choose a folder")
+        return
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise BatchError(f"--out {out_dir} is an existing file, not a folder; choose a folder")
     parent = os.path.dirname(os.path.abspath(out_dir))

@@ -13,6 +13,12 @@ a class of the task's own ``dataset.json`` (``labels``) fails it too. Image voxe
 Each patient is a `lsnet_tf.data.volumes.PatientSource`: its id, its input paths and a loader
 that reads it only when it is prepared (in process, or on a Beam worker: the loaders are
 module-level functions bound with ``functools.partial``, so that they pickle).
+
+Both layouts may lie in a bucket (``--images gs://archive/Pancreas-CT``, ``--root
+gs://archive/Task07_Pancreas``): folders are listed through `lsnet_tf.utils.files`, and a
+patient's loader copies that patient's series folder and label (or image and label) to a
+temporary local folder, reads them there and removes it (`lsnet_tf.utils.staging`); errors,
+skipped files and notes name the URLs.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import re
 
 import numpy as np
 
+from lsnet_tf.utils import files, staging
 from lsnet_tf.data import dicom, nifti, volumes
 from lsnet_tf.data.names import case_name, is_nifti
 from lsnet_tf.data.volumes import MissingLabelError, PatientSource, PrepareError
@@ -44,12 +51,19 @@ def _visible(names):
 def _load_tcia(folder, label, label_problem, series_uid, axial_only, origin_tol_mm):
     if label is None:
         raise MissingLabelError(folder, label_problem)
-    series = dicom.read_series(folder, series_uid=series_uid, axial_only=axial_only)
-    labels = nifti.read_label(label, series.affine, series.hu.shape, reference=folder,
-                              origin_tol_mm=origin_tol_mm)
-    return volumes.LabelledVolume(hu=series.hu, labels=labels, affine=series.affine,
-                                  spacing=series.spacing, skipped_files=series.skipped_files,
-                                  notes=series.notes)
+    with staging.local_copies(folder, label) as (staged, (folder, label)):
+        series = dicom.read_series(folder, series_uid=series_uid, axial_only=axial_only)
+        labels = nifti.read_label(label, series.affine, series.hu.shape, reference=folder,
+                                  origin_tol_mm=origin_tol_mm)
+        return volumes.LabelledVolume(
+            hu=series.hu, labels=labels, affine=series.affine, spacing=series.spacing,
+            skipped_files=[list(staged.to_source(list(s))) for s in series.skipped_files],
+            notes=staged.to_source(list(series.notes)))
+
+
+def _absolute(path):
+    """A local path made absolute; a URL as it is."""
+    return path if path is None or files.is_remote(path) else os.path.abspath(path)
 
 
 def tcia_patients(images: str, labels: str, series_uid=(), axial_only: bool = False,
@@ -61,20 +75,21 @@ def tcia_patients(images: str, labels: str, series_uid=(), axial_only: bool = Fa
     labels with no folder are listed in `notes`.
     """
     for d, what in ((images, "--images"), (labels, "--labels")):
-        if not os.path.isdir(d):
+        if not files.isdir(d):
             raise PrepareError(d, f"{what} is not a folder")
-    folders = [n for n in _visible(os.listdir(images)) if os.path.isdir(os.path.join(images, n))]
+    folders = [n for n in _visible(files.listdir(images))
+               if files.isdir(files.join(images, n))]
     if not folders:
         raise PrepareError(images, "no patient folders (expected one folder per patient, e.g. "
                                    "PANCREAS_0001/)")
     label_files = collections.defaultdict(list)
-    for name in _visible(os.listdir(labels)):
+    for name in _visible(files.listdir(labels)):
         if is_nifti(name) and patient_number(name) is not None:
-            label_files[patient_number(name)].append(os.path.join(labels, name))
+            label_files[patient_number(name)].append(files.join(labels, name))
     folder_numbers = collections.Counter(patient_number(f) for f in folders)
     sources = []
     for name in folders:
-        folder, number = os.path.join(images, name), patient_number(name)
+        folder, number = files.join(images, name), patient_number(name)
         matches = label_files.get(number, []) if number is not None else []
         label, problem = None, None
         if number is None:
@@ -89,8 +104,8 @@ def tcia_patients(images: str, labels: str, series_uid=(), axial_only: bool = Fa
             label = matches[0]
         load = functools.partial(_load_tcia, folder, label, problem, series_uid, axial_only,
                                  origin_tol_mm)
-        sources.append(PatientSource(name, load, {"images": os.path.abspath(folder),
-                                                  "label": label and os.path.abspath(label)}))
+        sources.append(PatientSource(name, load, {"images": _absolute(folder),
+                                                  "label": _absolute(label)}))
     orphans = sorted(p for n, ps in label_files.items() if n not in folder_numbers for p in ps)
     notes = [f"{len(orphans)} label files have no patient folder: "
              + ", ".join(os.path.basename(p) for p in orphans)] if orphans else []
@@ -100,7 +115,9 @@ def tcia_patients(images: str, labels: str, series_uid=(), axial_only: bool = Fa
 def _load_msd(image, label, origin_tol_mm, task_labels=None):
     if label is None:
         raise MissingLabelError(image, "no label file of the same name in labelsTr/")
-    volume = nifti.read_image_and_label(image, label, origin_tol_mm=origin_tol_mm)
+    with staging.local_copies(image, label) as (staged, (image_copy, label_copy)):
+        volume = nifti.read_image_and_label(image_copy, label_copy, origin_tol_mm=origin_tol_mm)
+    volume.notes = staged.to_source(list(volume.notes))
     if task_labels:
         found = {int(v) for v in np.unique(volume.labels)}
         unknown = sorted(found - set(task_labels))
@@ -114,34 +131,33 @@ def msd_patients(root: str, origin_tol_mm: float = volumes.ORIGIN_TOLERANCE_MM):
     """Patients of the MSD layout: ``(sources, notes, label_names)``; label_names from the task's
     own dataset.json ({} when absent). With label names, a patient whose label holds a value that
     is not one of them fails (`NiftiError` naming the label file and the values)."""
-    images, labels = os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")
+    images, labels = files.join(root, "imagesTr"), files.join(root, "labelsTr")
     for d in (images, labels):
-        if not os.path.isdir(d):
+        if not files.isdir(d):
             raise PrepareError(d, "missing: the MSD layout has imagesTr/ and labelsTr/")
-    image_files = [n for n in _visible(os.listdir(images)) if is_nifti(n)]
+    image_files = [n for n in _visible(files.listdir(images)) if is_nifti(n)]
     if not image_files:
         raise PrepareError(images, "no NIfTI images (*.nii.gz)")
-    label_names = {case_name(n): n for n in _visible(os.listdir(labels)) if is_nifti(n)}
+    label_names = {case_name(n): n for n in _visible(files.listdir(labels)) if is_nifti(n)}
     notes = []
     task_labels = {}
-    meta = os.path.join(root, "dataset.json")
-    if os.path.isfile(meta):
+    meta = files.join(root, "dataset.json")
+    if files.isfile(meta):
         try:
-            with open(meta, encoding="utf-8") as f:
-                task_labels = {int(k): str(v) for k, v in json.load(f).get("labels", {}).items()}
+            task_labels = {int(k): str(v)
+                           for k, v in json.loads(files.read_text(meta)).get("labels", {}).items()}
         except (ValueError, AttributeError, OSError) as e:
             notes.append(f"{meta} not read ({e})")
     sources, used = [], set()
     for name in image_files:
         pid = case_name(name)
         key = pid if pid in label_names else case_name(name, strip_channel=True)  # nnU-Net
-        label = os.path.join(labels, label_names[key]) if key in label_names else None
+        label = files.join(labels, label_names[key]) if key in label_names else None
         used.add(key)
         sources.append(PatientSource(
-            key, functools.partial(_load_msd, os.path.join(images, name), label, origin_tol_mm,
+            key, functools.partial(_load_msd, files.join(images, name), label, origin_tol_mm,
                                    task_labels),
-            {"image": os.path.abspath(os.path.join(images, name)),
-             "label": label and os.path.abspath(label)}))
+            {"image": _absolute(files.join(images, name)), "label": _absolute(label)}))
     orphans = sorted(set(label_names) - used)
     if orphans:
         notes.append(f"{len(orphans)} labels have no image: {', '.join(orphans)}")

@@ -7,7 +7,9 @@ Patients are split K-fold at patient level (deterministic given the seed). Bad i
 patient is reported with the file and the reason and does not stop the others; the summary
 counts prepared, skipped and failed patients, and the exit status is 1 when any patient failed
 (2 for a usage error). ``DATASET/dataset.json`` (`dataset_info`) records folds, patients per
-fold, slice counts, the source layout, the label values and the command's arguments.
+fold, slice counts, the source layout, the label values and the command's arguments. Inputs
+and ``DATASET`` may be ``gs://`` URLs (`lsnet_tf.utils.files`; each patient read from a
+temporary local copy, each shard written locally and uploaded whole).
 
 `prepare_patient` prepares one patient (here, or on a Beam worker: `prepare_beam`),
 `summary_of` gathers the patients' outcomes into the run's `Summary`, and `dataset_info` turns it
@@ -15,13 +17,15 @@ into ``dataset.json``: one builder for both ways of running.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
 
-from lsnet_tf.utils import files
+from lsnet_tf.utils import files, gcs
 from lsnet_tf.data import records, volumes
 from lsnet_tf.data.volumes import PatientSkipped, PatientSource, PrepareError
 
@@ -86,6 +90,21 @@ def existing_outputs(out_dir: str) -> list[str]:
     return sorted(found)
 
 
+@contextlib.contextmanager
+def _shard_destination(path: str):
+    """Where `records.ShardWriter` writes the shard `path`: `path` itself, or for a ``gs://`` URL
+    (which TensorFlow's writer reaches through its own GCS filesystem, not through
+    `lsnet_tf.utils.files`) a temporary local file uploaded to `path` when the block ends
+    without an error (one upload: the object appears whole or not at all)."""
+    if not gcs.is_gcs(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="lsnet_tf-shard-") as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        yield local
+        files.copy_file(local, path)
+
+
 def prepare_patient(patient: PatientSource, fold: int, out_dir: str, label_values=None) -> dict:
     """Read, canonicalise and check one patient and write its shard ``out_dir/fold-K/<id>.tfrecord``
     atomically; never raises for the patient's bad input.
@@ -99,12 +118,12 @@ def prepare_patient(patient: PatientSource, fold: int, out_dir: str, label_value
     outcome = {"patient": pid, "fold": int(fold)}
     try:
         volume = patient.load()
-        path = records.shard_path(out_dir, fold, pid)
         fg = 0
-        with records.ShardWriter(path) as writer:
-            for rec in volumes.volume_records(volume, pid, fold, label_values):
-                writer.write(rec)
-                fg += int(rec.mask.any())
+        with _shard_destination(records.shard_path(out_dir, fold, pid)) as path:
+            with records.ShardWriter(path) as writer:
+                for rec in volumes.volume_records(volume, pid, fold, label_values):
+                    writer.write(rec)
+                    fg += int(rec.mask.any())
     except PatientSkipped as e:
         return {**outcome, "status": "skipped", "message": str(e)}
     except Exception as e:  # one patient's failure never stops the others

@@ -6,9 +6,10 @@ written atomically on a worker (`lsnet_tf.preparation.prepare.prepare_patient`);
 skipped patients go to tagged outputs that end, with the prepared ones, in ``dataset.json``
 (`lsnet_tf.preparation.prepare.dataset_info`) and the same per-patient report and exit status.
 The fold split is decided before the pipeline from the patient list, so it does not depend on the
-runner; shards and ``dataset.json`` are the same as in process. ``--out`` may then be any
-filesystem TensorFlow writes (``gs://bucket/dataset``); the inputs must be readable by every
-worker (a shared or mounted folder). Pipeline options: ``--beam-options "..."`` and everything
+runner; shards and ``dataset.json`` are the same as in process. ``--out`` may then be a
+``gs://`` URL or any filesystem TensorFlow writes; the inputs must be readable by every worker:
+a ``gs://`` archive (each worker copies one patient at a time to a temporary local folder,
+`lsnet_tf.utils.staging`) or a shared or mounted folder. Pipeline options: ``--beam-options "..."`` and everything
 after ``--`` (see `lsnet_tf.utils.beam`)::
 
     python -m lsnet_tf.prepare tcia --images ... --labels ... --out DATASET --runner DirectRunner \\

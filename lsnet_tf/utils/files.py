@@ -18,6 +18,22 @@ written.
 Folders (SavedModels) and files written by TensorFlow's own writers (TFRecord shards) cannot go
 through a Python file object; they follow the same write-then-rename rule in their own modules
 (``export.saved_model.write_atomically``, ``data.records.ShardWriter``).
+
+Which layer serves a path:
+
+- a local path: the standard library;
+- ``gs://bucket/name``: the google-cloud-storage client (`lsnet_tf.utils.gcs`, which says why
+  this client and not ``tf.io.gfile``): it honours ``STORAGE_EMULATOR_HOST`` and runs the same
+  in this process and on a Beam worker. An upload is visible only once whole, so a ``gs://``
+  file is written by one upload (no temporary name). Its errors are `lsnet_tf.utils.gcs.
+  StorageError` (an `OSError`) naming the URL: a missing bucket or object, no permission, an
+  object read short of its size;
+- any other URL (``ram://``, ``s3://`` with tensorflow-io, ...): ``tf.io.gfile``.
+
+What TensorFlow itself reads and writes (TFRecord shards read by tf.data, checkpoints,
+TensorBoard logs, SavedModels) goes through TensorFlow's own filesystems. `copy_file`,
+`download_tree` and `upload_tree` move files between a local folder and any URL (a case's
+temporary local copy: `lsnet_tf.utils.staging`).
 """
 from __future__ import annotations
 
@@ -27,6 +43,8 @@ import hashlib
 import json
 import os
 from typing import IO, Iterator
+
+from lsnet_tf.utils import gcs
 
 TMP_SUFFIX = ".tmp"
 
@@ -42,15 +60,28 @@ def _gfile():
     return tf.io.gfile
 
 
+def join(base: str, *parts: str) -> str:
+    """`base` and `parts` joined with ``/`` for a URL, ``os.path.join`` for a local path."""
+    if is_remote(base):
+        return "/".join([str(base).rstrip("/")] + [p.strip("/") for p in parts if p])
+    return os.path.join(base, *parts)
+
+
 def exists(path: str) -> bool:
+    if gcs.is_gcs(path):
+        return gcs.exists(path)
     return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
+    if gcs.is_gcs(path):
+        return gcs.isdir(path)
     return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
 def isfile(path: str) -> bool:
+    if gcs.is_gcs(path):
+        return gcs.isfile(path)
     if is_remote(path):
         return _gfile().exists(path) and not _gfile().isdir(path)
     return os.path.isfile(path)
@@ -58,17 +89,54 @@ def isfile(path: str) -> bool:
 
 def listdir(path: str) -> list[str]:
     """The names in folder `path` (without the trailing ``/`` that tf.io.gfile gives folders)."""
+    if gcs.is_gcs(path):
+        return gcs.listdir(path)
     if is_remote(path):
         return [n.rstrip("/") for n in _gfile().listdir(path)]
     return os.listdir(path)
 
 
 def glob(pattern: str) -> list[str]:
+    if gcs.is_gcs(pattern):
+        return gcs.glob(pattern)
     return _gfile().glob(pattern) if is_remote(pattern) else _glob.glob(pattern)
+
+
+def walk_files(folder: str) -> list[str]:
+    """Every file under `folder`, as paths relative to it (``/``-separated), sorted."""
+    if gcs.is_gcs(folder):
+        return gcs.walk_files(folder)
+    if is_remote(folder):
+        out = []
+        for root, _, names in _gfile().walk(folder):
+            rel = root[len(folder.rstrip("/")):].strip("/")
+            out += [f"{rel}/{n}" if rel else n for n in names]
+        return sorted(out)
+    return sorted(os.path.relpath(os.path.join(root, n), folder).replace(os.sep, "/")
+                  for root, _, names in os.walk(folder) for n in names)
+
+
+def getsize(path: str) -> int:
+    if gcs.is_gcs(path):
+        return gcs.getsize(path)
+    return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of `path`."""
+    if gcs.is_gcs(path):
+        return gcs.read_bytes(path)
+    if is_remote(path):
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def read_text(path: str) -> str:
     """The text of `path` (UTF-8)."""
+    if gcs.is_gcs(path):
+        return gcs.read_bytes(path).decode("utf-8")
     if is_remote(path):
         with _gfile().GFile(path, "r") as f:
             return f.read()
@@ -78,17 +146,65 @@ def read_text(path: str) -> str:
 
 def makedirs(path: str) -> None:
     """Create folder `path` and its parents; nothing when it exists."""
-    if is_remote(path):
+    if gcs.is_gcs(path):
+        gcs.makedirs(path)
+    elif is_remote(path):
         _gfile().makedirs(path)
     else:
         os.makedirs(path, exist_ok=True)
 
 
 def remove(path: str) -> None:
-    if is_remote(path):
+    if gcs.is_gcs(path):
+        gcs.remove(path)
+    elif is_remote(path):
         _gfile().remove(path)
     else:
         os.remove(path)
+
+
+def rmtree(path: str) -> None:
+    """Remove folder `path` and everything under it."""
+    if gcs.is_gcs(path):
+        gcs.rmtree(path)
+    elif is_remote(path):
+        _gfile().rmtree(path)
+    else:
+        import shutil
+
+        shutil.rmtree(path)
+
+
+def copy_file(src: str, dst: str) -> str:
+    """Copy file `src` to `dst`, each a local path or a URL; `dst` appears only when whole (a
+    local or ``ram://`` file written under a temporary name, then renamed; a ``gs://`` object
+    by one upload). Creates `dst`'s folder; returns `dst`."""
+    if gcs.is_gcs(src) and gcs.is_gcs(dst):
+        gcs.copy(src, dst)
+        return dst
+    if gcs.is_gcs(src) and not is_remote(dst):
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        return gcs.download(src, dst)
+    return write_bytes(dst, read_bytes(src))
+
+
+def download_tree(url: str, folder: str) -> list[str]:
+    """Copy every file under `url` into the local `folder` (same relative paths); returns those
+    paths."""
+    names = walk_files(url)
+    for name in names:
+        copy_file(join(url, name), os.path.join(folder, *name.split("/")))
+    return names
+
+
+def upload_tree(folder: str, url: str, last=()) -> list[str]:
+    """Copy every file under the local `folder` to `url` (same relative paths), the names in
+    `last` after all the others (``summary.json``: a reader that finds it finds the rest);
+    returns the relative paths."""
+    names = walk_files(folder)
+    for name in sorted(names, key=lambda n: (n in last, n)):
+        copy_file(os.path.join(folder, *name.split("/")), join(url, name))
+    return names
 
 
 def _write_remote(path: str, data) -> str:
@@ -97,6 +213,8 @@ def _write_remote(path: str, data) -> str:
     an error). Works on every filesystem TensorFlow writes (``gs://`` ...; there the rename is a
     copy, and the final name still appears only once the file is whole). Creates the folder;
     returns `path`."""
+    if gcs.is_gcs(path):
+        return gcs.write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     gfile = _gfile()
     tmp = str(path) + TMP_SUFFIX
     folder = os.path.dirname(str(path))
@@ -157,7 +275,9 @@ def write_bytes(path: str, data: bytes) -> str:
 
 def write_json(path: str, data, sort_keys: bool = False) -> str:
     """Write `data` as JSON (indented by 2, no final newline) to `path` atomically, creating its
-    folder; returns `path`."""
+    folder; returns `path` (a URL: `write_text`)."""
+    if is_remote(path):
+        return _write_remote(path, json.dumps(data, indent=2, sort_keys=sort_keys))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as f:
         json.dump(data, f, indent=2, sort_keys=sort_keys)
