@@ -118,27 +118,35 @@ class LSNet(SegmentationModel):
         global_batch = tf.shape(images)[0] * replicas
         has_target = data["num_boxes"] > 0
 
+        # The name scopes group the step's ops by part in a profiler trace
+        # (benchmarks/step_parts.py); they change no computation.
         with tf.GradientTape() as l_tape:
             out = self.lnet(images, training=training)
-            l_loss, terms = localization.localization_loss(
-                out["heatmap_logits"], out["ltrb"], data["heatmap"], data["ltrb"], self.loss_config,
-                global_batch, STRIDE)
-            points, dist = two_stage.select_train_rois(out["heatmap"], out["ltrb"], self.top_k,
-                                                       training, self._step_seed())
+            with tf.name_scope("localization_loss"):
+                l_loss, terms = localization.localization_loss(
+                    out["heatmap_logits"], out["ltrb"], data["heatmap"], data["ltrb"],
+                    self.loss_config, global_batch, STRIDE)
+            with tf.name_scope("roi_choice"):
+                points, dist = two_stage.select_train_rois(out["heatmap"], out["ltrb"],
+                                                           self.top_k, training, self._step_seed())
         with tf.GradientTape() as s_tape:
             s_tape.watch(dist)
             # While gt_phase is on, the first ground-truth box of each image with a target
             # stands in for the predicted RoI (no gradient reaches L-Net from those images).
-            gt = data["boxes"][:, 0]
-            gt_points = (gt[:, :2] + gt[:, 2:]) / 2
-            gt_dist = tf.concat([gt_points - gt[:, :2], gt[:, 2:] - gt_points], -1)
-            use_gt = tf.logical_and(tf.logical_and(tf.cast(self.gt_phase, tf.bool), training),
-                                    has_target)[:, None]
-            rois, theta = self.rr([images, tf.where(use_gt, gt_points, points),
-                                   tf.where(use_gt, gt_dist, dist)])
-            roi_mask = two_stage.roi_targets(mask, theta, self.roi_size)
+            with tf.name_scope("gt_roi"):
+                gt = data["boxes"][:, 0]
+                gt_points = (gt[:, :2] + gt[:, 2:]) / 2
+                gt_dist = tf.concat([gt_points - gt[:, :2], gt[:, 2:] - gt_points], -1)
+                use_gt = tf.logical_and(tf.logical_and(tf.cast(self.gt_phase, tf.bool), training),
+                                        has_target)[:, None]
+                keypoints = tf.where(use_gt, gt_points, points)
+                distances = tf.where(use_gt, gt_dist, dist)
+            rois, theta = self.rr([images, keypoints, distances])
+            with tf.name_scope("roi_targets"):
+                roi_mask = two_stage.roi_targets(mask, theta, self.roi_size)
             logits = self.snet(rois, training=training)
-            s_loss = self._seg_loss(roi_mask, logits, tf.cast(has_target, tf.float32))
+            with tf.name_scope("s_loss"):
+                s_loss = self._seg_loss(roi_mask, logits, tf.cast(has_target, tf.float32))
         losses = {"loss": l_loss + s_loss, "l_loss": l_loss, "heatmap_loss": terms["heatmap"],
                   "box_loss": terms["box"], "s_loss": s_loss}
         return losses, l_tape, s_tape, dist
@@ -162,8 +170,10 @@ class LSNet(SegmentationModel):
     def train_step(self, data):
         data = self._unpack(data)
         l_grads, s_grads, losses = self.gradients(data)
-        self.optimizer.apply(l_grads, self.lnet.trainable_variables)
-        self.snet_optimizer.apply(s_grads, self.snet.trainable_variables)
+        with tf.name_scope("lnet_update"):
+            self.optimizer.apply(l_grads, self.lnet.trainable_variables)
+        with tf.name_scope("snet_update"):
+            self.snet_optimizer.apply(s_grads, self.snet.trainable_variables)
         return self._finish_step(losses, data, training=True)
 
     def test_step(self, data):
