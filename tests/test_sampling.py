@@ -6,7 +6,7 @@ from scipy import ndimage
 
 from lsnet_tf.ops.boxes import box_theta
 from lsnet_tf.ops.sampling import (affine_grid, bilinear_sample, invert_affine, paste_masks,
-                                   sample_axis_aligned)
+                                   sample_axis_aligned, sample_scale_translate)
 
 F32 = np.float32
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
@@ -428,3 +428,47 @@ def test_axis_aligned_dynamic_shapes_xla_and_tflite():
     runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner()
     (out,) = runner(images=images, scale=scale, offset=offset).values()
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------- sample_scale_translate
+
+@pytest.mark.parametrize("in_size, out_size, channels", AXIS_ALIGNED_CASES[:3])
+def test_scale_translate_equals_general_sampler_bit_for_bit(in_size, out_size, channels):
+    # The training targets (two_stage.roi_targets) use it in place of the general path: the
+    # values must be the general path's exactly, eagerly and in a tf.function (where Grappler
+    # rewrites both graphs).
+    rng = np.random.default_rng(40 + sum(in_size) + sum(out_size))
+    batch = 6
+    images = rng.normal(size=(batch, *in_size, channels)).astype(F32)
+    images[:2] = images[:2] > 0  # binary masks too, as the targets are
+    scale = rng.uniform(0.05, 1.6, size=(batch, 2)) * rng.choice([-1.0, 1.0], size=(batch, 2))
+    offset = rng.uniform(-1.3, 1.3, size=(batch, 2))
+    scale[0], offset[0] = (1.0, 1.0), (0.0, 0.0)
+    scale[2], offset[2] = (0.5, 0.8), (3.0, 0.1)  # wholly outside the image
+    theta = _diagonal_theta(tf.constant(scale.astype(F32)), tf.constant(offset.astype(F32)))
+
+    def general(images, theta):
+        return bilinear_sample(images, affine_grid(theta, *out_size))
+
+    def exact(images, theta):
+        return sample_scale_translate(images, theta, *out_size)
+
+    expected = general(images, theta).numpy()
+    assert np.any(expected != 0) and np.all(expected[2] == 0)
+    got = exact(images, theta).numpy()
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert np.array_equal(got, expected)
+    assert np.array_equal(tf.function(exact)(images, theta).numpy(),
+                          tf.function(general)(images, theta).numpy())
+    # The separable sampler agrees only to rounding.
+    separable = sample_axis_aligned(images, scale.astype(F32), offset.astype(F32), *out_size)
+    np.testing.assert_allclose(separable.numpy(), expected, atol=1e-5)
+
+
+def test_scale_translate_checks_its_arguments():
+    with pytest.raises(ValueError, match="images must have rank 4"):
+        sample_scale_translate(np.zeros((1, 4, 4), F32), np.zeros((1, 2, 3), F32), 2, 2)
+    with pytest.raises(TypeError, match="images must be a floating tensor"):
+        sample_scale_translate(np.zeros((1, 4, 4, 1), np.int32), np.zeros((1, 2, 3), F32), 2, 2)
+    with pytest.raises(ValueError, match="theta must have shape"):
+        sample_scale_translate(np.zeros((1, 4, 4, 1), F32), np.zeros((1, 3, 3), F32), 2, 2)

@@ -101,9 +101,12 @@ def decode_keypoints(heatmap, ltrb, threshold: float, max_rois: int) -> dict:
 
 def roi_targets(mask, theta, roi_size):
     """The target mask ``(B, H, W, C)`` sampled through each RoI's θ ``(B, 2, 3)`` (no gradient
-    to θ): ``(B, h, w, C)`` at ``roi_size`` ``(h, w)``, what S-Net's loss compares with."""
-    grid = sampling.affine_grid(tf.stop_gradient(theta), *roi_size)
-    return sampling.bilinear_sample(mask, grid)
+    to θ): ``(B, h, w, C)`` at ``roi_size`` ``(h, w)``, what S-Net's loss compares with.
+
+    θ is scale-and-translate (RR's or the hard crop's): the values are
+    ``bilinear_sample(mask, affine_grid(θ, h, w))``'s bit for bit, computed by
+    ``sampling.sample_scale_translate`` (the index and weight arithmetic per axis)."""
+    return sampling.sample_scale_translate(mask, tf.stop_gradient(theta), *roi_size)
 
 
 def segment_rois(snet, images, image_size, valid, take_rois, *per_roi):

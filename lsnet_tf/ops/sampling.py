@@ -23,7 +23,9 @@ contributes zero.
 For the scale-and-translate transforms of RR (``theta = [[s_x, 0, t_x], [0, s_y, t_y]]``)
 ``sample_axis_aligned`` computes the same crops separably: two source rows per output row, then
 two source columns per output column, with the index and weight arithmetic on ``(batch, h)`` and
-``(batch, w)`` only.
+``(batch, w)`` only. ``sample_scale_translate`` keeps the general path's per-pixel arithmetic
+(its values to the last bit) and moves only the index and weight arithmetic to one axis at a
+time.
 
 Everything is built from TensorFlow builtin ops (``gather``, ``floor``, element-wise arithmetic,
 ``unsorted_segment_max``), so it runs under ``tf.function(jit_compile=True)``, exports to a
@@ -35,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["affine_grid", "bilinear_sample", "invert_affine", "paste_masks",
-           "sample_axis_aligned"]
+           "sample_axis_aligned", "sample_scale_translate"]
 
 
 def _dim(tensor: tf.Tensor, axis: int):
@@ -129,19 +131,26 @@ def bilinear_sample(images, grid) -> tf.Tensor:
         raise ValueError(f"images and grid need the same batch size, got images {images.shape} "
                          f"and grid {grid.shape}")
 
+    return _sample_at(images, grid[..., 0], grid[..., 1])
+
+
+def _sample_at(images, gx, gy) -> tf.Tensor:
+    """``bilinear_sample``'s arithmetic at normalised coordinates `gx`, `gy` that broadcast
+    together to ``(batch, h, w)`` (the grid's two planes, or a column ``(batch, 1, w)`` and a row
+    ``(batch, h, 1)`` of them when each depends on one axis only)."""
     batch = _dim(images, 0)
     height = _dim(images, 1)
     width = _dim(images, 2)
     channels = _dim(images, 3)
-    dtype = grid.dtype
+    dtype = gx.dtype
     h_f = tf.cast(height, dtype)
     w_f = tf.cast(width, dtype)
 
     # Continuous pixel coordinates with pixel centres at integers. Clipping to [-1, W] (resp.
     # [-1, H]) changes no value (every tap beyond is outside the image) and keeps the int cast
     # safe for far-away points.
-    x = tf.clip_by_value(((grid[..., 0] + 1.0) * w_f - 1.0) * 0.5, -1.0, w_f)
-    y = tf.clip_by_value(((grid[..., 1] + 1.0) * h_f - 1.0) * 0.5, -1.0, h_f)
+    x = tf.clip_by_value(((gx + 1.0) * w_f - 1.0) * 0.5, -1.0, w_f)
+    y = tf.clip_by_value(((gy + 1.0) * h_f - 1.0) * 0.5, -1.0, h_f)
     x0f = tf.floor(x)
     y0f = tf.floor(y)
     wx1 = x - x0f
@@ -151,13 +160,12 @@ def bilinear_sample(images, grid) -> tf.Tensor:
     x0 = tf.cast(x0f, tf.int32)
     y0 = tf.cast(y0f, tf.int32)
 
-    zero = tf.zeros_like(wx0)
     # After the clip x0 lies in [-1, W]: the tap at column x0 is inside for 0 <= x0 < W, the
     # tap at x0 + 1 for x0 < W - 1 (rows alike).
-    wx0 = tf.where((x0 >= 0) & (x0 < width), wx0, zero)
-    wx1 = tf.where(x0 < width - 1, wx1, zero)
-    wy0 = tf.where((y0 >= 0) & (y0 < height), wy0, zero)
-    wy1 = tf.where(y0 < height - 1, wy1, zero)
+    wx0 = tf.where((x0 >= 0) & (x0 < width), wx0, tf.zeros_like(wx0))
+    wx1 = tf.where(x0 < width - 1, wx1, tf.zeros_like(wx1))
+    wy0 = tf.where((y0 >= 0) & (y0 < height), wy0, tf.zeros_like(wy0))
+    wy1 = tf.where(y0 < height - 1, wy1, tf.zeros_like(wy1))
     xa = tf.clip_by_value(x0, 0, width - 1)
     xb = tf.clip_by_value(x0 + 1, 0, width - 1)
     ya = tf.clip_by_value(y0, 0, height - 1)
@@ -174,6 +182,29 @@ def bilinear_sample(images, grid) -> tf.Tensor:
         term = tf.gather(flat, index) * tf.cast(weight, images.dtype)[..., tf.newaxis]
         out = term if out is None else out + term
     return out
+
+
+def sample_scale_translate(images, theta, height, width) -> tf.Tensor:
+    """``bilinear_sample(images, affine_grid(theta, height, width))`` to the last bit, for a
+    scale-and-translate `theta` ``[[s_x, 0, t_x], [0, s_y, t_y]]`` ``(batch, 2, 3)``.
+
+    For such θ a grid's ``x_n`` depends on the output column only and ``y_n`` on the row only,
+    so they are computed as a row ``(batch, 1, width)`` and a column ``(batch, height, 1)`` (by
+    ``affine_grid`` itself, on a one-pixel-high and a one-pixel-wide output) and the index and
+    weight arithmetic runs on those; only the four taps' gathers, weights and sum are per output
+    pixel, as in the general path, so the values are the general path's exactly (in a
+    ``tf.function`` too). The training targets use it (``two_stage.roi_targets``), where the
+    general path's values must be kept; ``sample_axis_aligned`` is faster but rounds
+    differently. A θ with rotation or shear gives wrong values here.
+    """
+    images = tf.convert_to_tensor(images)
+    theta = tf.convert_to_tensor(theta)
+    _check_rank(images, 4, "images", "(batch, H, W, C)")
+    if not images.dtype.is_floating:
+        raise TypeError(f"images must be a floating tensor, got dtype {images.dtype.name}")
+    gx = affine_grid(theta, 1, width)[..., 0]  # (batch, 1, width)
+    gy = affine_grid(theta, height, 1)[..., 1]  # (batch, height, 1)
+    return _sample_at(images, gx, gy)
 
 
 def _axis_taps(scale, offset, out_size, in_size):
