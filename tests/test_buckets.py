@@ -17,6 +17,7 @@ from lsnet_tf import predict, prepare
 from lsnet_tf.data import records
 from lsnet_tf.evaluation.folder import evaluate_folder
 from lsnet_tf.inference import cases as predict_cases
+from lsnet_tf.inference import predictors
 from lsnet_tf.utils import files, gcs, staging
 from test_batch_predict import make_cases, read_csv
 from test_dicom import CT5N, copy_series
@@ -220,6 +221,20 @@ def model_path(tiny_saved_model):
     return tiny_saved_model
 
 
+@pytest.fixture(scope="module")
+def loaded(model_path):
+    return predictors.load_predictor(model_path)
+
+
+@pytest.fixture
+def loaded_once(model_path, loaded, monkeypatch):
+    """The model's path; the model is loaded once for the module and every command of a test
+    reuses it."""
+    monkeypatch.setattr(predictors, "load_predictor",
+                        lambda path, batch_size=8, model_sha256=None: loaded)
+    return model_path
+
+
 def mask_of(data: bytes, tmp_path, name="m.nii.gz"):
     path = tmp_path / name
     path.write_bytes(data)
@@ -227,8 +242,9 @@ def mask_of(data: bytes, tmp_path, name="m.nii.gz"):
     return np.asarray(img.dataobj), img.affine
 
 
-def test_predict_a_folder_of_cases_from_a_bucket_into_a_bucket(bucket, model_path, tmp_path,
+def test_predict_a_folder_of_cases_from_a_bucket_into_a_bucket(bucket, loaded_once, tmp_path,
                                                                capsys):
+    model_path = loaded_once
     inputs = make_cases(tmp_path / "cases")
     url_in, url_out = upload(tmp_path / "cases", bucket + "/cases"), bucket + "/preds"
     local_out = tmp_path / "local-preds"
@@ -269,8 +285,9 @@ def test_predict_a_folder_of_cases_from_a_bucket_into_a_bucket(bucket, model_pat
     capsys.readouterr()
 
 
-def test_predict_one_case_from_a_bucket_and_a_truncated_one(bucket, model_path, tmp_path,
+def test_predict_one_case_from_a_bucket_and_a_truncated_one(bucket, loaded_once, tmp_path,
                                                             capsys):
+    model_path = loaded_once
     inputs = make_cases(tmp_path / "cases")
     nii = files.copy_file(str(inputs["liver_1"]), bucket + "/in/liver_1_0000.nii.gz")
     summary = predict_cases.run(model_path, nii, bucket + "/one", log=quiet, progress=None)
