@@ -39,11 +39,12 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from lsnet_tf.training.callbacks import CheckpointError  # Keras: after the config is read
+    from lsnet_tf.training.multi_worker import ClusterError
     from lsnet_tf.training.nonfinite import NonFiniteLossError
 
     try:
         session.run(cfg)
-    except (NonFiniteLossError, records.CorruptShardError, CheckpointError) as e:
+    except (NonFiniteLossError, records.CorruptShardError, CheckpointError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -306,6 +306,17 @@ class TrainConfig:
     # Bit-identical weights for the same seed and config on the same machine: op determinism,
     # seeded Keras/NumPy/Python generators and data.deterministic (slower; see docs/training.md).
     deterministic: bool = False
+    # Multi-worker training (TF_CONFIG; docs/training.md, "Failure behaviour"). A task whose
+    # heartbeats stop for heartbeat_timeout seconds (killed, stopped, its machine gone) is lost:
+    # TensorFlow's coordination service aborts the other tasks' collective operations and each
+    # ends with an error naming it. At exit a task waits at most shutdown_timeout seconds for
+    # the others. collective_timeout > 0 also fails any collective operation (a step's
+    # all-reduce) that waits longer than that for the other tasks, which catches a task whose
+    # process lives but no longer takes part; it must exceed the longest time one task can run
+    # ahead of another (the chief's checkpoint, logs and final evaluation and export).
+    heartbeat_timeout: float = 10.0
+    shutdown_timeout: float = 10.0
+    collective_timeout: float = 0.0
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1", self.epochs)
@@ -331,6 +342,13 @@ class TrainConfig:
                (self.mixed_precision, self.jit_compile))
         _check(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite must be stop or skip",
                self.on_nonfinite)
+        _check(self.heartbeat_timeout >= 1, "train.heartbeat_timeout must be >= 1 (seconds)",
+               self.heartbeat_timeout)
+        _check(self.shutdown_timeout >= 1, "train.shutdown_timeout must be >= 1 (seconds)",
+               self.shutdown_timeout)
+        _check(self.collective_timeout >= 0,
+               "train.collective_timeout must be >= 0 (seconds; 0: no limit)",
+               self.collective_timeout)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,11 +16,12 @@ from lsnet_tf.models.build import (batch_norm_layers, build_model, compile_model
                                    parameter_counts)
 
 
-def make_strategy(name: str):
+def make_strategy(name: str, train_cfg=None):
     """The ``tf.distribute`` strategy of ``train.strategy`` (see ``lsnet_tf.config``).
 
     ``auto`` mirrors only over several GPUs: on one device, MirroredStrategy adds a multi-device
-    iterator and cross-device plumbing for nothing.
+    iterator and cross-device plumbing for nothing. A multi-worker strategy detects lost tasks
+    as `train_cfg` (the ``train`` section) says (``lsnet_tf.training.multi_worker``).
     """
     import tensorflow as tf
 
@@ -30,7 +31,9 @@ def make_strategy(name: str):
         else:
             name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        from lsnet_tf.training import multi_worker
+
+        return multi_worker.make_strategy(train_cfg)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -58,18 +61,31 @@ def run(cfg, log=print, timeline=None) -> dict:
     start-up phases, every step, validation pass and callback (``python -m benchmarks profile``).
 
     Raises `NonFiniteLossError` (a non-finite loss with ``train.on_nonfinite: stop``, or weights
-    that are not finite at the end of an epoch), `CorruptShardError` (a corrupt shard) and
-    `CheckpointError` (no checkpoint of the run folder can be read back).
+    that are not finite at the end of an epoch), `CorruptShardError` (a corrupt shard),
+    `CheckpointError` (no checkpoint of the run folder can be read back) and, in a multi-worker
+    run, `ClusterError` (another task of the cluster was lost; it names that task).
     """
     import keras
     import tensorflow as tf
 
+    from lsnet_tf.training import multi_worker
+
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.train.seed)
-    strategy = make_strategy(cfg.train.strategy)
+    strategy = make_strategy(cfg.train.strategy, cfg.train)
     mark = timeline.mark if timeline is not None else (lambda name: None)
     mark("strategy")
+    with multi_worker.reporting_lost_tasks(strategy,
+                                           os.path.join(cfg.train.output_dir, "checkpoints")):
+        return _run(cfg, strategy, log, timeline, mark)
+
+
+def _run(cfg, strategy, log, timeline, mark) -> dict:
+    """`run` under `strategy` (created), from the log line on."""
+    import keras
+    import tensorflow as tf
+
     if cfg.train.deterministic:
         log("deterministic: op determinism and data.deterministic on")
 
@@ -134,6 +150,10 @@ def run(cfg, log=print, timeline=None) -> dict:
         log(f"resumed from {ckpt.restored_from} at epoch {initial_epoch} (optimizer step "
             f"{int(model.optimizer.iterations.numpy())}, learning rate "
             f"{float(model.optimizer.learning_rate.numpy()):.6g})")
+        if cfg.train.deterministic:
+            # The batches an uninterrupted run would train on next (the pipeline's order and
+            # augmentation are fixed by the seed): a resumed run ends with its weights.
+            train_ds = train_ds.skip(initial_epoch * steps)
     if initial_epoch >= cfg.train.epochs:
         log("training already complete; evaluating and exporting")
 
