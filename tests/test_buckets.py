@@ -17,7 +17,7 @@ from lsnet_tf import predict, prepare
 from lsnet_tf.data import records
 from lsnet_tf.evaluation.folder import evaluate_folder
 from lsnet_tf.inference import cases as predict_cases
-from lsnet_tf.inference import predictors
+from lsnet_tf.inference import many, predictors
 from lsnet_tf.utils import files, gcs, staging
 from test_batch_predict import make_cases, read_csv
 from test_dicom import CT5N, copy_series
@@ -306,6 +306,26 @@ def test_predict_one_case_from_a_bucket_and_a_truncated_one(bucket, loaded_once,
     assert predict.main(["--model", model_path, "--input", bucket + "/nothing.nii.gz",
                          "--out", str(tmp_path / "none")]) == 1
     assert f"{bucket}/nothing.nii.gz: input not found" in capsys.readouterr().err
+
+
+def test_cases_in_a_bucket_are_found_as_in_a_local_folder(bucket, tmp_path):
+    make_cases(tmp_path / "cases")
+    url = upload(tmp_path / "cases", bucket + "/cases")
+    local = many.find_cases(str(tmp_path / "cases"), log=quiet)
+    remote = many.find_cases(url, log=quiet)
+    assert [c.name for c in remote] == [c.name for c in local] == \
+        ["dicom__CT5N", "liver_1", "liver_2"]
+    assert [c.input for c in remote] == [f"{url}/dicom/CT5N", f"{url}/liver_1_0000.nii.gz",
+                                         f"{url}/more/liver_2.nii"]
+    assert many.is_batch_input(url) and not many.is_batch_input(url + "/dicom/CT5N")
+    assert not many.is_batch_input(url + "/liver_1_0000.nii.gz")
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"# bucket cases\n{url}/liver_1_0000.nii.gz\n{url}/dicom/CT5N/\n")
+    assert [(c.name, c.input) for c in many.find_cases(str(listed), log=quiet)] == [
+        ("liver_1", f"{url}/liver_1_0000.nii.gz"), ("CT5N", f"{url}/dicom/CT5N")]
+    files.copy_file(str(listed), url + "/list.txt")
+    with pytest.raises(many.BatchError, match=f"^{url}/list.txt: a list of cases is read"):
+        many.find_cases(url + "/list.txt", log=quiet)
 
 
 # ------------------------------------------------------------------------------ evaluate

@@ -29,7 +29,10 @@ line: any single-case input (`lsnet_tf.inference.readers`: NIfTI, DICOM folder, 
 ``.png``), relative to the list file's folder or absolute; blank lines and lines starting with
 ``#`` are ignored. Cases keep the list's order and are named as above (a ``.npy``/``.png``
 file by its name without the extension; a DICOM folder outside the list's folder by its own
-name).
+name). A line may be a URL (``gs://bucket/imagesTs/x_0000.nii.gz``, a DICOM folder in a bucket):
+that case is read from the bucket (named by its own name). Buckets: a folder of cases may be a
+``gs://`` URL, listed through `lsnet_tf.utils.files` (a DICOM file without an extension told by
+its bytes 128 to 131 alone); a list file must be local.
 
 Case names are checked once, in `check_case_names`: a name that is empty, ``.`` or ``..``,
 holds a path separator, starts with ``.`` (hidden, and the batch's work folders), is one of the
@@ -231,6 +234,11 @@ def _list_cases(list_path: str) -> list[Case]:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
+        if files.is_remote(entry):  # a case in a bucket: named by its own name
+            url = entry.rstrip("/")
+            cases.append(Case(file_case_name(url) if files.isfile(url)
+                              else url.rsplit("/", 1)[-1], url))
+            continue
         path = os.path.normpath(os.path.join(base, entry))
         if os.path.isdir(path):
             relative = os.path.relpath(path, base)
@@ -296,6 +304,9 @@ def find_cases(path: str, out_dir: str | None = None, log=print) -> list[Case]:
     input comes back with its `Case.error` set (`check_case_names`).
     """
     if files.is_remote(path):
+        if path.lower().endswith(LIST_EXTENSIONS) and files.isfile(path):
+            raise BatchError(f"{path}: a list of cases is read from a local file only; give the "
+                             "folder of cases in the bucket, or a local list naming URLs")
         cases = _url_cases(path, log)
         if not cases:
             raise BatchError(f"{path}: no cases found: no NIfTI files (.nii, .nii.gz) and no "
