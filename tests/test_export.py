@@ -472,9 +472,9 @@ def test_int8_tflite_agrees_with_float32_on_validation_slices(trained_run, tmp_p
         float_mask, int8_mask = outs["none"] > 0.5, outs["int8"] > 0.5
         assert float_mask.sum() > 1000  # enough foreground for the comparison to mean something
         assert dice(float_mask, int8_mask) >= 0.99, runtime
-    # LiteRT in a fresh process, in the orders that broke its int8 masks under its default memory
-    # plan (DSC 0.056 against float32, in runs of the interpreter created second or of one that
-    # another was created after; TFLiteModel keeps every tensor of an int8 file since): A and B
+    # LiteRT in a fresh process, in the orders that broke its int8 masks under its defaults (DSC
+    # 0.056 against float32, in runs of the interpreter created second or of one that another was
+    # created after; TFLiteModel opens int8 files without delegate clustering since): A and B
     # created, then run A, B, A, B. The defect depends on the memory layout: a plain process
     # started in the repository showed it in every such order, a pytest process not always.
     np.save(tmp_path / "hu.npy", hu)

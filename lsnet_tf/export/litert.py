@@ -181,15 +181,18 @@ class TFLiteModel:
     (the graph has dynamic-sized tensors: the RoIs of a slice), and runs float32 files about
     twice as slow (``python -m benchmarks export``).
 
-    An int8 file runs on LiteRT with ``experimental_preserve_all_tensors=True`` unless
-    `interpreter_options` say otherwise: with LiteRT 2.3.0's default memory plan, where XNNPACK
-    takes part of an int8 graph of dynamic-sized tensors, an int8 interpreter's masks came out
-    wrong (DSC 0.056 against the right ones) once a second interpreter in the process had been
-    created after it or had run before it. Keeping every tensor in its own buffer gives the right
-    masks in every order tested, for about 12 % more time per slice (XNNPACK then takes the graph
-    op by op) and some 200 MB more at 512 x 512 (``tests/test_export.py`` checks the orders in a
-    fresh process). Float32 and fp16 files were not affected and keep the default plan
-    (preserving would cost them a quarter more time).
+    An int8 file runs on LiteRT with ``experimental_disable_delegate_clustering=True`` unless
+    `interpreter_options` say otherwise. With LiteRT 2.3.0's defaults, where XNNPACK takes part
+    of an int8 graph of dynamic-sized tensors, an int8 interpreter's masks came out wrong (DSC
+    0.056 and 0 against the right ones) once a second interpreter in the process had been
+    created after it or had run before it. Without delegate clustering (which runs the delegated
+    parts in an order of its own; 52 delegated partitions at 512 x 512 instead of 15), as with
+    every tensor kept in its own buffer (``experimental_preserve_all_tensors=True``: 290
+    partitions, some 200 MB more) or without XNNPACK, the masks are right in every order tested
+    (``tests/test_export.py`` checks the orders in a fresh process, and fails under the
+    defaults). That points at a buffer planned for the graph's own order being reused before its
+    last reader runs in the clustered order. Float32 and fp16 files were not affected and keep
+    the defaults.
     """
 
     def __init__(self, path: str, num_threads: int | None = None, runtime: str = "auto",
@@ -202,7 +205,7 @@ class TFLiteModel:
         except Exception:  # not a TFLite file: the interpreter below says so
             self.metadata = {}
         if self.runtime == "litert" and self.metadata.get("quantize") == "int8":
-            interpreter_options.setdefault("experimental_preserve_all_tensors", True)
+            interpreter_options.setdefault("experimental_disable_delegate_clustering", True)
         try:
             with warnings.catch_warnings():  # LiteRT calls preserving all tensors a debug option
                 warnings.filterwarnings("ignore", "Warning: Enabling `experimental_preserve_all")
