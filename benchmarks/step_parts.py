@@ -4,8 +4,10 @@ Builds L-SNet (``configs/synthetic/lsnet_unet.yaml``, width 16) at ``--image`` p
 ``--batch``, on one fixed pipeline batch as ``benchmarks.training`` does, and
 
 - times the step (``model.train_function``, what ``fit`` runs) interleaved with its two
-  networks' forward + backward (``benchmarks.training.parts``: L-Net, S-Net, the RR sampler),
-  ``--rounds`` rounds, and prints the medians and the ratio step / (L-Net + S-Net);
+  networks' forward + backward (of the sum of their outputs, every weight's gradient, as
+  ``benchmarks.training.parts``; and, for comparison, with only the first weight's gradient
+  returned, which lets TensorFlow prune the others, as ``parts`` measured before), ``--rounds``
+  rounds (``--c2f``: the coarse-to-fine U-Net's step too), and prints the medians and ratios;
 - with ``--trace DIR``, records a TensorFlow profiler trace of ``--trace-steps`` steps and sums
   the time of every TensorFlow op executed in them by the part of the step it belongs to (the
   top name scope of the op, forward or backward; see ``PARTS``), and prints that table and the
@@ -15,6 +17,8 @@ Op times are summed over the ops the executor ran (on 2 cores two ops can overla
 profiler adds its own cost to every op), so the table gives shares of the op time, not of the
 wall time; the wall time of the step is timed apart, without the profiler.
 
+``--read XPLANE`` prints the table of a recorded trace; ``--targets ROUNDS`` only times the RoI
+target mask's sampler, the general path against ``sample_scale_translate``.
 ``--json PATH`` writes everything printed as JSON (used to compare two checkouts).
 """
 from __future__ import annotations
@@ -51,6 +55,8 @@ WRAPPERS = ("PartitionedCall", "StatefulPartitionedCall", "While", "If", "Statel
 def _scope(op_name: str) -> tuple[str, str]:
     """``(part key, "forward" or "backward")`` of a TensorFlow op name."""
     parts = op_name.split("/")
+    while parts and parts[0].endswith("PartitionedCall"):  # the compiled step's call op
+        parts = parts[1:]
     direction = "forward"
     if parts[0] in ("gradient_tape", "gradients"):
         direction, parts = "backward", parts[1:]
@@ -155,17 +161,22 @@ def timed(model, data, rounds: int, c2f=None) -> dict:
 
     images = data["image"]
 
-    def net_step(net):
+    def net_step(net, every=True):
         @tf.function
         def fn():
             with tf.GradientTape() as tape:
                 out = net(images, training=True)
                 loss = tf.add_n([tf.reduce_sum(o) for o in tf.nest.flatten(out)])
-            return tape.gradient(loss, net.trainable_variables)[0]
-        return lambda: fn().numpy()
+            grads = tape.gradient(loss, net.trainable_variables)
+            return grads if every else grads[:1]
+        return lambda: fn()[0].numpy()
 
     variants = {"L-SNet step": training.train_step(model, data),
-                "L-Net": net_step(model.lnet), "S-Net": net_step(model.snet)}
+                "L-Net": net_step(model.lnet), "S-Net": net_step(model.snet),
+                # What benchmarks.training measured until this change: only the first kernel's
+                # gradient was returned, so the other weights' gradients were pruned.
+                "L-Net, first gradient only": net_step(model.lnet, every=False),
+                "S-Net, first gradient only": net_step(model.snet, every=False)}
     if c2f is not None:
         variants["coarse-to-fine step"] = training.train_step(c2f, data)
     times = harness.interleaved(variants, rounds, warmup=1)
@@ -173,10 +184,42 @@ def timed(model, data, rounds: int, c2f=None) -> dict:
     split["spread ms"] = {name: [round(1000 * x, 1) for x in t] for name, t in times.items()}
     split["step / (L-Net + S-Net)"] = round(
         split["L-SNet step"] / (split["L-Net"] + split["S-Net"]), 3)
+    split["step / (L-Net + S-Net), first gradient only"] = round(
+        split["L-SNet step"] / (split["L-Net, first gradient only"]
+                                + split["S-Net, first gradient only"]), 3)
     if c2f is not None:
         split["step / c2f step"] = harness.ratio(times["L-SNet step"],
                                                  times["coarse-to-fine step"])
     return split
+
+
+def targets_timing(image: int, batch: int, rounds: int) -> dict:
+    """The RoI target mask (``two_stage.roi_targets``) at `image` pixels: the general path
+    (``affine_grid`` + ``bilinear_sample``, what it ran before) against
+    ``sample_scale_translate`` (what it runs now), one process, interleaved; checks first that
+    both give the same values bit for bit."""
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import harness
+    from lsnet_tf.ops.sampling import affine_grid, bilinear_sample, sample_scale_translate
+
+    rng = np.random.default_rng(0)
+    mask = tf.constant((rng.uniform(size=(batch, image, image, 1)) > 0.7).astype(np.float32))
+    s = rng.uniform(0.2, 0.9, (batch, 2)).astype(np.float32)
+    o = rng.uniform(-0.5, 0.5, (batch, 2)).astype(np.float32)
+    z = np.zeros(batch, np.float32)
+    theta = tf.constant(np.stack([np.stack([s[:, 0], z, o[:, 0]], -1),
+                                  np.stack([z, s[:, 1], o[:, 1]], -1)], 1))
+    general = tf.function(lambda m, t: bilinear_sample(m, affine_grid(t, image, image)))
+    exact = tf.function(lambda m, t: sample_scale_translate(m, t, image, image))
+    if not np.array_equal(general(mask, theta).numpy(), exact(mask, theta).numpy()):
+        raise AssertionError("sample_scale_translate differs from the general sampler")
+    times = harness.interleaved({"general": lambda: general(mask, theta).numpy(),
+                                 "exact": lambda: exact(mask, theta).numpy()}, rounds, warmup=2)
+    return {"general ms": harness.median_ms(times["general"]),
+            "sample_scale_translate ms": harness.median_ms(times["exact"]),
+            "ratio": harness.ratio(times["exact"], times["general"])}
 
 
 def main(argv=None) -> int:
@@ -190,8 +233,19 @@ def main(argv=None) -> int:
                         help="also time the coarse-to-fine U-Net's step against L-SNet's")
     parser.add_argument("--trace", default="", help="folder for a profiler trace (none: no trace)")
     parser.add_argument("--trace-steps", type=int, default=3)
+    parser.add_argument("--targets", type=int, default=0, metavar="ROUNDS",
+                        help="only time the RoI target mask's two samplers, ROUNDS rounds")
+    parser.add_argument("--read", default="", metavar="XPLANE",
+                        help="only print the table of a recorded trace (its .xplane.pb)")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
+    if args.targets:
+        print(json.dumps(targets_timing(args.image, args.batch, args.targets)))
+        return 0
+    if args.read:
+        rows, top = attribute(op_times(args.read), args.trace_steps)
+        print_table(rows, top, args.trace_steps, args.read)
+        return 0
 
     from benchmarks import datasets, harness
 

@@ -81,13 +81,15 @@ def parts(models: dict, data, rounds: int, step=None) -> dict:
     theta = tf.tile(tf.constant([[[0.5, 0.0, 0.1], [0.0, 0.5, -0.1]]]), [images.shape[0], 1, 1])
 
     def net_step(net):
+        # Every weight's gradient is an output: a function that returned one of them would
+        # leave the others' kernels (a convolution's filter gradients) out of the graph.
         @tf.function
         def fn():
             with tf.GradientTape() as tape:
                 out = net(images, training=True)
                 loss = tf.add_n([tf.reduce_sum(o) for o in tf.nest.flatten(out)])
-            return tape.gradient(loss, net.trainable_variables)[0]
-        return lambda: fn().numpy()
+            return tape.gradient(loss, net.trainable_variables)
+        return lambda: fn()[0].numpy()
 
     @tf.function
     def sampler():
