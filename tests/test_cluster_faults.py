@@ -20,14 +20,14 @@ from lsnet_tf.data import pipeline
 from lsnet_tf.training import multi_worker
 from test_reliability import REPO, TINY, UNET, checkpoint_arrays, cli, env, free_ports
 
-# The faults' settings: a task silent for HEARTBEAT seconds is lost.
-HEARTBEAT = 3
-SHUTDOWN = 3
+# A task silent for HEARTBEAT seconds is lost (TensorFlow's default, 10 s: 3 s declared a live
+# worker lost on the 2-core machine at a load of 28).
+HEARTBEAT = 10
 # A survivor must have ended within this many seconds of the fault: the heartbeat timeout, the
 # coordination service's check (every second), the abort reaching Python, the error printed and
 # the process gone (measured: see docs/training.md, "Failure behaviour"), with room for a loaded
 # 2-core machine.
-BOUND = 30
+BOUND = 60
 EPOCHS = 6
 LOST = r"error: lost {task} \((heartbeat timeout|unreachable)\); {me} stops\. Restart every task " \
        r"of the cluster with the same command: they resume from the chief's last checkpoint " \
@@ -212,8 +212,8 @@ def test_a_lost_worker_chief_or_hung_worker_ends_the_other_and_the_restart_resum
     ends with the weights, batch-norm statistics, optimizer state and counters of an
     uninterrupted run, bit for bit."""
     sets = ["train.strategy=multi_worker", "train.deterministic=true", f"train.epochs={EPOCHS}",
-            "train.eval_every=100", f"train.heartbeat_timeout={HEARTBEAT}",
-            f"train.shutdown_timeout={SHUTDOWN}", "model.snet_depth=18", *UNET]
+            "train.eval_every=100", f"train.heartbeat_timeout={HEARTBEAT}", "model.snet_depth=18",
+            *UNET]
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
     cluster = Cluster(cli(cache, out, *sets), tmp_path, "run")
