@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             result = evaluate_run(args.run, args.dataset, args.split or "val",
                                   args.empty_slices or "exclude", args.batch_size,
                                   flops=not args.no_flops)
-    except (EvaluationError, FileNotFoundError) as e:
+    except (EvaluationError, OSError) as e:  # a missing file, a bucket refusing, a cut object
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_json(json_path, result)

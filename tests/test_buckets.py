@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gcs_emulator import bucket, gcs_emulator  # noqa: F401 - fixtures
-from lsnet_tf import predict, prepare
+from lsnet_tf import evaluate, predict, prepare
 from lsnet_tf.data import records
 from lsnet_tf.evaluation.folder import evaluate_folder
 from lsnet_tf.inference import cases as predict_cases
@@ -329,7 +329,7 @@ def test_cases_in_a_bucket_are_found_as_in_a_local_folder(bucket, tmp_path):
 
 
 # ------------------------------------------------------------------------------ evaluate
-def test_the_folder_evaluator_on_bucket_folders(bucket, tmp_path):
+def test_the_folder_evaluator_on_bucket_folders(bucket, tmp_path, capsys):
     preds, labels = tmp_path / "preds", tmp_path / "labels"
     save(str(labels / "a.nii.gz"), box((2, 2, 2), (12, 12, 12)))
     save(str(preds / "a" / "mask.nii.gz"), box((5, 2, 2), (15, 12, 14)))
@@ -348,3 +348,14 @@ def test_the_folder_evaluator_on_bucket_folders(bucket, tmp_path):
     for key in ("predictions", "labels"):
         remote.pop(key), local.pop(key)
     assert remote == local
+    # The command names the URL of what it cannot read, and exits 2, without a traceback.
+    out = str(tmp_path / "ev.json")
+    assert evaluate.main(["--predictions", "gs://no-such-bucket-here/preds", "--labels",
+                          bucket + "/labels", "--out", out]) == 2
+    assert "gs://no-such-bucket-here" in capsys.readouterr().err
+    blob = gcs.client().bucket(bucket[5:]).get_blob("labels/b.nii.gz")
+    blob.md5_hash = "AAAAAAAAAAAAAAAAAAAAAA=="  # its bytes no longer match: read as cut short
+    blob.patch()
+    assert evaluate.main(["--predictions", bucket + "/preds", "--labels", bucket + "/labels",
+                          "--out", out]) == 2
+    assert f"error: {bucket}/labels/b.nii.gz: " in capsys.readouterr().err
