@@ -93,6 +93,11 @@ def test_errors_of_a_lost_task_name_it_and_the_restart(tmp_path, monkeypatch):
     e = tf.errors.UnavailableError(None, None, "Failed to send RPC to coordination service")
     assert str(multi_worker.lost_task_error(e, fake_strategy(1), ckpts)).startswith(
         "lost /job:worker/replica:0/task:0 (unreachable)")
+    # The service declared this very task lost (its heartbeats came late on a busy machine).
+    e = tf.errors.UnavailableError(None, None, "Task /job:worker/replica:0/task:0 heartbeat timeout")
+    assert str(multi_worker.lost_task_error(e, fake_strategy(0), ckpts)).startswith(
+        "lost /job:worker/replica:0/task:0 itself (its heartbeats came late: a stalled or "
+        "overloaded machine? a larger train.heartbeat_timeout tolerates it) (heartbeat timeout)")
     # A collective timeout (train.collective_timeout), with the chief's last checkpoint.
     (tmp_path / "checkpoints").mkdir()
     root = tf.train.Checkpoint(v=tf.Variable(1.0))

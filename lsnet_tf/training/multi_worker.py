@@ -81,7 +81,8 @@ def lost_task_error(error: Exception, strategy, checkpoints: str) -> ClusterErro
         return None
     text = str(getattr(error, "message", error))
     me = task_name(strategy)
-    tasks = [t for t in dict.fromkeys(_TASK.findall(text)) if t != me]
+    named = list(dict.fromkeys(_TASK.findall(text)))
+    tasks = [t for t in named if t != me]
     addresses = _task_addresses()
     if not tasks:  # an RPC error names the peer's address instead
         tasks = [t for a, t in addresses.items() if t != me and re.search(
@@ -98,6 +99,10 @@ def lost_task_error(error: Exception, strategy, checkpoints: str) -> ClusterErro
         return None
     if not tasks and "coordination service" in lower:
         tasks = [_leader()]  # this task lost the service: its leader is gone
+    if not tasks and me in named and reason == "heartbeat timeout":
+        # The service declared this very task lost: its heartbeats came late.
+        tasks = [f"{me} itself (its heartbeats came late: a stalled or overloaded machine? "
+                 "a larger train.heartbeat_timeout tolerates it)"]
     lost = ", ".join(tasks) if tasks else "a task of the cluster"
     # The first line of TensorFlow's message, without the name of the function it ran in.
     first = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text.strip())
