@@ -57,7 +57,8 @@ def pytest_runtest_call(item):
 
 HEAVY_FILES = ("test_reliability.py", "test_lsnet.py", "test_predict.py", "test_export.py",
                "test_benchmarks.py", "test_train.py", "test_readme.py", "test_distributed.py",
-               "test_experiments.py", "test_ensemble.py", "test_beam.py", "test_console.py")
+               "test_experiments.py", "test_ensemble.py", "test_beam.py", "test_console.py",
+               "test_cluster_faults.py", "test_buckets.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -120,7 +120,8 @@ def row_config(path: str, run_dir: str, overrides=(), budget_epochs: int | None 
 
 # Settings that do not change a run's numbers: a run folder may be resumed with other values
 # (``train.output_dir``: a run folder may be moved, e.g. into ``<row>/seed<k>/``).
-_NO_EFFECT = ("train.verbose", "train.image_log_epochs", "train.output_dir")
+_NO_EFFECT = ("train.verbose", "train.image_log_epochs", "train.output_dir",
+              "train.heartbeat_timeout", "train.shutdown_timeout", "train.collective_timeout")
 
 
 def _check_same_config(run_dir: str, cfg) -> None:
