@@ -90,6 +90,33 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in got["validation_dsc"].values())
 
 
+def test_a_run_folder_at_a_url_is_written_resumed_and_loaded(tmp_path):
+    """``train.output_dir`` may be a URL: TensorFlow writes the checkpoints and logs through its
+    own file systems, the package the rest through its file layer. ``ram://`` (in memory) stands
+    in for ``gs://``, whose TensorFlow file system no emulator can reach. Nothing lands in a
+    local folder named after the URL."""
+    import tensorflow as tf
+
+    from lsnet_tf.training.runs import load_run
+
+    url = f"ram://runs/{tmp_path.name}"
+    cfg = tiny(tmp_path, "train.epochs=1", f"train.output_dir={url}", "export.dir=")
+    session.run(cfg, log=lambda *a: None)
+    for name in ("config.yaml", "eval.json", "checkpoints/ckpt-1.index"):
+        assert tf.io.gfile.exists(f"{url}/{name}"), name
+    assert load_config(f"{url}/config.yaml") == cfg
+    with tf.io.gfile.GFile(f"{url}/eval.json") as f:
+        assert json.load(f)["n_target_slices"] > 0
+    lines = []
+    again = tiny(tmp_path, "train.epochs=2", f"train.output_dir={url}", "export.dir=")
+    session.run(again, log=lines.append)
+    assert any(line.startswith(f"resumed from {url}/checkpoints/ckpt-1 at epoch 1")
+               for line in lines), lines
+    model, loaded, path = load_run(url)
+    assert path == f"{url}/checkpoints/ckpt-2" and loaded == again
+    assert not os.path.exists("ram:") and not (tmp_path / "ram:").exists()
+
+
 def test_bad_config_exits_2_with_message(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epoch: 3\n")

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import yaml
 
 from lsnet_tf.config.schema import Config, ConfigError
+from lsnet_tf.utils import files
 
 
 def _merge(obj, overrides: Mapping[str, Any], source: str, prefix: str = ""):
@@ -65,16 +66,15 @@ def _coerce(current, value, key: str, source: str):
 
 def _read_yaml(path: str, seen: tuple = ()) -> dict:
     """Read a YAML config, resolving its optional `base:` chain into one nested mapping."""
-    if not os.path.isfile(path):
+    if not files.isfile(path):  # a local path or a URL (a run folder in a bucket)
         raise ConfigError(f"config file not found: {path}")
-    real = os.path.realpath(path)
+    real = path if files.is_remote(path) else os.path.realpath(path)
     if real in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        data = yaml.safe_load(files.read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     base = data.pop("base", None)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from lsnet_tf.utils.files import write_text
+from lsnet_tf.utils.files import is_remote, write_text
 
 
 class ConfigError(ValueError):
@@ -382,7 +382,8 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if not is_remote(path):  # a URL's folder needs no creating (write_text)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_text(path, self.to_yaml())
 
 

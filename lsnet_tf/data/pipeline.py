@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from lsnet_tf.config import Config, DataConfig
 from lsnet_tf.data import records, synthetic, targets
+from lsnet_tf.utils.files import is_remote
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -210,7 +211,8 @@ def datasets_for(cfg: Config, seed: int | None = None):
         data = dataclasses.replace(data, deterministic=True)
     train = make_dataset(data, dataset_dir, train_folds, training=True, seed=seed)
     val = make_dataset(data, dataset_dir, val_folds, training=False)
-    return (train, val, os.path.abspath(dataset_dir), count_slices(dataset_dir, train_folds),
+    where = dataset_dir if is_remote(dataset_dir) else os.path.abspath(dataset_dir)
+    return (train, val, where, count_slices(dataset_dir, train_folds),
             count_slices(dataset_dir, val_folds))
 
 

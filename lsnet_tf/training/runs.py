@@ -5,6 +5,7 @@ import os
 
 from lsnet_tf.config import load_config
 from lsnet_tf.models.build import build_model, checkpoint_objects
+from lsnet_tf.utils import files
 
 
 class RunError(ValueError):
@@ -21,10 +22,10 @@ def load_run(run_dir: str, checkpoint: str | None = None):
     """
     import tensorflow as tf  # here only: export's and evaluate's --help import this module
 
-    if not os.path.isdir(run_dir):
+    if not files.isdir(run_dir):
         raise RunError(f"{run_dir}: run folder not found")
     config_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(config_path):
+    if not files.isfile(config_path):
         raise RunError(f"{run_dir}: no config.yaml (not a folder written by python -m "
                        "lsnet_tf.train)")
     cfg = load_config(config_path)

@@ -10,6 +10,7 @@ import os
 import time
 
 from lsnet_tf.data import records
+from lsnet_tf.utils import files
 from lsnet_tf.utils.files import write_json
 from lsnet_tf.metrics.evaluation import evaluate_model
 from lsnet_tf.models.build import (batch_norm_layers, build_model, compile_model,
@@ -101,7 +102,7 @@ def _run(cfg, strategy, log, timeline, mark) -> dict:
     # the chief in the run folder, the others in workers/<task>/; all restore from the chief's.
     ckpt_dir = os.path.join(out, "workers", worker, "checkpoints") if worker else os.path.join(
         out, "checkpoints")
-    os.makedirs(ckpt_dir, exist_ok=True)
+    files.makedirs(ckpt_dir)  # a local folder or a URL (the run folder in a bucket)
     if not worker:
         cfg.save(os.path.join(out, "config.yaml"))
     replicas = strategy.num_replicas_in_sync
