@@ -159,12 +159,7 @@ def _url_cases(url: str, log) -> list[Case]:
                 cases.append(Case(file_case_name(name), path))
             else:
                 ignored += 1
-    if ignored:
-        log(f"{url}: left out {ignored} files that are neither NIfTI nor in a DICOM folder")
-    if hidden:
-        log(f"warning: {url}: left out {len(hidden)} hidden NIfTI file(s) (names starting "
-            f"with '.'; rename them to predict them): {', '.join(sorted(hidden))}")
-    return sorted(cases, key=lambda c: (c.name, c.input))
+    return _found(url, cases, ignored, sorted(hidden), log)
 
 
 def is_batch_input(path: str) -> bool:
@@ -197,7 +192,7 @@ def folder_case_name(relative: str) -> str:
 def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
     out_real = os.path.realpath(out_dir) if out_dir else None
     cases, ignored, hidden = [], 0, []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and os.path.realpath(os.path.join(root, d)) != out_real)
         if root != folder and holds_dicom(root):
@@ -205,7 +200,7 @@ def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
                               os.path.abspath(root)))
             dirs[:] = []  # the folders under a series belong to it
             continue
-        for name in sorted(files):
+        for name in sorted(names):
             if name.startswith("."):
                 if is_nifti(name):
                     hidden.append(os.path.join(root, name))
@@ -214,10 +209,15 @@ def _folder_cases(folder: str, out_dir: str | None, log) -> list[Case]:
                 cases.append(Case(file_case_name(name), os.path.abspath(os.path.join(root, name))))
             else:
                 ignored += 1
+    return _found(folder, cases, ignored, hidden, log)
+
+
+def _found(where: str, cases: list[Case], ignored: int, hidden: list[str], log) -> list[Case]:
+    """`cases` sorted, after logging what the search of `where` left out."""
     if ignored:
-        log(f"{folder}: left out {ignored} files that are neither NIfTI nor in a DICOM folder")
+        log(f"{where}: left out {ignored} files that are neither NIfTI nor in a DICOM folder")
     if hidden:
-        log(f"warning: {folder}: left out {len(hidden)} hidden NIfTI file(s) (names starting "
+        log(f"warning: {where}: left out {len(hidden)} hidden NIfTI file(s) (names starting "
             f"with '.'; rename them to predict them): {', '.join(hidden)}")
     return sorted(cases, key=lambda c: (c.name, c.input))
 
