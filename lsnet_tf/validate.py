@@ -7,10 +7,10 @@
     python -m lsnet_tf.validate check        --dataset DIR [--split eval]  [--val-fold 0]
     python -m lsnet_tf.validate all          --dataset DIR                 [--val-fold 0]
 
-The command: arguments, messages, exit status (0 no anomaly, 1 anomalies, 2 usage error). The
-work is `lsnet_tf.preparation`'s: `~lsnet_tf.preparation.statistics` (TFDV statistics, in
-process or on Apache Beam), `~lsnet_tf.preparation.schema` (the schema and its domain
-constraints), `~lsnet_tf.preparation.anomalies` (anomalies and drift),
+The command: arguments, messages, exit status (0 no anomaly, 1 anomalies, 2 usage error, or a
+file or bucket that cannot be read or written: the message names it). The work is
+`lsnet_tf.preparation`'s: `~lsnet_tf.preparation.statistics` (TFDV statistics, in process or on
+Apache Beam), `~lsnet_tf.preparation.schema` (the schema and its domain constraints), `~lsnet_tf.preparation.anomalies` (anomalies and drift),
 `~lsnet_tf.preparation.report` (the files and the HTML report) and
 `~lsnet_tf.preparation.validation` (the steps of each subcommand, and the files they write).
 Guide: docs/data.md.
@@ -120,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              drift=not args.no_drift, options=options)
         return run_all(args.dataset, args.val_fold, args.out, args.hu_range, args.linf_threshold,
                        args.jsd_threshold, options=options)
-    except (ValidationError, beam.BeamOptionsError) as err:
+    except (ValidationError, beam.BeamOptionsError, OSError) as err:
+        # OSError: a bucket or file that cannot be read or written (the message names its URL)
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,10 @@ Fixtures (import them into a test module: ``from gcs_emulator import gcs_emulato
   ``STORAGE_EMULATOR_HOST`` (subprocesses started by the tests, Beam's workers included,
   inherit it), yields its address, and stops it and restores the variable at the end;
 - ``bucket``: a new empty bucket for one test, as ``gs://NAME``.
+
+``read_only_proxy(address)`` starts a proxy in front of the emulator that forwards reads and
+answers every write with the service's 403: the client pointed at it sees a bucket it may read
+and not write (the emulator itself has no permissions to refuse with).
 """
 from __future__ import annotations
 
@@ -79,3 +83,73 @@ def bucket(gcs_emulator):
     name = f"test-{uuid.uuid4().hex[:12]}"
     gcs.client().create_bucket(name)
     return f"gs://{name}"
+
+
+_WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def read_only_proxy(upstream: str):
+    """An HTTP server in front of the emulator that forwards reads (GET, HEAD) and refuses every
+    write with the service's own 403 answer (a JSON error body, as Cloud Storage sends to a
+    caller with read-only permission): a bucket the tests may read and not write."""
+    import http.client
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    host = urlsplit(upstream)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _refuse(self):
+            self._body()
+            body = json.dumps({"error": {
+                "code": 403, "message": "reader@tests does not have storage.objects.create "
+                                        "access to the Google Cloud Storage object.",
+                "errors": [{"reason": "forbidden", "domain": "global"}]}}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _forward(self):
+            conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+            try:
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=self._body() or None, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+            finally:
+                conn.close()
+            self.send_response(r.status)
+            for k, v in r.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def do_GET(self):
+            self._forward()
+
+        do_HEAD = do_GET
+
+        def do_POST(self):
+            self._refuse()
+
+        do_PUT = do_PATCH = do_DELETE = do_POST
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+

@@ -101,16 +101,39 @@ def test_errors_name_the_url(bucket, gcs_emulator):
         files.read_bytes(url)
 
 
-def test_a_refusal_of_the_service_names_the_url():
-    """The emulator grants everything (it has no IAM), so the service's 403 is raised here as
-    google-cloud-storage raises it; it becomes an `AccessDenied` (a `PermissionError`)."""
-    from google.api_core import exceptions
+def test_a_refusal_of_the_service_names_the_url(bucket, tmp_path, capsys):
+    """A bucket the caller may read and not write (`read_only`: the emulator behind a proxy
+    that answers every write with the service's 403): reading works; a write, a removal and
+    `prepare` into the bucket end with `AccessDenied` (a `PermissionError`) naming the URL."""
+    from gcs_emulator import read_only_proxy
 
-    with pytest.raises(gcs.AccessDenied) as e:
-        with gcs.errors_named("gs://b/x.nii.gz"):
-            raise exceptions.Forbidden("caller does not have storage.objects.get access")
-    assert isinstance(e.value, PermissionError)
-    assert str(e.value).startswith("gs://b/x.nii.gz: access denied (403")
+    image, lab = msd_arrays(0)
+    msd_case(tmp_path / "Task07", "pancreas_001", lab, image)
+    root = upload(tmp_path / "Task07", bucket + "/Task07")
+    server = read_only_proxy(os.environ["STORAGE_EMULATOR_HOST"])
+    emulator = os.environ["STORAGE_EMULATOR_HOST"]
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert files.listdir(root) == ["imagesTr", "labelsTr"]
+        url = root + "/imagesTr/pancreas_001.nii.gz"
+        assert files.read_bytes(url) == \
+            (tmp_path / "Task07" / "imagesTr" / "pancreas_001.nii.gz").read_bytes()
+        for call, target in ((lambda: files.write_text(bucket + "/new.json", "{}"),
+                              bucket + "/new.json"),
+                             (lambda: files.remove(url), url)):
+            with pytest.raises(gcs.AccessDenied) as e:
+                call()
+            assert isinstance(e.value, PermissionError)
+            assert str(e.value).startswith(f"{target}: access denied (403")
+            assert "storage.objects.create" in str(e.value)
+        assert prepare.main(["msd", "--root", root, "--out", bucket + "/ds"]) == 2
+        err = capsys.readouterr().err
+        assert f"{bucket}/ds" in err and "access denied (403" in err, err
+    finally:
+        os.environ["STORAGE_EMULATOR_HOST"] = emulator
+        server.shutdown()
+        server.server_close()
+    assert files.read_bytes(url)  # the object was not removed
 
 
 def test_staging_copies_one_case_and_errors_name_its_url(bucket):
@@ -359,3 +382,37 @@ def test_the_folder_evaluator_on_bucket_folders(bucket, tmp_path, capsys):
     assert evaluate.main(["--predictions", bucket + "/preds", "--labels", bucket + "/labels",
                           "--out", out]) == 2
     assert f"error: {bucket}/labels/b.nii.gz: " in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ validate
+def test_validate_a_dataset_in_a_bucket_as_in_a_local_folder(bucket, tmp_path, capsys):
+    """`python -m lsnet_tf.validate all` on a prepared dataset in a bucket, its outputs in the
+    bucket: the schema, statistics and anomalies equal those of the same dataset in a local
+    folder; a missing bucket ends with exit status 2 naming it."""
+    from lsnet_tf import validate
+    from test_validate import _write_patient
+
+    local = tmp_path / "ds"
+    for p in range(4):
+        _write_patient(str(local), p, p % 2)
+    records.write_info(str(local), {"folds": 2})
+    url = upload(local, bucket + "/ds")
+    assert validate.main(["all", "--dataset", str(local)]) == 0
+    assert validate.main(["all", "--dataset", url]) == 0
+    out = capsys.readouterr().out
+    assert f"{url}/validation/eval_report.html" in out
+    names = ["schema.pbtxt", "train_stats.pb", "eval_stats.pb", "eval_anomalies.pbtxt",
+             "schema_info.json"]
+    for name in names:
+        assert files.read_bytes(f"{url}/validation/{name}") == \
+            (local / "validation" / name).read_bytes(), name
+    a = json.loads((local / "validation" / "eval_anomalies.json").read_text())
+    b = json.loads(files.read_text(f"{url}/validation/eval_anomalies.json"))
+    assert b.pop("schema") == f"{url}/validation/schema.pbtxt"
+    assert a.pop("schema") == str(local / "validation" / "schema.pbtxt") and a == b
+    assert "train_report.html" in files.listdir(url + "/validation")
+    assert validate.main(["check", "--dataset", url, "--out", bucket + "/checked",
+                          "--schema", url + "/validation/schema.pbtxt"]) == 0
+    assert json.loads(files.read_text(bucket + "/checked/eval_anomalies.json"))["anomalies"] == []
+    assert validate.main(["stats", "--dataset", "gs://no-such-bucket-here/ds"]) == 2
+    assert "gs://no-such-bucket-here" in capsys.readouterr().err

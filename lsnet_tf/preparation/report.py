@@ -12,7 +12,7 @@ import html
 import json
 import os
 
-from lsnet_tf.utils.files import write_bytes, write_text
+from lsnet_tf.utils.files import read_bytes, read_text, write_bytes, write_text
 from lsnet_tf.preparation.anomalies import anomaly_rows, drift_rows
 
 
@@ -103,8 +103,31 @@ def statistics_html(stats, baseline=None, anomalies=None, title: str = "Dataset 
 
 
 def save_statistics(path: str, stats) -> str:
-    """Write binary statistics (read back with ``tfdv.load_stats_binary``)."""
+    """Write binary statistics (read back with `load_statistics` or ``tfdv.load_stats_binary``)."""
     return write_bytes(path, stats.SerializeToString())
+
+
+def load_statistics(path: str):
+    """The ``DatasetFeatureStatisticsList`` `save_statistics` wrote (as ``tfdv.load_stats_binary``,
+    through the package's file layer)."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    return statistics_pb2.DatasetFeatureStatisticsList.FromString(read_bytes(path))
+
+
+def save_schema(path: str, schema) -> str:
+    """Write `schema` as a text proto (as ``tfdv.write_schema_text``, through the file layer)."""
+    from google.protobuf import text_format
+
+    return write_text(path, text_format.MessageToString(schema))
+
+
+def load_schema(path: str):
+    """The schema `save_schema` (or ``tfdv.write_schema_text``) wrote."""
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    return text_format.Parse(read_text(path), schema_pb2.Schema())
 
 
 def save_anomalies(out_dir: str, name: str, anomalies, **meta) -> list[str]:

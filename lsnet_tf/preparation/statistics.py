@@ -104,7 +104,6 @@ def read_feature_batches(dataset_dir: str, folds: Sequence[int],
     folds have no shards or no records.
     """
     import pyarrow as pa
-    import tensorflow as tf
     from tfx_bsl.coders import example_coder
 
     available_folds(dataset_dir)  # a clear error for a missing or unprepared dataset
@@ -116,8 +115,8 @@ def read_feature_batches(dataset_dir: str, folds: Sequence[int],
     features = list(features)
     decoder = example_coder.ExamplesToRecordBatchDecoder()
     batches = []
-    for chunk in tf.data.TFRecordDataset(paths).batch(_BATCH).as_numpy_iterator():
-        rb = decoder.DecodeBatch(list(chunk))
+    for chunk in _chunks(paths):
+        rb = decoder.DecodeBatch(chunk)
         names = [f for f in features if rb.schema.get_field_index(f) >= 0]
         if not names:
             raise ValidationError(
@@ -129,6 +128,31 @@ def read_feature_batches(dataset_dir: str, folds: Sequence[int],
         raise ValidationError(f"folds {list(folds)} of {dataset_dir} hold no records "
                               f"({len(paths)} empty shard(s))")
     return batches
+
+
+def _chunks(paths: Sequence[str]):
+    """The serialized records of `paths`, in order, in lists of `_BATCH`. A ``gs://`` shard is
+    read from a temporary local copy of that one shard (``lsnet_tf.utils.staging``: the package's
+    file layer reaches the bucket, not TensorFlow's own GCS filesystem); other paths are read
+    by TensorFlow (local files, ``ram://`` and its other schemes)."""
+    import tensorflow as tf
+
+    from lsnet_tf.utils import gcs, staging
+
+    if not any(gcs.is_gcs(p) for p in paths):
+        yield from (list(c) for c in tf.data.TFRecordDataset(paths).batch(_BATCH)
+                    .as_numpy_iterator())
+        return
+    chunk = []
+    for path in paths:
+        with staging.local_copies(path) as (_, (local,)):
+            for record in tf.data.TFRecordDataset(local).as_numpy_iterator():
+                chunk.append(record)
+                if len(chunk) == _BATCH:
+                    yield chunk
+                    chunk = []
+    if chunk:
+        yield chunk
 
 
 def compute_statistics(batches: Sequence, schema=None, name: str = ""):

@@ -34,7 +34,8 @@ from typing import Sequence
 from lsnet_tf.utils.files import isfile, makedirs, read_text, write_text
 from lsnet_tf.preparation.anomalies import (DEFAULT_LINF_THRESHOLD, anomaly_rows,
                                             format_anomalies, set_drift_thresholds, validate)
-from lsnet_tf.preparation.report import (format_summary, save_anomalies, save_statistics,
+from lsnet_tf.preparation.report import (format_summary, load_schema, load_statistics,
+                                         save_anomalies, save_schema, save_statistics,
                                          statistics_html)
 from lsnet_tf.preparation.schema import DEFAULT_HU_RANGE, infer_dataset_schema
 from lsnet_tf.preparation.statistics import (ValidationError, available_folds, beam_statistics,
@@ -103,7 +104,7 @@ def run_infer_schema(dataset_dir: str, split: str = "train", val_fold: int = 0,
     anomalies = validate(stats, schema)
     makedirs(out_dir)
     schema_path = os.path.join(out_dir, SCHEMA_FILE)
-    tfdv.write_schema_text(schema, schema_path)
+    save_schema(schema_path, schema)
     write_text(os.path.join(out_dir, SCHEMA_INFO_FILE), json.dumps({
         "split": split, "folds": list(folds), "val_fold": val_fold,
         "num_examples": int(stats.datasets[0].num_examples), "hu_range": list(hu_range),
@@ -138,9 +139,7 @@ def run_check(dataset_dir: str, split: str = "eval", val_fold: int = 0, out: str
         raise ValidationError(
             f"no schema at {schema_path}; infer one first with "
             f"`python -m lsnet_tf.validate infer-schema --dataset {dataset_dir}`")
-    import tensorflow_data_validation as tfdv  # after the checks above: errors come quickly
-
-    schema = tfdv.load_schema_text(schema_path)
+    schema = load_schema(schema_path)
     set_drift_thresholds(schema, linf_threshold, jsd_threshold)
     info_path = os.path.join(os.path.dirname(schema_path), SCHEMA_INFO_FILE)
     if isfile(info_path):
@@ -153,7 +152,7 @@ def run_check(dataset_dir: str, split: str = "eval", val_fold: int = 0, out: str
     baseline = None
     baseline_path = baseline_path or os.path.join(os.path.dirname(schema_path), "train_stats.pb")
     if drift and isfile(baseline_path):
-        baseline = tfdv.load_stats_binary(baseline_path)
+        baseline = load_statistics(baseline_path)
     if options is None:
         stats = compute_statistics(read_feature_batches(dataset_dir, folds), schema, name=split)
     elif computed is not None and statistics_view(schema) == statistics_view(statistics_schema()):
