@@ -289,27 +289,35 @@ SYNC_BOXES = ((8, 10, 30, 28), (30, 6, 56, 24), (12, 34, 28, 58), (36, 36, 60, 5
               (20, 20, 44, 40), (6, 40, 26, 60), (40, 8, 58, 30), (26, 30, 50, 50))
 
 
+def soft_target_image(rng, box, size=64):
+    """One well-conditioned image in the window's units (about 0..1) and its mask: a smooth random
+    background (a level and three low-frequency waves), a target of soft edges (a logistic ramp
+    of 1.5 pixels) filling `box` (x1, y1, x2, y2), and pixel noise (uniform, ±0.1)."""
+    x1, y1, x2, y2 = box
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    image = np.full((size, size), 0.3 + rng.uniform(-0.2, 0.2))
+    for _ in range(3):
+        kx, ky = rng.uniform(0.3, 2.0, 2) * 2 * np.pi / size
+        px, py = rng.uniform(0, 2 * np.pi, 2)
+        image += rng.uniform(0.05, 0.2) * np.cos(kx * xx + px) * np.cos(ky * yy + py)
+    edge = lambda t: 1 / (1 + np.exp(-t / 1.5))  # noqa: E731
+    image += 0.5 * edge(xx - x1) * edge(x2 - xx) * edge(yy - y1) * edge(y2 - yy)
+    image = image + rng.uniform(-0.1, 0.1, image.shape)
+    return image, (xx > x1) & (xx < x2) & (yy > y1) & (yy < y2)
+
+
 def well_conditioned_batch(size=64):
-    """`SYNC_BATCH` images in the pipeline's format, none alike: a smooth random background per
-    image (a level and three low-frequency waves), a target of soft edges (a logistic ramp of 1.5
-    pixels) at its own place and size, and pixel noise (uniform, ±0.1); the mask, heatmap and
-    distances are those of the box."""
+    """`SYNC_BATCH` images in the pipeline's format, none alike (`soft_target_image`, each target
+    at its own place and size); the mask, heatmap and distances are those of the box."""
     from lsnet_tf.data import targets
 
     rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     images, masks, heat, ltrb = [], [], [], []
     boxes = np.zeros((SYNC_BATCH, 4, 4), np.float32)
     for i, (x1, y1, x2, y2) in enumerate(SYNC_BOXES):
-        image = np.full((size, size), 0.3 + rng.uniform(-0.2, 0.2))
-        for _ in range(3):
-            kx, ky = rng.uniform(0.3, 2.0, 2) * 2 * np.pi / size
-            px, py = rng.uniform(0, 2 * np.pi, 2)
-            image += rng.uniform(0.05, 0.2) * np.cos(kx * xx + px) * np.cos(ky * yy + py)
-        edge = lambda t: 1 / (1 + np.exp(-t / 1.5))  # noqa: E731
-        image += 0.5 * edge(xx - x1) * edge(x2 - xx) * edge(yy - y1) * edge(y2 - yy)
-        images.append(image + rng.uniform(-0.1, 0.1, image.shape))
-        masks.append((xx > x1) & (xx < x2) & (yy > y1) & (yy < y2))
+        image, mask = soft_target_image(rng, (x1, y1, x2, y2), size)
+        images.append(image)
+        masks.append(mask)
         h, d = targets.encode_targets(tf.constant([[x1, y1, x2, y2]], tf.float32), size, size)
         heat.append(h.numpy())
         ltrb.append(d.numpy())
