@@ -11,7 +11,9 @@ into ``cache/synthetic``). Outputs go to ``train.output_dir``:
 - ``eval.json``: the final evaluation on the validation fold;
 - and the SavedModel in ``export.dir/export.name/export.version``.
 
-Failures (``train.on_nonfinite``, ``data.on_corrupt``) end with ``error: ...`` and exit status 1.
+Failures (``train.on_nonfinite``, ``data.on_corrupt``) end with ``error: ...`` and exit status 1;
+a config that cannot be read, or a ``data.dataset`` that is not a prepared dataset, with exit
+status 2.
 
 Guide: docs/training.md (configs, resuming, several devices and workers, failure behaviour).
 """
@@ -44,6 +46,9 @@ def main(argv=None) -> int:
 
     try:
         session.run(cfg)
+    except records.DatasetError as e:  # data.dataset is not a prepared dataset
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (NonFiniteLossError, records.CorruptShardError, CheckpointError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

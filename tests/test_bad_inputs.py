@@ -674,3 +674,32 @@ def test_fuzz_random_bytes_give_a_volume_or_a_documented_error(data, mode):
         out = _read_everything(d, [os.path.join(d, "1.dcm")])
     if not isinstance(out, Exception):
         assert out.hu.dtype == np.int16 and out.hu.shape[1:] == (4, 4)
+
+
+def test_train_on_a_folder_that_is_not_a_prepared_dataset_ends_with_its_name(tmp_path, capsys):
+    """No dataset.json, a dataset.json of another format or not JSON, and one without the slice
+    counts: `python -m lsnet_tf.train` ends with exit status 2 and the file, not a traceback."""
+    from lsnet_tf import train
+    from lsnet_tf.data import records
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    argv = ["--set", f"data.dataset={folder}", "--set", f"train.output_dir={tmp_path / 'run'}",
+            "--set", "export.dir="]
+    for text, message in (
+            (None, f"{folder} is not a prepared dataset (no dataset.json)"),
+            ("[1, 2", f"{folder / 'dataset.json'}: not JSON"),
+            ('{"format": "other"}', f"{folder / 'dataset.json'}: format 'other' is not "
+                                    "'lsnet_tf-slices'"),
+            ('{"format": "lsnet_tf-slices", "folds": 2}', "no shards for folds [1] under "),
+            ("shards", f"{folder / 'dataset.json'}: no slice count for fold 1 (num_slices: "
+                       "None); prepare the dataset again")):
+        if text == "shards":  # shards, but dataset.json lacks the slice counts
+            for k in (0, 1):
+                with records.ShardWriter(records.shard_path(str(folder), k, f"p{k}")):
+                    pass
+        elif text is not None:
+            (folder / "dataset.json").write_text(text)
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: " + message) and "Traceback" not in err, err

@@ -122,7 +122,7 @@ def make_dataset(cfg: DataConfig, dataset_dir: str, folds, training: bool, seed:
     """
     files = records.list_shards(dataset_dir, folds)
     if not files:
-        raise FileNotFoundError(f"no shards for folds {list(folds)} under {dataset_dir}")
+        raise records.NotADatasetError(f"no shards for folds {list(folds)} under {dataset_dir}")
     repeat = training if repeat is None else repeat
     batch_size = batch_size or cfg.batch_size
     det = cfg.deterministic or not training
@@ -171,7 +171,7 @@ def eval_dataset(data_cfg: DataConfig, dataset_dir: str, folds, batch_size: int 
     """
     files = records.list_shards(dataset_dir, folds)
     if not files:
-        raise FileNotFoundError(f"no shards for folds {list(folds)} under {dataset_dir}")
+        raise records.NotADatasetError(f"no shards for folds {list(folds)} under {dataset_dir}")
     size = data_cfg.image_size
 
     def prep(ex):
@@ -192,7 +192,7 @@ def eval_dataset(data_cfg: DataConfig, dataset_dir: str, folds, batch_size: int 
 
 def count_slices(dataset_dir: str, folds) -> int:
     info = records.read_info(dataset_dir)
-    return int(sum(int(info["num_slices"][str(k)]) for k in folds))
+    return sum(records.slice_count(dataset_dir, info, k) for k in folds)
 
 
 def datasets_for(cfg: Config, seed: int | None = None):

@@ -261,16 +261,39 @@ def write_info(dataset_dir: str, info: dict) -> None:
     write_json(os.path.join(dataset_dir, INFO_FILE), info, sort_keys=True)
 
 
+class DatasetError(ValueError):
+    """A folder that is not a prepared dataset, or whose ``dataset.json`` lacks what is read."""
+
+
+class NotADatasetError(DatasetError, FileNotFoundError):
+    """No ``dataset.json`` in the folder (or no folder), or no shards for the folds asked for."""
+
+
 def read_info(dataset_dir: str) -> dict:
     path = os.path.join(dataset_dir, INFO_FILE)
     if not isfile(path):
-        raise FileNotFoundError(
+        raise NotADatasetError(
             f"{dataset_dir} is not a prepared dataset (no {INFO_FILE}); "
             "write one with `python -m lsnet_tf.prepare`")
-    info = json.loads(read_text(path))
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {info.get('format')!r} is not {FORMAT!r}")
+    try:
+        info = json.loads(read_text(path))
+    except ValueError as e:
+        raise DatasetError(f"{path}: not JSON ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        got = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise DatasetError(f"{path}: format {got!r} is not {FORMAT!r}")
     return info
+
+
+def slice_count(dataset_dir: str, info: dict, fold: int) -> int:
+    """The number of slices of `fold` that `dataset_dir`'s ``dataset.json`` records."""
+    try:
+        return int(info["num_slices"][str(fold)])
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(
+            f"{os.path.join(dataset_dir, INFO_FILE)}: no slice count for fold {fold} "
+            f"(num_slices: {info.get('num_slices')!r}); prepare the dataset again with "
+            "`python -m lsnet_tf.prepare`") from None
 
 
 def list_shards(dataset_dir: str, folds: Iterable[int]) -> list[str]:
