@@ -270,3 +270,38 @@ def test_run_folder_errors(tmp_path, dataset_dir, capsys):
     assert "no checkpoint found" in capsys.readouterr().err
     with pytest.raises(EvaluationError, match="empty_slices must be one of"):
         evaluate_run(str(run), empty_slices="all")
+
+
+def test_predict_rows_traces_once_for_a_smaller_last_batch(dataset_dir):
+    """5 slices in batches of 2: the last batch (1 slice) runs the graph traced for the first,
+    and the rows are those of the model called eagerly on each batch."""
+    from lsnet_tf.models.build import build_model
+
+    cfg = tiny_cfg(dataset_dir)
+    model = build_model(cfg)
+    batches = pipeline.eval_dataset(cfg.data, dataset_dir, [0, 1])
+    assert [int(b["image"].shape[0]) for b in batches] == [2, 2, 1]
+    eager = []
+    for b in batches:
+        pred = model.predict_masks(b["image"])
+        eager += mev.slice_rows(b["patient_id"].numpy(), b["slice_index"].numpy(),
+                                b["mask"].numpy()[..., 0], pred["mask"].numpy()[..., 0],
+                                b["boxes"].numpy(), b["num_boxes"].numpy(),
+                                pred["boxes"].numpy(), pred["valid"].numpy())
+    traces = []
+    original = model.predict_masks
+
+    def counted(image):
+        traces.append(tuple(image.shape))  # Python runs only while tracing
+        return original(image)
+
+    model.predict_masks = counted
+    rows = mev.predict_rows(model, batches)
+    assert traces == [(None, 32, 32, 1)]
+    assert [(r["patient_id"], r["slice_index"]) for r in rows] == \
+        [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1)]
+    assert sum(r["n_pred"] for r in eager) > 0  # the untrained model marks pixels to compare
+    for got, want in zip(rows, eager):
+        assert {k: got[k] for k in ("tp", "n_true", "n_pred", "pixels")} == \
+            {k: want[k] for k in ("tp", "n_true", "n_pred", "pixels")}
+        np.testing.assert_allclose(got["box_ious"], want["box_ious"], atol=1e-5)

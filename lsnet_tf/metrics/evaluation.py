@@ -123,13 +123,20 @@ def summarize(rows, empty_slices: str = "exclude") -> dict:
 
 def predict_rows(model, dataset) -> list[dict]:
     """``slice_rows`` of every batch of a ``data.pipeline.eval_dataset`` (or of the training pipeline, whose
-    batches carry no slice identities) through ``model.predict_masks``
-    (traced once as a ``tf.function``; the last, smaller batch traces it again)."""
+    batches carry no slice identities) through ``model.predict_masks``, traced once as a
+    ``tf.function`` for any batch size when `dataset` is a ``tf.data.Dataset`` (its image
+    spec), so the last, smaller batch does not trace it again."""
     # TensorFlow here only: the rest is numpy, and ``python -m lsnet_tf.evaluate --help`` imports
     # this module.
     import tensorflow as tf
 
-    predict = tf.function(model.predict_masks)
+    spec = getattr(dataset, "element_spec", None)
+    if isinstance(spec, dict) and "image" in spec:
+        image = spec["image"]
+        signature = [tf.TensorSpec([None, *image.shape[1:]], image.dtype)]
+        predict = tf.function(model.predict_masks, input_signature=signature)
+    else:
+        predict = tf.function(model.predict_masks)
     rows = []
     for batch in dataset:
         pred = predict(batch["image"])
