@@ -138,7 +138,9 @@ def test_tensorflow_lines_come_back_with_lsnet_verbose(tmp_path):
             "--set", f"train.output_dir={tmp_path / 'run'}"]
     loud = subprocess.run(argv, cwd=ROOT, env=user_env(**{console.VERBOSE_ENV: "1"}),
                           capture_output=True, text=True, timeout=300)
-    assert loud.returncode == 1 and "is not a prepared dataset" in loud.stderr, loud.stderr
+    assert loud.returncode == 2, loud.stderr  # not a prepared dataset: python -m lsnet_tf.train
+    assert "\nerror: " in loud.stderr and "is not a prepared dataset" in loud.stderr, loud.stderr
+    assert "Traceback" not in loud.stderr, loud.stderr
     # TensorFlow 2.16 on this machine: its CUDA plugin registration and CPU feature lines
     assert TF_LOG_LINE.search(loud.stderr), loud.stderr
     assert "FutureWarning" in loud.stderr
