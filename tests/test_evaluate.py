@@ -180,7 +180,7 @@ def test_eval_dataset_keeps_identities_and_all_boxes(dataset_dir):
     # Slice a/1 keeps its three boxes although data.max_boxes is 2; boxes scale by 32 / 40.
     assert int(first["num_boxes"][1]) == 3
     np.testing.assert_allclose(first["boxes"][1, 0].numpy(), np.array([2, 2, 6, 6]) * 0.8)
-    with pytest.raises(FileNotFoundError, match=r"no shards for folds \[5\]"):
+    with pytest.raises(records.NoShardsError, match=r"no shards for folds \[5\]"):
         pipeline.eval_dataset(cfg.data, dataset_dir, [5])
 
 

@@ -120,9 +120,7 @@ def make_dataset(cfg: DataConfig, dataset_dir: str, folds, training: bool, seed:
     `training` shuffles, augments (if `cfg.augment`), repeats and drops the last partial batch;
     otherwise the order is the shard order and every slice appears once.
     """
-    files = records.list_shards(dataset_dir, folds)
-    if not files:
-        raise records.NotADatasetError(f"no shards for folds {list(folds)} under {dataset_dir}")
+    files = records.require_shards(dataset_dir, folds)
     repeat = training if repeat is None else repeat
     batch_size = batch_size or cfg.batch_size
     det = cfg.deterministic or not training
@@ -169,9 +167,7 @@ def eval_dataset(data_cfg: DataConfig, dataset_dir: str, folds, batch_size: int 
     (B,) int32, ``patient_id`` (B,) string and ``slice_index`` (B,) int64. Raises
     FileNotFoundError when `folds` have no shards.
     """
-    files = records.list_shards(dataset_dir, folds)
-    if not files:
-        raise records.NotADatasetError(f"no shards for folds {list(folds)} under {dataset_dir}")
+    files = records.require_shards(dataset_dir, folds)
     size = data_cfg.image_size
 
     def prep(ex):

@@ -266,7 +266,11 @@ class DatasetError(ValueError):
 
 
 class NotADatasetError(DatasetError, FileNotFoundError):
-    """No ``dataset.json`` in the folder (or no folder), or no shards for the folds asked for."""
+    """No ``dataset.json`` in the folder (or no folder)."""
+
+
+class NoShardsError(DatasetError, FileNotFoundError):
+    """A prepared dataset without complete shards for the folds asked for."""
 
 
 def read_info(dataset_dir: str) -> dict:
@@ -301,6 +305,15 @@ def list_shards(dataset_dir: str, folds: Iterable[int]) -> list[str]:
     paths = []
     for k in folds:
         paths += sorted(find_files(os.path.join(dataset_dir, f"fold-{k}", "*" + SHARD_SUFFIX)))
+    return paths
+
+
+def require_shards(dataset_dir: str, folds: Iterable[int]) -> list[str]:
+    """`list_shards`, or NoShardsError naming the folds and the folder when there are none."""
+    folds = list(folds)
+    paths = list_shards(dataset_dir, folds)
+    if not paths:
+        raise NoShardsError(f"no shards for folds {folds} under {dataset_dir}")
     return paths
 
 

@@ -134,18 +134,18 @@ def _chunks(paths: Sequence[str]):
     """The serialized records of `paths`, in order, in lists of `_BATCH`. A ``gs://`` shard is
     read from a temporary local copy of that one shard (``lsnet_tf.utils.staging``: the package's
     file layer reaches the bucket, not TensorFlow's own GCS filesystem); other paths are read
-    by TensorFlow (local files, ``ram://`` and its other schemes)."""
+    by TensorFlow where they are (local files, ``ram://`` and its other schemes)."""
+    import contextlib
+
     import tensorflow as tf
 
     from lsnet_tf.utils import gcs, staging
 
-    if not any(gcs.is_gcs(p) for p in paths):
-        yield from (list(c) for c in tf.data.TFRecordDataset(paths).batch(_BATCH)
-                    .as_numpy_iterator())
-        return
     chunk = []
     for path in paths:
-        with staging.local_copies(path) as (_, (local,)):
+        where = (staging.local_copies(path) if gcs.is_gcs(path)
+                 else contextlib.nullcontext((None, (path,))))
+        with where as (_, (local,)):
             for record in tf.data.TFRecordDataset(local).as_numpy_iterator():
                 chunk.append(record)
                 if len(chunk) == _BATCH:
