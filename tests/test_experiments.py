@@ -483,8 +483,9 @@ def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, 
     """The two-stage rows of the evidence set at held-out fold 1 (1 epoch of 1 step each): each
     run holds out its fold, the table pairs by (fold, seed), ``keep`` copies the fold layout, and
     ``oracle`` feeds each second stage the true and the other's boxes."""
-    from lsnet_tf.training import session
     from lsnet_tf.evaluation import slices as evaluate
+    from lsnet_tf.experiments import oracle as oracle_module
+    from lsnet_tf.training import session
 
     table = Table("tinycv", "A cross-validated table", ("Model",), ("dsc",), (
         Row("c2f_unet", "Coarse-to-fine U-Net", {}), Row("lsnet_unet", "L-SNet", {})),
@@ -513,11 +514,6 @@ def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, 
     md = (out / "tinycv-synthetic-evidence-e1.md").read_text()
     assert "fold 1 × seed 0 for every row" in md
     assert "On an evidence set (generator seed 83267049" in md
-    records = tmp_path / "records"
-    assert main(["keep", "--runs-dir", str(runs_dir), "--to", str(records)]) == 0
-    assert sorted(p.relative_to(records).as_posix() for p in records.glob("**/eval.json")) == [
-        f"synthetic-evidence-e1/{row}/fold1/seed0/eval.json" for row in ("c2f_unet", "lsnet_unet")]
-
     # The oracle on the trained units (their checkpoints), not on the records.
     assert main(["oracle", "--dataset", "synthetic-evidence", "--budget-epochs", "1",
                  "--runs-dir", str(runs_dir), "--out", str(out), "--seeds", "0"]) == 0
@@ -529,8 +525,26 @@ def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, 
     assert set(oracle["gaps"]) == {"own", "truth", "swapped"}
     assert "| true boxes |" in (out / "oracle-unet-synthetic-evidence-e1.md").read_text()
 
+    records = tmp_path / "records"
+    assert main(["keep", "--runs-dir", str(runs_dir), "--to", str(records)]) == 0
+    assert sorted(p.relative_to(records).as_posix() for p in records.glob("**/eval.json")) == [
+        f"synthetic-evidence-e1/{row}/fold1/seed0/eval.json" for row in ("c2f_unet", "lsnet_unet")]
+    # Each unit's analysis is kept with L-SNet's record, and the oracle is written again from
+    # the records alone (no checkpoints there), to the same figures.
+    assert [p.relative_to(records).as_posix() for p in records.glob("**/oracle-*.json")] == [
+        "synthetic-evidence-e1/lsnet_unet/fold1/seed0/oracle-unet.json"]
+    assert not list(records.glob("**/checkpoints"))
+
     def fail(*args, **kw):
         raise AssertionError("a kept run was run again")
+
+    monkeypatch.setattr(oracle_module, "compare_pair", fail)
+    assert main(["oracle", "--dataset", "synthetic-evidence", "--budget-epochs", "1",
+                 "--runs-dir", str(records), "--out", str(tmp_path / "again"),
+                 "--seeds", "0"]) == 0
+    again = json.loads((tmp_path / "again" / "oracle-unet-synthetic-evidence-e1.json").read_text())
+    assert again["summary"] == oracle["summary"] and again["gaps"] == oracle["gaps"]
+    assert again["per_unit"][0]["runs"]["lsnet_unet"].startswith(str(records))
 
     monkeypatch.setattr(session, "run", fail)
     monkeypatch.setattr(evaluate, "evaluate_run", fail)
@@ -758,7 +772,7 @@ def test_parallel_processes_share_the_runs_and_the_last_one_writes_the_table(
         assert main(argv) == 0
         text = capsys.readouterr().out
     assert ran == [("fcn", 0), ("attention_unet", 0), ("attention_unet", 1)]
-    assert text.count(f"[fcn seed 1] being run by another process (host ") == 1
+    assert text.count("[fcn seed 1] being run by another process (host ") == 1
     assert f", pid {os.getpid()}, since " in text
     assert text.splitlines()[-1] == (
         "1 run is still being run by other processes (fcn seed 1): the table is written by the "

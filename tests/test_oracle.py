@@ -87,3 +87,24 @@ def test_summarize_rows_by_size():
 def test_compare_pair_takes_two_models(pair):
     with pytest.raises(ValueError, match="two models, received 1"):
         oracle.compare_pair({"lsnet_unet": pair["lsnet_unet"]}, [])
+
+
+def test_unit_oracle_reads_its_record_and_refuses_another_units(tmp_path):
+    """A unit's kept analysis is read without checkpoints; one of another unit or pair is an
+    error naming it; with neither a record nor checkpoints the unit is left out (None)."""
+    import json
+
+    from lsnet_tf.experiments.catalogue import ExperimentError
+    from lsnet_tf.experiments.units import Unit
+
+    dirs = {"lsnet_unet": str(tmp_path / "lsnet_unet"), "c2f_unet": str(tmp_path / "c2f_unet")}
+    assert oracle.unit_oracle(dirs, Unit(2, 1), "unet", log=lambda *a: None) is None
+    entry = {"fold": 2, "seed": 1, "pair": ["lsnet_unet", "c2f_unet"], "results": {"x": 1}}
+    (tmp_path / "lsnet_unet").mkdir()
+    record = tmp_path / "lsnet_unet" / "oracle-unet.json"
+    record.write_text(json.dumps(entry))
+    assert oracle.unit_oracle(dirs, Unit(2, 1), "unet", log=lambda *a: None) == entry
+    with pytest.raises(ExperimentError, match=r"oracle-unet.json is the analysis of "
+                                              r"\['lsnet_unet', 'c2f_unet'\] at \{'fold': 2, "
+                                              r"'seed': 1\}, not of .* at \{'fold': 3"):
+        oracle.unit_oracle(dirs, Unit(3, 1), "unet", log=lambda *a: None)

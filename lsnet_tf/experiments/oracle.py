@@ -23,6 +23,7 @@ if the gap stays, it is delineation.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -30,7 +31,8 @@ import numpy as np
 from lsnet_tf.evaluation import slices as ev
 from lsnet_tf.experiments.catalogue import DATASETS, TABLES, ExperimentError
 from lsnet_tf.experiments.claims import CLAIMS, claims_ratio
-from lsnet_tf.experiments.provenance import _provenance_note, _run_times, provenance
+from lsnet_tf.experiments.provenance import (_git_commit, _provenance_note, _run_times,
+                                             provenance)
 from lsnet_tf.experiments.tables import _dataset_note, _mean_sd_text
 from lsnet_tf.experiments.units import (_seeds_of_rows, repo_path, run_folder, unit_fields,
                                         unit_json, unit_name)
@@ -148,6 +150,58 @@ def summarize_rows(rows) -> dict:
 
 ORACLE_PAIRS = {"unet": ("lsnet_unet", "c2f_unet"), "fcn": ("lsnet_fcn", "c2f_fcn")}
 ORACLE_METRICS = ("dsc", "found", "box_miou")
+# A unit's analysis, written into the run folder of the pair's L-SNet: ``keep`` copies it with
+# the run's record, so the analysis is rebuilt from the records once the checkpoints are gone.
+ORACLE_FILE = "oracle-{family}.json"
+
+
+def _has_checkpoints(run_dir: str) -> bool:
+    return (os.path.isfile(os.path.join(run_dir, "eval.json"))
+            and os.path.isdir(os.path.join(run_dir, "checkpoints")))
+
+
+def _analysed_note(per_unit) -> str:
+    """Which commits computed the units' figures (read from records, they may predate the
+    command's)."""
+    counts = {}
+    for u in per_unit:
+        sha = (u.get("analysed_at") or {}).get("sha")
+        counts[sha[:12] if sha else "unknown"] = counts.get(sha[:12] if sha else "unknown", 0) + 1
+    return "Units analysed at: " + ", ".join(f"{c}: {n}" for c, n in sorted(counts.items())) + "."
+
+
+def unit_oracle(dirs: dict, unit, family: str, log=print) -> dict | None:
+    """One unit's analysis, ``{fold, seed, pair, analysed_at, results: {model: {condition:
+    summary}}}`` (``analysed_at``: the commit that computed it): read from
+    its record (``ORACLE_FILE`` in the first run's folder) where there is one, else computed
+    from both runs' checkpoints on the held-out fold and written there; None when neither."""
+    from lsnet_tf.data import pipeline, records
+
+    pair = list(dirs)
+    record = os.path.join(dirs[pair[0]], ORACLE_FILE.format(family=family))
+    if os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+            entry = json.load(f)
+        want = unit_fields(unit)
+        got = {k: entry.get(k) for k in want}
+        if entry.get("pair") != pair or got != want:
+            raise ExperimentError(f"{record} is the analysis of {entry.get('pair')} at {got}, "
+                                  f"not of {pair} at {want}")
+        log(f"[oracle {unit_name(unit)}] from its record {record}")
+        return entry
+    if not all(_has_checkpoints(d) for d in dirs.values()):
+        return None
+    models, cfg = {}, None
+    for name, d in dirs.items():
+        cfg, models[name], _ = ev.load_run(d)
+    dataset_dir = pipeline.resolve_dataset(cfg.data)
+    val = records.split_folds(dataset_dir, cfg.data.val_fold, "val")
+    log(f"[oracle {unit_name(unit)}] {pair[0]} and {pair[1]} on {dataset_dir} folds {val}")
+    found = compare_pair(models, pipeline.eval_dataset(cfg.data, dataset_dir, val))
+    entry = {**unit_fields(unit), "pair": pair, "analysed_at": _git_commit(),
+             "results": {n: {c: summarize_rows(found[n][c]) for c in CONDITIONS} for n in pair}}
+    write_json(record, entry)
+    return entry
 
 
 def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experiments",
@@ -160,8 +214,6 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
     condition, the mean ± sd over units of DSC, targets found and box mIoU, overall and by size;
     and the gap (L-SNet minus coarse-to-fine) per condition, paired by unit, with its corrected
     t-interval (``statistics.corrected_t``) and verdict."""
-    from lsnet_tf.data import pipeline, records
-
     if family not in ORACLE_PAIRS:
         raise ExperimentError(f"--family must be one of {', '.join(ORACLE_PAIRS)}, received "
                               f"{family!r}")
@@ -175,28 +227,17 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
     per_unit, done, missing = [], [], []
     for unit in units:
         dirs = {name: run_folder(runs, name, unit) for name in pair}
-        absent = [d for d in dirs.values() if not os.path.isfile(os.path.join(d, "eval.json"))
-                  or not os.path.isdir(os.path.join(d, "checkpoints"))]
-        if absent:
-            missing += absent
+        entry = unit_oracle(dirs, unit, family, log)
+        if entry is None:
+            missing += [d for d in dirs.values() if not _has_checkpoints(d)]
             continue
-        models, cfg = {}, None
-        for name, d in dirs.items():
-            cfg, models[name], _ = ev.load_run(d)
-        dataset_dir = pipeline.resolve_dataset(cfg.data)
-        val = records.split_folds(dataset_dir, cfg.data.val_fold, "val")
-        log(f"[oracle {unit_name(unit)}] {pair[0]} and {pair[1]} on {dataset_dir} folds {val}")
-        found = compare_pair(models, pipeline.eval_dataset(cfg.data, dataset_dir, val))
         done.append(unit)
-        per_unit.append({**unit_fields(unit),
-                         "runs": {n: repo_path(d) for n, d in dirs.items()},
-                         "results": {n: {c: summarize_rows(found[n][c])
-                                         for c in CONDITIONS} for n in pair}})
+        per_unit.append({**entry, "runs": {n: repo_path(d) for n, d in dirs.items()}})
     for d in missing:
-        log(f"no finished run with checkpoints in {d}: left out")
+        log(f"no finished run with checkpoints in {d}, and no record of the analysis: left out")
     if not per_unit:
         raise ExperimentError(f"no unit of {dataset} has both {pair[0]} and {pair[1]} trained "
-                              f"with checkpoints under {runs}")
+                              f"with checkpoints, or the record of its analysis, under {runs}")
     ratio = claims_ratio(dataset)
     groups = ("all",) + SIZE_BUCKETS
     summary = {n: {c: {g: {m: statistics.mean_sd([u["results"][n][c][g][m] for u in per_unit])
@@ -222,7 +263,7 @@ def run_oracle(dataset: str, family: str = "unet", runs_dir: str = "runs/experim
              f"{_dataset_note(dataset)}Each second stage fed its own first stage's boxes, the "
              "true boxes (its own margin rule applied) and the other model's boxes, on the "
              "held-out slices with a target; nothing retrained (`lsnet_tf.experiments.oracle`). "
-             f"{_provenance_note(doc['provenance'])}", "",
+             f"{_provenance_note(doc['provenance'])} {_analysed_note(per_unit)}", "",
              "| Model | Boxes | n | DSC(%) | small | medium | large | found(%) | box mIoU(%) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for n in pair:

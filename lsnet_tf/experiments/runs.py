@@ -106,7 +106,8 @@ def run_row(row: Row, dataset: str, splits=("val",), runs_dir: str = "runs/exper
     return results
 
 
-RECORD_FILES = ("config.yaml", "eval.json", CPU_FILE)  # and evaluation-*.json, curves.json
+RECORD_FILES = ("config.yaml", "eval.json", CPU_FILE)  # and evaluation-*.json, curves.json,
+# oracle-*.json (``lsnet_tf.experiments.oracle``)
 # Written by ``keep`` at the top of a records folder: ``run`` reads such a folder, never trains
 # into it (a run trained there would put its checkpoints and logs among the records).
 RECORDS_MARKER = ".lsnet-records"
@@ -115,7 +116,7 @@ RECORDS_MARKER = ".lsnet-records"
 def keep_records(runs_dir: str, to: str, log=print) -> list:
     """Copy the record of every finished run under `runs_dir` (a folder
     ``<dataset>/<row>/seed<k>/`` with its ``eval.json``) to the same place under `to`: the files
-    of ``RECORD_FILES``, every ``evaluation-*.json``, and the run's curves
+    of ``RECORD_FILES``, every ``evaluation-*.json`` and ``oracle-*.json``, and the run's curves
     (``lsnet_tf.experiments.curves``) as ``curves.json``. Files already there are replaced;
     unfinished runs are left out. Returns the record folders written."""
     found = sorted(glob.glob(os.path.join(runs_dir, "*", "*", "seed*", "eval.json"))
@@ -130,8 +131,8 @@ def keep_records(runs_dir: str, to: str, log=print) -> list:
         run_dir = os.path.dirname(path)
         dest = os.path.join(to, os.path.relpath(run_dir, runs_dir))
         names = [n for n in RECORD_FILES if os.path.isfile(os.path.join(run_dir, n))]
-        names += sorted(os.path.basename(p)
-                        for p in glob.glob(os.path.join(run_dir, "evaluation-*.json")))
+        names += sorted(os.path.basename(p) for pattern in ("evaluation-*.json", "oracle-*.json")
+                        for p in glob.glob(os.path.join(run_dir, pattern)))
         os.makedirs(dest, exist_ok=True)
         for name in names:
             with open(os.path.join(run_dir, name), "rb") as f:
