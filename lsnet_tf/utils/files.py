@@ -67,112 +67,154 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def exists(path: str) -> bool:
-    if gcs.is_gcs(path):
-        return gcs.exists(path)
-    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+class _Local:
+    """Local paths: the standard library."""
+
+    exists = staticmethod(os.path.exists)
+    isdir = staticmethod(os.path.isdir)
+    isfile = staticmethod(os.path.isfile)
+    getsize = staticmethod(os.path.getsize)
+    listdir = staticmethod(os.listdir)
+    glob = staticmethod(_glob.glob)
+    remove = staticmethod(os.remove)
+
+    @staticmethod
+    def walk_files(folder):
+        return sorted(os.path.relpath(os.path.join(root, n), folder).replace(os.sep, "/")
+                      for root, _, names in os.walk(folder) for n in names)
+
+    @staticmethod
+    def read_bytes(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    @staticmethod
+    def makedirs(path):
+        os.makedirs(path, exist_ok=True)
+
+    @staticmethod
+    def rmtree(path):
+        import shutil
+
+        shutil.rmtree(path)
 
 
-def isdir(path: str) -> bool:
-    if gcs.is_gcs(path):
-        return gcs.isdir(path)
-    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+class _GFile:
+    """URLs of TensorFlow's filesystems (``ram://``, ``s3://`` with tensorflow-io, ...)."""
 
+    @staticmethod
+    def exists(path):
+        return _gfile().exists(path)
 
-def isfile(path: str) -> bool:
-    if gcs.is_gcs(path):
-        return gcs.isfile(path)
-    if is_remote(path):
+    @staticmethod
+    def isdir(path):
+        return _gfile().isdir(path)
+
+    @staticmethod
+    def isfile(path):
         return _gfile().exists(path) and not _gfile().isdir(path)
-    return os.path.isfile(path)
 
-
-def listdir(path: str) -> list[str]:
-    """The names in folder `path` (without the trailing ``/`` that tf.io.gfile gives folders)."""
-    if gcs.is_gcs(path):
-        return gcs.listdir(path)
-    if is_remote(path):
+    @staticmethod
+    def listdir(path):
         return [n.rstrip("/") for n in _gfile().listdir(path)]
-    return os.listdir(path)
 
+    @staticmethod
+    def glob(pattern):
+        return _gfile().glob(pattern)
 
-def glob(pattern: str) -> list[str]:
-    if gcs.is_gcs(pattern):
-        return gcs.glob(pattern)
-    return _gfile().glob(pattern) if is_remote(pattern) else _glob.glob(pattern)
-
-
-def walk_files(folder: str) -> list[str]:
-    """Every file under `folder`, as paths relative to it (``/``-separated), sorted."""
-    if gcs.is_gcs(folder):
-        return gcs.walk_files(folder)
-    if is_remote(folder):
+    @staticmethod
+    def walk_files(folder):
         out = []
         for root, _, names in _gfile().walk(folder):
             rel = root[len(folder.rstrip("/")):].strip("/")
             out += [f"{rel}/{n}" if rel else n for n in names]
         return sorted(out)
-    return sorted(os.path.relpath(os.path.join(root, n), folder).replace(os.sep, "/")
-                  for root, _, names in os.walk(folder) for n in names)
+
+    @staticmethod
+    def getsize(path):
+        return _gfile().stat(path).length
+
+    @staticmethod
+    def read_bytes(path):
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+
+    @staticmethod
+    def makedirs(path):
+        _gfile().makedirs(path)
+
+    @staticmethod
+    def remove(path):
+        _gfile().remove(path)
+
+    @staticmethod
+    def rmtree(path):
+        _gfile().rmtree(path)
+
+
+def _layer(path):
+    """The layer that serves `path` (module docstring): `lsnet_tf.utils.gcs` for ``gs://``,
+    ``tf.io.gfile`` for another URL, the standard library for a local path."""
+    if gcs.is_gcs(path):
+        return gcs
+    return _GFile if is_remote(path) else _Local
+
+
+def exists(path: str) -> bool:
+    return _layer(path).exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _layer(path).isdir(path)
+
+
+def isfile(path: str) -> bool:
+    return _layer(path).isfile(path)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in folder `path` (without the trailing ``/`` that tf.io.gfile gives folders)."""
+    return _layer(path).listdir(path)
+
+
+def glob(pattern: str) -> list[str]:
+    return _layer(pattern).glob(pattern)
+
+
+def walk_files(folder: str) -> list[str]:
+    """Every file under `folder`, as paths relative to it (``/``-separated), sorted."""
+    return _layer(folder).walk_files(folder)
 
 
 def getsize(path: str) -> int:
-    if gcs.is_gcs(path):
-        return gcs.getsize(path)
-    return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+    return _layer(path).getsize(path)
 
 
 def read_bytes(path: str) -> bytes:
     """The bytes of `path`."""
-    if gcs.is_gcs(path):
-        return gcs.read_bytes(path)
-    if is_remote(path):
-        with _gfile().GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+    return _layer(path).read_bytes(path)
 
 
 def read_text(path: str) -> str:
-    """The text of `path` (UTF-8)."""
-    if gcs.is_gcs(path):
-        return gcs.read_bytes(path).decode("utf-8")
+    """The text of `path` (UTF-8; a local file with universal newlines, as ``open``)."""
     if is_remote(path):
-        with _gfile().GFile(path, "r") as f:
-            return f.read()
+        return read_bytes(path).decode("utf-8")
     with open(path, encoding="utf-8") as f:
         return f.read()
 
 
 def makedirs(path: str) -> None:
     """Create folder `path` and its parents; nothing when it exists."""
-    if gcs.is_gcs(path):
-        gcs.makedirs(path)
-    elif is_remote(path):
-        _gfile().makedirs(path)
-    else:
-        os.makedirs(path, exist_ok=True)
+    _layer(path).makedirs(path)
 
 
 def remove(path: str) -> None:
-    if gcs.is_gcs(path):
-        gcs.remove(path)
-    elif is_remote(path):
-        _gfile().remove(path)
-    else:
-        os.remove(path)
+    _layer(path).remove(path)
 
 
 def rmtree(path: str) -> None:
     """Remove folder `path` and everything under it."""
-    if gcs.is_gcs(path):
-        gcs.rmtree(path)
-    elif is_remote(path):
-        _gfile().rmtree(path)
-    else:
-        import shutil
-
-        shutil.rmtree(path)
+    _layer(path).rmtree(path)
 
 
 def copy_file(src: str, dst: str) -> str:
