@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     keep.add_argument("--runs-dir", default="runs/experiments")
     keep.add_argument("--to", required=True, help="the folder of records, e.g. docs/results/runs")
     orc = sub.add_parser("oracle", help="L-SNet against the coarse-to-fine model with true and "
-                                        "swapped boxes (trains nothing; needs the checkpoints)",
+                                        "swapped boxes (trains nothing): from both runs' checkpoints, "
+                                        "or from the unit's kept record (oracle-<family>.json)",
                          epilog=GUIDE)
     orc.add_argument("--dataset", required=True, choices=DATASETS, metavar="DATASET",
                      help=DATASET_HELP)
