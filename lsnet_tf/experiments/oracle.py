@@ -23,6 +23,7 @@ if the gap stays, it is delineation.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 
@@ -163,10 +164,8 @@ def _has_checkpoints(run_dir: str) -> bool:
 def _analysed_note(per_unit) -> str:
     """Which commits computed the units' figures (read from records, they may predate the
     command's)."""
-    counts = {}
-    for u in per_unit:
-        sha = (u.get("analysed_at") or {}).get("sha")
-        counts[sha[:12] if sha else "unknown"] = counts.get(sha[:12] if sha else "unknown", 0) + 1
+    counts = collections.Counter(((u.get("analysed_at") or {}).get("sha") or "unknown")[:12]
+                                 for u in per_unit)
     return "Units analysed at: " + ", ".join(f"{c}: {n}" for c, n in sorted(counts.items())) + "."
 
 
