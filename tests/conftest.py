@@ -25,9 +25,9 @@ tf.config.set_logical_device_configuration(
 
 # Under pytest-xdist each worker process gets its share of the cores for one op's threads
 # (one each with `make test`'s 2 workers on 2 cores) instead of every worker's pool spanning all
-# of them: on the 2-core machine a sample of the heavy files ran in 175-184 s instead of
-# 202-219 s. Results do not change (the kernels are the same; the tests that compare bits run
-# their reference in the same process). Processes a test starts keep TensorFlow's defaults.
+# of them (measured in docs/benchmarks/history.md, "Tests"). Results do not change (the kernels
+# are the same; the tests that compare bits run their reference in the same process).
+# Processes a test starts keep TensorFlow's defaults.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // _workers))
