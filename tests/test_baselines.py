@@ -392,14 +392,16 @@ def test_config_architectures_and_family_rule():
 
 
 def test_build_uses_the_configured_depths_and_families():
-    model = build_model(tiny_cfg("coarse_to_fine", "model.family=fcn"))
-    # ResNet18 first stage, ResNet34 second, both FCN (no U-Net decoder layers).
+    model = build_model(tiny_cfg("coarse_to_fine", "model.family=fcn", "model.snet_depth=34"))
+    # ResNet18 first stage, ResNet34 second (the defaults; the tiny models' S-Net is 18), both
+    # FCN (no U-Net decoder layers).
     assert model.coarse.get_layer("resnet18_encoder") and model.snet.get_layer("resnet34_encoder")
     names = [layer.name for layer in model.snet.layers]
     assert "decoder_score_p3" in names and not any(n.startswith("decoder_s16") for n in names)
-    one = build_model(tiny_cfg("attention_unet"))
+    one = build_model(tiny_cfg("attention_unet", "model.snet_depth=34"))
     assert any("attention" in layer.name for layer in one.snet.layers)
     assert one.snet.get_layer("resnet34_encoder")
+    assert build_model(tiny_cfg("unet")).snet.get_layer("resnet18_encoder")  # the tiny default
     lsnet = build_model(tiny_cfg("lsnet"))
     assert sorted(model_networks(lsnet)) == ["lnet", "snet"]
 

@@ -5,7 +5,6 @@ from the chief's last checkpoint and end with the weights of an uninterrupted ru
 (``train.deterministic``). Two workers of ``python -m lsnet_tf.train`` on 127.0.0.1 (TF_CONFIG),
 the tiny U-Net of tests/test_reliability.py; the error translation is tested in-process too."""
 import json
-import os
 import re
 import signal
 import subprocess
@@ -217,7 +216,7 @@ def test_a_lost_worker_chief_or_hung_worker_ends_the_other_and_the_restart_resum
     ends with the weights, batch-norm statistics, optimizer state and counters of an
     uninterrupted run, bit for bit."""
     sets = ["train.strategy=multi_worker", "train.deterministic=true", f"train.epochs={EPOCHS}",
-            "train.eval_every=100", f"train.heartbeat_timeout={HEARTBEAT}", "model.snet_depth=18",
+            "train.eval_every=100", f"train.heartbeat_timeout={HEARTBEAT}",
             *UNET]
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"

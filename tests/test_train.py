@@ -17,7 +17,7 @@ def tiny(tmp_path, *extra):
         "data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=4",
         "data.synthetic.folds=2", "data.synthetic.image_size=64", "data.synthetic.max_target_size=30",
         "data.image_size=64", "data.batch_size=4", "model.width=4", "model.decoder_width=8",
-        "data.max_boxes=2", f"data.cache_dir={tmp_path / 'cache'}", "train.strategy=default",
+        "model.snet_depth=18", "data.max_boxes=2", f"data.cache_dir={tmp_path / 'cache'}", "train.strategy=default",
         f"train.output_dir={tmp_path / 'run'}", f"export.dir={tmp_path / 'export'}",
         "train.verbose=0", "train.lr_decay_epochs=1", "train.learning_rate=1e-3", *extra])
 
