@@ -14,11 +14,11 @@ from lsnet_tf.experiments.cli import main
 from lsnet_tf.experiments.plots import seed_curve, size_curve, size_plot
 from lsnet_tf.experiments.provenance import CPU_FILE, _commit_label, _git_commit, _trained_at_note
 from lsnet_tf.experiments.runs import RECORDS_MARKER, run_row, run_table
-from lsnet_tf.experiments.tables import (FINDING, finding, finding_markdown, summarize_row,
-                                         table_markdown)
+from lsnet_tf.experiments.tables import (FINDING, STALL_RATIO, finding, finding_markdown,
+                                         stall_markdown, stalls, summarize_row, table_markdown)
 from lsnet_tf.experiments.units import (RunLock, Unit, default_configs_dir, parse_folds,
                                         parse_seeds, parse_seeds_for, row_config, run_folder,
-                                        unit_overrides, units_text, _check_same_config,
+                                        unit_name, unit_overrides, units_text, _check_same_config,
                                         _row_config_path, _seeds_of_rows)
 
 CONFIGS = default_configs_dir()
@@ -316,6 +316,31 @@ def test_finding_sorts_the_target_slices_into_found_missed_and_elsewhere():
         (66.67 + 100.0) / 2)
     md = finding_markdown(table.rows, {"unet": row})
     assert "| U-Net | 2 | 83.34 ± 23.57 | 8.34 ± 11.79 |" in md  # (66.67 + 100) / 2, ...
+
+
+def test_each_rows_lowest_run_against_its_median_names_the_stalls():
+    """Hand-made per-run DSC: a row whose lowest run is 0.878 x its median (stalled), one at
+    exactly 0.9 x (not stalled: the rule is below 0.9), one run alone (ratio 1)."""
+    rows = (Row("a", "Model A", {}), Row("b", "Model B", {}), Row("c", "Model C", {}))
+    summary = {
+        "a": {"values": {Unit(0, 0): {"dsc": 91.17}, Unit(1, 0): {"dsc": 80.20},
+                         Unit(2, 0): {"dsc": 91.51}, Unit(3, 0): {"dsc": 93.06}}},
+        "b": {"values": {Unit(0, 0): {"dsc": 90.0}, Unit(1, 0): {"dsc": 100.0},
+                         Unit(2, 0): {"dsc": 81.0}}},
+        "c": {"values": {0: {"dsc": 50.0}}}}
+    got = stalls(rows, summary, unit_name)
+    median_a = (91.17 + 91.51) / 2  # the median of an even count: the mean of the middle two
+    assert got[0] == {"config": "a", "median": pytest.approx(median_a), "lowest": 80.20,
+                      "unit": "fold 1 seed 0", "ratio": pytest.approx(80.20 / median_a),
+                      "stalled": True}
+    assert round(got[0]["ratio"], 3) == 0.878
+    assert got[1]["ratio"] == pytest.approx(STALL_RATIO) and not got[1]["stalled"]
+    assert got[2]["ratio"] == 1.0 and got[2]["unit"] == "seed 0" and not got[2]["stalled"]
+    md = stall_markdown(rows, got)
+    assert "| Model A | 91.34 | fold 1 seed 0: 80.20 | **0.878** (stalled) |" in md
+    assert "| Model B | 90.00 | fold 2 seed 0: 81.00 | 0.900 |" in md
+    assert "Stalled: Model A fold 1 seed 0 (0.878 ×)." in md
+    assert "No run has stalled." in stall_markdown(rows, got[1:])
 
 
 def test_cells_over_seeds_and_claims_paired_by_seed():

@@ -55,7 +55,7 @@ from lsnet_tf.experiments.plots import size_plot
 from lsnet_tf.experiments.provenance import (CPU_FILE, _add_cpu_seconds, _git_commit,
                                              _provenance_note, _run_times, provenance)
 from lsnet_tf.experiments.tables import (_dataset_note, finding_markdown, size_markdown,
-                                         summarize_row, table_markdown)
+                                         stall_markdown, stalls, summarize_row, table_markdown)
 from lsnet_tf.experiments.units import (RunLock, _check_same_config, _count, _row_config_path,
                                         _seeds_of_rows, _table_rows, repo_path, row_config,
                                         run_folder, unit_fields, unit_json, unit_name,
@@ -243,6 +243,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
                                  for s, e in evaluations[row.config].items()} for row in chosen}
     ratio = claims_ratio(dataset)
     claims = evaluate_claims(table.claims, claim_values, ratio)
+    lowest = stalls(chosen, summary, unit_name)
     times = {row.config: {s: _run_times(run_folder(runs, row.config, s))
                           for s in row_seeds[row.config]} for row in chosen}
     if command is None:
@@ -280,6 +281,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
                                 "finding": summary[r.config]["finding_per_seed"][s],
                                 **times[r.config][s]}
                                for s in row_seeds[r.config]]} for r in chosen],
+        "stalls": lowest,
         "claims_test": dict(CLAIMS, ratio=ratio),
         "claims": claims,
         "claims_summary": claims_summary(claims) if table.claims else None,
@@ -291,6 +293,7 @@ def run_table(table, dataset: str, budget_epochs: int | None = None,
         text += (f"\n![DSC against target size]({os.path.basename(plot)})\n\n"
                  "Plot: per bin, the mean over seeds of each seed's mean per-slice DSC; bars "
                  "± 1 sample standard deviation across seeds (none for a row run at one seed).\n")
+    text += "\n#### Each row's lowest run\n\n" + stall_markdown(chosen, lowest)
     if table.claims:
         text += "\n#### Claims\n\n" + claims_markdown(table, chosen, claims, ratio)
     write_json(base + ".json", doc)

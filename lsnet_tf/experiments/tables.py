@@ -11,6 +11,8 @@ The table goes to ``<out>/<table>-<dataset>[-e<N>].md`` and ``.json``:
 - where the misses are (``finding``): the share of slices with a target on which the model put
   some pixel on the target, nothing at all, or pixels only elsewhere, the DSC of the found ones
   and the share of small targets found, mean ± sd over seeds;
+- "Each row's lowest run" (``stalls``): each row's lowest run against the row's median DSC,
+  naming the runs below ``STALL_RATIO`` × the median;
 - "Claims": each claim of the paper that the table tests (``Table.claims``) as the paired
   difference of its two rows, with its interval, verdict and Holm's method
   (``lsnet_tf.experiments.claims``);
@@ -133,6 +135,50 @@ def finding_markdown(rows, summary: dict) -> str:
               "target (a look-alike or another place taken for it); DSC where found, the mean "
               "per-slice DSC of the found slices; mean ± sample standard deviation over the row's "
               "n seeds."]
+    return "\n".join(lines) + "\n"
+
+
+# A run below this fraction of its row's median per-slice DSC has stalled (the protocol of
+# docs/experiments.md: it is reported, and nothing is changed for it on the data it came from).
+STALL_RATIO = 0.9
+
+
+def stalls(rows, summary: dict, name=str) -> list[dict]:
+    """Each row's lowest run against the row's median per-slice DSC (`summary`: ``{row:
+    {"values": {unit: {"dsc": %}}}}``; `name` spells a unit): ``{"config", "median", "lowest",
+    "unit", "ratio", "stalled"}`` per row with a DSC, ``stalled`` when ``ratio < STALL_RATIO``."""
+    out = []
+    for row in rows:
+        values = {u: v["dsc"] for u, v in summary[row.config]["values"].items()
+                  if v.get("dsc") is not None}
+        if not values:
+            continue
+        median = float(np.median(list(values.values())))
+        unit = min(values, key=values.get)
+        ratio = values[unit] / median if median > 0 else None
+        out.append({"config": row.config, "median": median, "lowest": values[unit],
+                    "unit": name(unit), "ratio": ratio,
+                    "stalled": ratio is not None and ratio < STALL_RATIO})
+    return out
+
+
+def stall_markdown(rows, found: list[dict]) -> str:
+    """``stalls`` as a table (the row's median, its lowest run, their ratio) and a sentence
+    naming the stalled runs, or saying there are none."""
+    labels = {row.config: row.label for row in rows}
+    lines = ["| Method | median DSC(%) | lowest run | lowest / median |", "|---|---|---|---|"]
+    for s in found:
+        ratio = "–" if s["ratio"] is None else f"{s['ratio']:.3f}"
+        lines.append(f"| {labels[s['config']]} | {s['median']:.2f} | {s['unit']}: "
+                     f"{s['lowest']:.2f} | {'**' + ratio + '** (stalled)' if s['stalled'] else ratio} |")
+    stalled = [s for s in found if s["stalled"]]
+    lines += ["", f"A run has stalled when its per-slice DSC is below {STALL_RATIO} × its row's "
+              "median: it is reported, nothing is changed for it on this data, and a remedy "
+              "would be tried on a tuning set and the whole table run again. "
+              + ("Stalled: " + "; ".join(f"{labels[s['config']]} {s['unit']} ({s['ratio']:.3f} ×)"
+                                        for s in stalled) + "." if stalled
+                 else "No run has stalled.")
+              + " Each run's figures are in the table's JSON (`per_seed`)."]
     return "\n".join(lines) + "\n"
 
 
