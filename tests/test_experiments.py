@@ -539,6 +539,11 @@ def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, 
     md = (out / "tinycv-synthetic-evidence-e1.md").read_text()
     assert "fold 1 × seed 0 for every row" in md
     assert "On an evidence set (generator seed 83267049" in md
+    # One run a row: it is its row's lowest and median, so nothing has stalled.
+    assert [(s["config"], s["unit"], s["stalled"]) for s in doc["stalls"]] == [
+        ("c2f_unet", "fold 1 seed 0", False), ("lsnet_unet", "fold 1 seed 0", False)]
+    assert all(s["lowest"] == s["median"] for s in doc["stalls"])
+    assert "#### Each row's lowest run" in md and "No run has stalled." in md
     # The oracle on the trained units (their checkpoints), not on the records.
     assert main(["oracle", "--dataset", "synthetic-evidence", "--budget-epochs", "1",
                  "--runs-dir", str(runs_dir), "--out", str(out), "--seeds", "0"]) == 0
@@ -578,7 +583,7 @@ def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, 
     assert main(again) == 0
     redone = json.loads((tmp_path / "again" / "tinycv-synthetic-evidence-e1.json").read_text())
     assert redone["rows"][0]["ours"] == doc["rows"][0]["ours"]
-    assert redone["claims"] == doc["claims"]
+    assert redone["claims"] == doc["claims"] and redone["stalls"] == doc["stalls"]
 
 
 @pytest.mark.slow
