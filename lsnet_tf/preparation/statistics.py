@@ -94,6 +94,17 @@ def parse_folds(text: str) -> list[int]:
     return sorted(set(folds))
 
 
+def _shards(dataset_dir: str, folds) -> list[str]:
+    """The shards of `folds` (``records.list_shards``), or ValidationError naming the folds, the
+    dataset and the shard paths expected."""
+    paths = records.list_shards(dataset_dir, folds)
+    if not paths:
+        raise ValidationError(
+            f"folds {list(folds)} of {dataset_dir} have no shards "
+            f"(expected {os.path.join(dataset_dir, 'fold-K', '*' + records.SHARD_SUFFIX)})")
+    return paths
+
+
 def read_feature_batches(dataset_dir: str, folds: Sequence[int],
                          features: Iterable[str] = VALIDATED_FEATURES) -> list:
     """Decode the records of `folds` into Arrow record batches holding only `features`.
@@ -107,11 +118,7 @@ def read_feature_batches(dataset_dir: str, folds: Sequence[int],
     from tfx_bsl.coders import example_coder
 
     available_folds(dataset_dir)  # a clear error for a missing or unprepared dataset
-    paths = records.list_shards(dataset_dir, folds)
-    if not paths:
-        raise ValidationError(
-            f"folds {list(folds)} of {dataset_dir} have no shards "
-            f"(expected {os.path.join(dataset_dir, 'fold-K', '*' + records.SHARD_SUFFIX)})")
+    paths = _shards(dataset_dir, folds)
     features = list(features)
     decoder = example_coder.ExamplesToRecordBatchDecoder()
     batches = []
@@ -266,11 +273,7 @@ def beam_statistics(dataset_dir: str, requests: Sequence, options, out_dir: str)
         key = tuple(folds)
         if key in shards:
             continue
-        shards[key] = records.list_shards(dataset_dir, folds)
-        if not shards[key]:
-            raise ValidationError(
-                f"folds {list(folds)} of {dataset_dir} have no shards "
-                f"(expected {os.path.join(dataset_dir, 'fold-K', '*' + records.SHARD_SUFFIX)})")
+        shards[key] = _shards(dataset_dir, folds)
     tmp = os.path.join(out_dir, f".beam-{uuid.uuid4().hex[:12]}")
     outputs = [os.path.join(tmp, f"statistics-{i}.pb") for i in range(len(requests))]
     tags = {key: "folds-" + "_".join(str(k) for k in key) for key in shards}
