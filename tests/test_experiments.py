@@ -10,7 +10,7 @@ from lsnet_tf.config import load_config
 from lsnet_tf.experiments.catalogue import (CLAIM_METRICS, Claim, DATASET_CONFIGS, DATASET_INFO,
                                             ExperimentError, Row, TABLES, Table, _claims)
 from lsnet_tf.experiments.claims import claims_markdown, claims_ratio, evaluate_claims, _row_name
-from lsnet_tf.experiments.cli import main
+from lsnet_tf.experiments.cli import main, stop_on_sigterm
 from lsnet_tf.experiments.plots import seed_curve, size_curve, size_plot
 from lsnet_tf.experiments.provenance import CPU_FILE, _commit_label, _git_commit, _trained_at_note
 from lsnet_tf.experiments.runs import RECORDS_MARKER, run_row, run_table
@@ -173,6 +173,36 @@ def test_errors_name_what_is_wrong(tmp_path):
         run_row(Row("nope", "Nope", {}), "synthetic", runs_dir=str(tmp_path))
     assert main(["run", "table1", "--dataset", "synthetic", "--rows", "x",
                  "--runs-dir", str(tmp_path)]) == 2
+
+
+def test_sigterm_ends_a_training_session_through_its_finally(tmp_path, monkeypatch):
+    """Under ``stop_on_sigterm`` (as ``python -m lsnet_tf.experiments`` runs), SIGTERM during a
+    row's training session ends the command with SystemExit(143), and the session's CPU time is
+    still added to the run's train-cpu.json (without it the process ended at once and the
+    session went unrecorded)."""
+    import signal
+    import time
+
+    from lsnet_tf.training import session
+
+    def killed(cfg, log=print):
+        os.makedirs(cfg.train.output_dir, exist_ok=True)  # as a session does first
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises here
+        raise AssertionError("SIGTERM did not stop the session")
+
+    monkeypatch.setattr(session, "run", killed)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(SystemExit) as stopped:
+            run_row(Row("unet", "U-Net", {}), "synthetic", runs_dir=str(tmp_path), log=lambda m: None,
+                    seed=0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 143
+    cpu = json.loads((tmp_path / "unet" / "seed0" / CPU_FILE).read_text())
+    assert cpu["sessions"] == 1 and cpu["cpu_seconds"] >= 0
 
 
 def test_margin_rows_differ_only_in_the_margin_scaled_to_the_slice():

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 
 from lsnet_tf import evaluation as ev
@@ -77,6 +78,17 @@ def _table_arguments(parser, verb: str, out_help: str) -> None:
                         help="these seeds instead of --seeds for the rows named, e.g. "
                              "lsnet_unet,unet,c2f_unet=0,1,2,3,4 (repeatable; rows of other "
                              "tables are ignored)")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a scheduler ending the job) end the command as ``SystemExit(143)``
+    instead of at once, so that each training session's ``finally`` runs: its process CPU time
+    goes into the run's ``train-cpu.json`` (a run resumes from its last checkpoint either way).
+    ``python -m lsnet_tf.experiments`` calls it; SIGKILL cannot be caught."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def main(argv=None) -> int:
