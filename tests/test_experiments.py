@@ -350,27 +350,39 @@ def test_finding_sorts_the_target_slices_into_found_missed_and_elsewhere():
 
 def test_each_rows_lowest_run_against_its_median_names_the_stalls():
     """Hand-made per-run DSC: a row whose lowest run is 0.878 x its median (stalled), one at
-    exactly 0.9 x (not stalled: the rule is below 0.9), one run alone (ratio 1)."""
-    rows = (Row("a", "Model A", {}), Row("b", "Model B", {}), Row("c", "Model C", {}))
+    exactly 0.9 x (not stalled: the rule is below 0.9), one run alone (ratio 1), and one whose
+    runs are mostly at DSC 0 (its median 0: every run at 0 has stalled, no ratio)."""
+    rows = (Row("a", "Model A", {}), Row("b", "Model B", {}), Row("c", "Model C", {}),
+            Row("d", "Model D", {}))
     summary = {
         "a": {"values": {Unit(0, 0): {"dsc": 91.17}, Unit(1, 0): {"dsc": 80.20},
                          Unit(2, 0): {"dsc": 91.51}, Unit(3, 0): {"dsc": 93.06}}},
         "b": {"values": {Unit(0, 0): {"dsc": 90.0}, Unit(1, 0): {"dsc": 100.0},
                          Unit(2, 0): {"dsc": 81.0}}},
-        "c": {"values": {0: {"dsc": 50.0}}}}
+        "c": {"values": {0: {"dsc": 50.0}}},
+        "d": {"values": {Unit(0, 0): {"dsc": 0.0}, Unit(1, 0): {"dsc": 72.19},
+                         Unit(2, 0): {"dsc": 0.0}, Unit(3, 0): {"dsc": 0.0}}}}
     got = stalls(rows, summary, unit_name)
     median_a = (91.17 + 91.51) / 2  # the median of an even count: the mean of the middle two
     assert got[0] == {"config": "a", "median": pytest.approx(median_a), "lowest": 80.20,
                       "unit": "fold 1 seed 0", "ratio": pytest.approx(80.20 / median_a),
-                      "stalled": True}
+                      "stalled": True, "stalled_units": [
+                          {"unit": "fold 1 seed 0", "dsc": 80.20,
+                           "ratio": pytest.approx(80.20 / median_a)}]}
     assert round(got[0]["ratio"], 3) == 0.878
     assert got[1]["ratio"] == pytest.approx(STALL_RATIO) and not got[1]["stalled"]
     assert got[2]["ratio"] == 1.0 and got[2]["unit"] == "seed 0" and not got[2]["stalled"]
+    assert got[3]["median"] == 0.0 and got[3]["ratio"] is None and got[3]["stalled"]
+    assert [u["unit"] for u in got[3]["stalled_units"]] == [
+        "fold 0 seed 0", "fold 2 seed 0", "fold 3 seed 0"]
     md = stall_markdown(rows, got)
     assert "| Model A | 91.34 | fold 1 seed 0: 80.20 | **0.878** (stalled) |" in md
     assert "| Model B | 90.00 | fold 2 seed 0: 81.00 | 0.900 |" in md
-    assert "Stalled: Model A fold 1 seed 0 (0.878 ×)." in md
-    assert "No run has stalled." in stall_markdown(rows, got[1:])
+    assert "| Model D | 0.00 | fold 0 seed 0: 0.00 | **–** (stalled) |" in md
+    assert ("Stalled: Model A fold 1 seed 0 (0.878 ×); Model D fold 0 seed 0 (DSC 0, no target "
+            "found), fold 2 seed 0 (DSC 0, no target found), fold 3 seed 0 (DSC 0, no target "
+            "found).") in md
+    assert "No run has stalled." in stall_markdown(rows, got[1:3])
 
 
 def test_cells_over_seeds_and_claims_paired_by_seed():
@@ -570,10 +582,12 @@ def test_a_cross_validated_table_runs_each_fold_and_keeps_its_records(tmp_path, 
     assert "fold 1 × seed 0 for every row" in md
     assert "On an evidence set (generator seed 83267049" in md
     # One run a row: it is its row's lowest and median, so nothing has stalled.
-    assert [(s["config"], s["unit"], s["stalled"]) for s in doc["stalls"]] == [
-        ("c2f_unet", "fold 1 seed 0", False), ("lsnet_unet", "fold 1 seed 0", False)]
+    assert [(s["config"], s["unit"]) for s in doc["stalls"]] == [
+        ("c2f_unet", "fold 1 seed 0"), ("lsnet_unet", "fold 1 seed 0")]
     assert all(s["lowest"] == s["median"] for s in doc["stalls"])
-    assert "#### Each row's lowest run" in md and "No run has stalled." in md
+    # (a 1-step model may find no target: DSC 0 is a stall, and then the only one)
+    assert all(s["stalled"] == (s["lowest"] == 0) for s in doc["stalls"])
+    assert "#### Each row's lowest run" in md
     # The oracle on the trained units (their checkpoints), not on the records.
     assert main(["oracle", "--dataset", "synthetic-evidence", "--budget-epochs", "1",
                  "--runs-dir", str(runs_dir), "--out", str(out), "--seeds", "0"]) == 0

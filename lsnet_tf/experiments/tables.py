@@ -12,7 +12,7 @@ The table goes to ``<out>/<table>-<dataset>[-e<N>].md`` and ``.json``:
   some pixel on the target, nothing at all, or pixels only elsewhere, the DSC of the found ones
   and the share of small targets found, mean ± sd over seeds;
 - "Each row's lowest run" (``stalls``): each row's lowest run against the row's median DSC,
-  naming the runs below ``STALL_RATIO`` × the median;
+  naming the stalled runs (DSC 0, or below ``STALL_RATIO`` × the median);
 - "Claims": each claim of the paper that the table tests (``Table.claims``) as the paired
   difference of its two rows, with its interval, verdict and Holm's method
   (``lsnet_tf.experiments.claims``);
@@ -138,15 +138,19 @@ def finding_markdown(rows, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# A run below this fraction of its row's median per-slice DSC has stalled (the protocol of
+# A run below this fraction of its row's median per-slice DSC, or at DSC 0 (no target found:
+# a row whose runs mostly stall has a median of 0 too), has stalled (the protocol of
 # docs/experiments.md: it is reported, and nothing is changed for it on the data it came from).
 STALL_RATIO = 0.9
 
 
 def stalls(rows, summary: dict, name=str) -> list[dict]:
-    """Each row's lowest run against the row's median per-slice DSC (`summary`: ``{row:
-    {"values": {unit: {"dsc": %}}}}``; `name` spells a unit): ``{"config", "median", "lowest",
-    "unit", "ratio", "stalled"}`` per row with a DSC, ``stalled`` when ``ratio < STALL_RATIO``."""
+    """Each row's lowest run against the row's median per-slice DSC, and every stalled run
+    (`summary`: ``{row: {"values": {unit: {"dsc": %}}}}``; `name` spells a unit):
+    ``{"config", "median", "lowest", "unit", "ratio", "stalled", "stalled_units"}`` per row with
+    a DSC. ``ratio`` is lowest / median (None for a median of 0); a run has stalled when its DSC
+    is 0 or below ``STALL_RATIO`` × the median; ``stalled_units`` are ``{"unit", "dsc",
+    "ratio"}`` in unit order, ``stalled`` whether there are any."""
     out = []
     for row in rows:
         values = {u: v["dsc"] for u, v in summary[row.config]["values"].items()
@@ -155,10 +159,16 @@ def stalls(rows, summary: dict, name=str) -> list[dict]:
             continue
         median = float(np.median(list(values.values())))
         unit = min(values, key=values.get)
-        ratio = values[unit] / median if median > 0 else None
+
+        def ratio(v):
+            return v / median if median > 0 else None
+
+        stalled = [{"unit": name(u), "dsc": v, "ratio": ratio(v)}
+                   for u, v in sorted(values.items())
+                   if v == 0 or (median > 0 and v / median < STALL_RATIO)]
         out.append({"config": row.config, "median": median, "lowest": values[unit],
-                    "unit": name(unit), "ratio": ratio,
-                    "stalled": ratio is not None and ratio < STALL_RATIO})
+                    "unit": name(unit), "ratio": ratio(values[unit]),
+                    "stalled": bool(stalled), "stalled_units": stalled})
     return out
 
 
@@ -171,13 +181,18 @@ def stall_markdown(rows, found: list[dict]) -> str:
         ratio = "–" if s["ratio"] is None else f"{s['ratio']:.3f}"
         lines.append(f"| {labels[s['config']]} | {s['median']:.2f} | {s['unit']}: "
                      f"{s['lowest']:.2f} | {'**' + ratio + '** (stalled)' if s['stalled'] else ratio} |")
-    stalled = [s for s in found if s["stalled"]]
-    lines += ["", f"A run has stalled when its per-slice DSC is below {STALL_RATIO} × its row's "
-              "median: it is reported, nothing is changed for it on this data, and a remedy "
-              "would be tried on a tuning set and the whole table run again. "
-              + ("Stalled: " + "; ".join(f"{labels[s['config']]} {s['unit']} ({s['ratio']:.3f} ×)"
-                                        for s in stalled) + "." if stalled
-                 else "No run has stalled.")
+
+    def one(u):
+        return "DSC 0, no target found" if u["dsc"] == 0 else f"{u['ratio']:.3f} ×"
+
+    stalled = [f"{labels[s['config']]} " + ", ".join(f"{u['unit']} ({one(u)})"
+                                                   for u in s["stalled_units"])
+               for s in found if s["stalled"]]
+    lines += ["", f"A run has stalled when its per-slice DSC is 0 (no target found) or below "
+              f"{STALL_RATIO} × its row's median: it is reported, nothing is changed for it on "
+              "this data, and a remedy would be tried on a tuning set and the whole table run "
+              "again. " + ("Stalled: " + "; ".join(stalled) + "." if stalled
+                           else "No run has stalled.")
               + " Each run's figures are in the table's JSON (`per_seed`)."]
     return "\n".join(lines) + "\n"
 
