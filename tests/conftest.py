@@ -84,6 +84,16 @@ def pytest_collection_modifyitems(session, config, items):
 TINY = ["data.image_size=64", "model.width=4", "data.max_boxes=4", "model.snet_depth=18"]
 
 
+# A tiny training run: that model with 2 RoI slots and an 8-channel decoder on 4 synthetic
+# patients x 4 slices of 64 x 64 in 2 folds (8 training and 8 validation slices, batch 4), one
+# device, learning rate 1e-3 (the files that train through the command line add their own).
+TINY_RUN = [*TINY, "data.max_boxes=2", "model.decoder_width=8",
+            "data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=4",
+            "data.synthetic.folds=2", "data.synthetic.image_size=64",
+            "data.synthetic.max_target_size=30", "data.batch_size=4", "train.strategy=default",
+            "train.learning_rate=1e-3"]
+
+
 def tiny_cfg(*overrides):
     """The config of a tiny 64 x 64 model (width 4, 4 RoI slots, S-Net on ResNet-18) with `overrides` after it."""
     from lsnet_tf.config import load_config

@@ -23,18 +23,13 @@ from lsnet_tf.data import pipeline, records
 from lsnet_tf.models.build import build_model, compile_model, model_networks
 from lsnet_tf.training.callbacks import CheckpointCallback, CheckpointError
 from lsnet_tf.training.nonfinite import NonFiniteCallback, NonFiniteGuard, NonFiniteLossError
+from conftest import TINY_RUN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# 4 patients x 4 slices of 64x64 in 2 folds: 8 training and 8 validation slices, batch 4.
-# The learning rate halves every 2 epochs (4 steps).
-TINY = [
-    "data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=4",
-    "data.synthetic.folds=2", "data.synthetic.image_size=64", "data.synthetic.max_target_size=30",
-    "data.image_size=64", "data.batch_size=4", "model.width=4", "model.decoder_width=8",
-    "data.max_boxes=2", "train.image_log_epochs=0", "export.dir=", "train.learning_rate=1e-3",
-    "train.lr_decay_epochs=2", "train.lr_decay_factor=0.5", "train.steps_per_epoch=2",
-    "train.verbose=2", "train.strategy=default", "model.snet_depth=18"]
+# conftest's tiny run; the learning rate halves every 2 epochs (4 steps).
+TINY = [*TINY_RUN, "train.image_log_epochs=0", "export.dir=", "train.lr_decay_epochs=2",
+        "train.lr_decay_factor=0.5", "train.steps_per_epoch=2", "train.verbose=2"]
 STEPS = 2
 # The one-stage U-Net traces in about half L-SNet's time; the subprocess tests of the training
 # machinery (which is the same for every model) use it, L-SNet's loss terms are tested in-process.

@@ -10,16 +10,13 @@ from lsnet_tf.training import session
 from lsnet_tf.experiments import curves
 from lsnet_tf.models.build import lr_schedule
 from lsnet_tf.config import load_config
+from conftest import TINY_RUN
 
 
 def tiny(tmp_path, *extra):
     return load_config(None, [
-        "data.synthetic.num_patients=4", "data.synthetic.slices_per_patient=4",
-        "data.synthetic.folds=2", "data.synthetic.image_size=64", "data.synthetic.max_target_size=30",
-        "data.image_size=64", "data.batch_size=4", "model.width=4", "model.decoder_width=8",
-        "model.snet_depth=18", "data.max_boxes=2", f"data.cache_dir={tmp_path / 'cache'}", "train.strategy=default",
-        f"train.output_dir={tmp_path / 'run'}", f"export.dir={tmp_path / 'export'}",
-        "train.verbose=0", "train.lr_decay_epochs=1", "train.learning_rate=1e-3", *extra])
+        *TINY_RUN, f"data.cache_dir={tmp_path / 'cache'}", f"train.output_dir={tmp_path / 'run'}",
+        f"export.dir={tmp_path / 'export'}", "train.verbose=0", "train.lr_decay_epochs=1", *extra])
 
 
 def validation_dsc(cfg, run):
